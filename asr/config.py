@@ -1,0 +1,127 @@
+"""Experiment configuration: YAML files in conf/ plus `section.key=value` overrides on the command line.
+
+Every option has a typed default in a dataclass, so a misspelt key or a wrong type is an error
+that names the key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .features import FeatureConfig, SpecAugmentConfig
+from .model import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    max_steps: int = 0  # stop after this many updates (0: no limit); the LR schedule still spans `epochs`
+    max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the run is still scored
+    max_batch_seconds: float = 120.0  # padded audio seconds per batch (longest x count)
+    max_batch_size: int = 0  # 0: no limit
+    max_duration: float = 40.0  # training utterances longer than this are left out (seconds)
+    lr: float = 2e-3  # peak learning rate
+    warmup_steps: int = 500
+    final_lr_ratio: float = 0.05  # cosine decay from lr to lr * final_lr_ratio over the run
+    weight_decay: float = 1e-2
+    grad_clip: float = 5.0
+    precision: str = "bf16"  # bf16 autocast on CUDA; CPU always runs float32
+    num_workers: int = 2
+    preload_audio: bool = True  # decode all audio into RAM once (fits for corpora of a few hours)
+    log_every: int = 25  # steps between log lines (the only host syncs of the loop)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dev_max_utts: int = 0  # validate on the first N dev utterances (0: all)
+
+
+@dataclass
+class DecodeConfig:
+    decoder: str = "greedy"
+    batch_seconds: float = 300.0  # padded audio seconds per inference batch
+
+
+@dataclass
+class Config:
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    config = Config()
+    for section_name, values in (data or {}).items():
+        if not hasattr(config, section_name):
+            raise ConfigError(f"{source}: unknown section {section_name!r} (known: {', '.join(_sections())})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
+        section = getattr(config, section_name)
+        for key, value in values.items():
+            _set(section, section_name, key, value, source)
+    return config
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None: all defaults) and apply `section.key=value` overrides."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: config file not found")
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    config = config_from_dict(data, source)
+    apply_overrides(config, overrides)
+    return config
+
+
+def apply_overrides(config: Config, overrides: Sequence[str]) -> None:
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=1e-3)")
+        dotted, raw = item.split("=", 1)
+        section_name, key = dotted.split(".", 1)
+        if not hasattr(config, section_name):
+            raise ConfigError(f"override {item!r}: unknown section {section_name!r} (known: {', '.join(_sections())})")
+        _set(getattr(config, section_name), section_name, key, yaml.safe_load(raw), f"override {item!r}")
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _set(section: Any, section_name: str, key: str, value: Any, source: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if key not in fields:
+        raise ConfigError(f"{source}: unknown option {section_name}.{key} (known: {', '.join(fields)})")
+    default = getattr(section, key)
+    kind = type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {section_name}.{key} must be true or false, got {value!r}")
+    elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif kind is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; users write learning rates that way.
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {section_name}.{key} must be a float, got {value!r}") from None
+    elif not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{source}: {section_name}.{key} must be a {kind.__name__}, got {value!r}")
+    setattr(section, key, value)

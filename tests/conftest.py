@@ -1,0 +1,99 @@
+"""Shared fixtures for the unit tests: synthetic audio files and the optional shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def tone(freq: float = 440.0, seconds: float = 1.0, sr: int = 16000, amplitude: float = 0.5) -> np.ndarray:
+    """A float32 sine wave."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def chirp(f0: float = 100.0, f1: float = 4000.0, seconds: float = 1.0, sr: int = 16000, amplitude: float = 0.5) -> np.ndarray:
+    """A float32 linear chirp from f0 to f1 Hz."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds))
+    return (amplitude * np.sin(phase)).astype(np.float32)
+
+
+def write_audio(
+    path: Path,
+    samples: np.ndarray,
+    sr: int,
+    format: str | None = None,
+    subtype: str | None = None,
+) -> Path:
+    """Write `samples` ((n,) or (n, channels)) with soundfile; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), samples, sr, format=format, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def make_wav(tmp_path):
+    """Factory: make_wav(name, kind='tone'|'chirp', seconds=1.0, sr=16000, freq=440.0, channels=1,
+    subtype='PCM_16') writes a synthetic WAV (or FLAC/OGG by extension) into tmp_path and returns
+    (path, samples written as float32 array)."""
+
+    def make(
+        name: str = "tone.wav",
+        kind: str = "tone",
+        seconds: float = 1.0,
+        sr: int = 16000,
+        freq: float = 440.0,
+        channels: int = 1,
+        subtype: str | None = None,
+        amplitude: float = 0.5,
+    ) -> tuple[Path, np.ndarray]:
+        if kind == "tone":
+            mono = tone(freq, seconds, sr, amplitude)
+        elif kind == "chirp":
+            mono = chirp(100.0, min(4000.0, sr / 2 - 100), seconds, sr, amplitude)
+        else:
+            raise ValueError(kind)
+        if channels == 1:
+            samples = mono
+        else:
+            # Each channel gets a different gain so that the mono mix is distinguishable.
+            samples = np.stack([mono * (c + 1) / channels for c in range(channels)], axis=1).astype(np.float32)
+        path = write_audio(tmp_path / name, samples, sr, subtype=subtype)
+        return path, samples
+
+    return make
+
+
+class AudioFactory:
+    """Signal generators plus a writer into one test's tmp_path (available as the `audio` fixture,
+    so test modules need not import from conftest)."""
+
+    tone = staticmethod(tone)
+    chirp = staticmethod(chirp)
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def write(self, name: str, samples: np.ndarray, sr: int, format: str | None = None, subtype: str | None = None) -> Path:
+        return write_audio(self.folder / name, samples, sr, format=format, subtype=subtype)
+
+
+@pytest.fixture
+def audio(tmp_path) -> AudioFactory:
+    return AudioFactory(tmp_path)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data relative to the repository root; skips the test when it is absent."""
+    path = (REPO_ROOT / ".." / "shared" / "data").resolve()
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} not present")
+    return path

@@ -1,0 +1,308 @@
+"""The `asr` command line: transcribe, decode, score, argument errors, --help, and the console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from asr.checkpoint import save_checkpoint  # noqa: E402
+from asr.cli import build_parser, main  # noqa: E402
+from asr.config import load_config  # noqa: E402
+from asr.model import CTCModel  # noqa: E402
+from asr.text import CharTokenizer  # noqa: E402
+
+SUBCOMMANDS = [
+    ["prepare"], ["prepare", "librispeech"], ["prepare", "fsdd"], ["download"], ["train"], ["decode"],
+    ["transcribe"], ["score"], ["plot"],
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    config = load_config(None, ["model.subsampling=stack", "model.subsampling_factor=4", "model.hidden_size=32",
+                                "model.num_layers=1"])
+    tokenizer = CharTokenizer()
+    torch.manual_seed(0)
+    model = CTCModel(config.features, config.model, len(tokenizer))
+    with torch.no_grad():
+        n = config.features.n_mels
+        model.normalizer.set_stats(torch.full((n,), -6.0), torch.full((n,), 2.5))
+        model.output.weight.mul_(8)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict()})
+    return path
+
+
+def tone(seconds: float, sr: int, freq: float) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * (t + 2 * t * t))).astype(np.float32)
+
+
+@pytest.fixture
+def files(audio, tmp_path) -> tuple[list[Path], Path]:
+    """Two good files and one that is text named .wav."""
+    good = [audio.write("a.wav", tone(0.4, 16000, 300), 16000), audio.write("b.flac", tone(0.3, 8000, 700), 8000)]
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    return good, bad
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- transcribe
+
+
+def test_transcribe_good_files(capsys, checkpoint, files):
+    good, _ = files
+    code, out, err = run(capsys, "transcribe", checkpoint, *good, "--device", "cpu", "--threads", "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    for line, path in zip(lines, good):
+        assert line.startswith(f"{path}\t")
+        assert line.count("\t") == 1
+    assert "error" not in err
+
+
+def test_transcribe_reports_bad_file_and_fails(capsys, checkpoint, files):
+    good, bad = files
+    code, out, err = run(capsys, "transcribe", checkpoint, good[0], bad, good[1], "--device", "cpu")
+    assert code == 1
+    lines = out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(good[0]), str(good[1])]
+    assert str(bad) not in out
+    assert f"asr transcribe: error: {bad}" in err
+    assert "1 of 3 files could not be transcribed" in err
+
+
+def test_transcribe_missing_file(capsys, checkpoint, files, tmp_path):
+    good, _ = files
+    missing = tmp_path / "missing.wav"
+    code, out, err = run(capsys, "transcribe", checkpoint, missing, good[0], "--device", "cpu")
+    assert code == 1
+    assert str(missing) in err
+    assert out.splitlines()[0].split("\t")[0] == str(good[0])
+
+
+def test_transcribe_json(capsys, checkpoint, files):
+    good, bad = files
+    code, out, err = run(capsys, "transcribe", checkpoint, good[0], bad, good[1], "--json", "--device", "cpu")
+    assert code == 1
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in records] == [str(good[0]), str(bad), str(good[1])]
+    assert set(records[0]) == {"path", "text", "duration"}
+    assert isinstance(records[0]["text"], str)
+    assert records[0]["duration"] == pytest.approx(0.4)
+    assert records[2]["duration"] == pytest.approx(0.3)
+    assert set(records[1]) == {"path", "error"}
+    assert str(bad) in records[1]["error"]
+    assert str(bad) in err
+
+
+def test_transcribe_json_texts_match_plain(capsys, checkpoint, files):
+    good, _ = files
+    _, plain, _ = run(capsys, "transcribe", checkpoint, *good, "--device", "cpu")
+    _, js, _ = run(capsys, "transcribe", checkpoint, *good, "--json", "--device", "cpu")
+    assert [line.split("\t", 1)[1] for line in plain.splitlines()] == [json.loads(x)["text"] for x in js.splitlines()]
+
+
+def test_transcribe_folder(capsys, checkpoint, files, tmp_path):
+    code, out, err = run(capsys, "transcribe", checkpoint, tmp_path, "--device", "cpu", "--batch-seconds", "0.5")
+    assert code == 1  # bad.wav is in the folder
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
+    assert str(tmp_path / "bad.wav") in err
+
+
+def test_transcribe_missing_checkpoint(capsys, files, tmp_path):
+    good, _ = files
+    code, out, err = run(capsys, "transcribe", tmp_path / "none.pt", good[0], "--device", "cpu")
+    assert code == 2
+    assert "none.pt" in err
+    assert out == ""
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def test_decode_manifest(capsys, checkpoint, files, tmp_path):
+    good, _ = files
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"u{i}", "audio": str(p), "duration": 0.3, "text": "x"}) + "\n" for i, p in enumerate(good))
+    )
+    out_path = tmp_path / "out" / "hyp.txt"
+    code, out, err = run(capsys, "decode", checkpoint, manifest, "--out", out_path, "--device", "cpu")
+    assert code == 0
+    assert str(out_path) in err
+    hyps = out_path.read_text().splitlines()
+    assert [h.split("\t")[0] for h in hyps] == ["u0", "u1"]
+    _, plain, _ = run(capsys, "transcribe", checkpoint, *good, "--device", "cpu")
+    assert [h.split("\t", 1)[1] for h in hyps] == [line.split("\t", 1)[1] for line in plain.splitlines()]
+
+
+# --------------------------------------------------------------------------- score
+
+
+def write_ref_hyp(tmp_path: Path) -> tuple[Path, Path]:
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text(
+        "".join(json.dumps({"id": k, "audio": f"{k}.wav", "duration": 1.0, "text": v}) + "\n"
+                for k, v in {"u1": "The cat sat on the mat.", "u2": "Hello world", "u3": "a b c"}.items())
+    )
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("u1\tthe cat sit on mat\nu2\thello world\nu3\ta x b c d\n")
+    return ref, hyp
+
+
+def test_score_prints_summary_and_writes_alignments(capsys, tmp_path):
+    ref, hyp = write_ref_hyp(tmp_path)
+    summary_path = tmp_path / "res" / "wer.txt"
+    code, out, err = run(capsys, "score", ref, hyp, "--out", summary_path)
+    assert code == 0
+    assert "%WER 36.36 [ 4 / 11, 2 ins, 1 del, 1 sub ]" in out
+    assert f"ref: {ref}" in out and f"hyp: {hyp}" in out
+    align = tmp_path / "hyp.txt.align"
+    assert align.is_file()
+    assert f"alignments: {align}" in out
+    text = align.read_text()
+    assert "id: u1" in text and "REF:  the cat SAT on THE mat" in text and "HYP:  the cat SIT on *** mat" in text
+    written = summary_path.read_text()
+    assert "%WER 36.36 [ 4 / 11, 2 ins, 1 del, 1 sub ]" in written
+    assert written.strip() in out  # the same summary that was printed
+
+
+def test_score_custom_alignments_path(capsys, tmp_path):
+    ref, hyp = write_ref_hyp(tmp_path)
+    custom = tmp_path / "my.align"
+    code, out, _ = run(capsys, "score", ref, hyp, "--alignments", custom)
+    assert code == 0
+    assert custom.is_file()
+    assert not (tmp_path / "hyp.txt.align").exists()
+
+
+def test_score_missing_hyp(capsys, tmp_path):
+    ref, _ = write_ref_hyp(tmp_path)
+    code, out, err = run(capsys, "score", ref, tmp_path / "nohyp.txt")
+    assert code == 2
+    assert "nohyp.txt" in err
+
+
+def test_score_duplicate_id(capsys, tmp_path):
+    ref, hyp = write_ref_hyp(tmp_path)
+    hyp.write_text("u1\ta\nu1\tb\n")
+    code, _, err = run(capsys, "score", ref, hyp)
+    assert code == 2
+    assert f"{hyp}:2" in err
+
+
+# --------------------------------------------------------------------------- argument errors
+
+
+def test_train_unknown_override_key(capsys, tmp_path):
+    exp = tmp_path / "exp"
+    code, out, err = run(capsys, "train", "--train", tmp_path / "t.jsonl", "--dev", tmp_path / "d.jsonl",
+                         "--out", exp, "model.no_such_key=3")
+    assert code == 2
+    assert "model.no_such_key" in err
+    assert err.startswith("asr train: error:")
+    assert not exp.exists()
+
+
+def test_train_malformed_override(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--train", "t.jsonl", "--dev", "d.jsonl", "--out", tmp_path / "e", "lr=1")
+    assert code == 2
+    assert "lr=1" in err
+
+
+def test_train_bad_value_type(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--train", "t.jsonl", "--dev", "d.jsonl", "--out", tmp_path / "e",
+                       "train.epochs=many")
+    assert code == 2
+    assert "train.epochs" in err
+
+
+def test_prepare_librispeech_missing_corpus_dir(capsys, tmp_path):
+    missing = tmp_path / "LibriSpeech" / "dev-clean"
+    out_path = tmp_path / "m.jsonl"
+    code, out, err = run(capsys, "prepare", "librispeech", "--corpus-dir", missing, "--out", out_path)
+    assert code == 2
+    assert str(missing) in err
+    assert "not found" in err
+    assert not out_path.exists()
+
+
+def test_prepare_librispeech_empty_corpus_dir(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "prepare", "librispeech", "--corpus-dir", empty, "--out", tmp_path / "m.jsonl")
+    assert code == 2
+    assert "no usable utterances" in err
+
+
+def test_no_command_prints_help(capsys):
+    code = main([])
+    out, _ = capsys.readouterr()
+    assert code == 2
+    assert "usage: asr" in out
+
+
+def test_unknown_command_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_missing_required_argument_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["score", "only_ref.txt"])
+    assert e.value.code == 2
+    assert "hyp" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- help
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ["prepare", "download", "train", "decode", "transcribe", "score", "plot"]:
+        assert name in out
+
+
+@pytest.mark.parametrize("argv", SUBCOMMANDS, ids=lambda a: " ".join(a))
+def test_subcommand_help(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+    assert f"usage: asr {' '.join(argv)}" in capsys.readouterr().out
+
+
+def test_parser_knows_every_subcommand():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"prepare", "download", "train", "decode", "transcribe", "score", "plot"}
+
+
+def test_console_script_help():
+    bin_dir = Path(sys.executable).parent
+    script = shutil.which("asr", path=str(bin_dir))
+    if script is None:
+        pytest.skip(f"console script asr not installed in {bin_dir}")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: asr" in result.stdout
+    assert "transcribe" in result.stdout

@@ -1,0 +1,214 @@
+"""asr.model: CTCModel shapes, output lengths, padding invariance and a few training steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from asr.features import FeatureConfig
+from asr.model import CTCModel, ModelConfig, count_parameters
+
+SR = 16000
+VOCAB = 29
+# Lengths chosen so that feature frame counts (n // 160 + 1) are both odd and even: 101, 57, 28, 29, 3.
+LENGTHS = [16000, 9000, 4321, 4480, 400]
+
+SUBSAMPLINGS = [("conv", 2), ("conv", 4), ("stack", 3)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast and does not spin on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_model(subsampling="stack", factor=3, rnn_type="lstm", bidirectional=True, num_layers=2, hidden=16, dropout=0.1, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        subsampling=subsampling,
+        subsampling_factor=factor,
+        conv_channels=4,
+        rnn_type=rnn_type,
+        bidirectional=bidirectional,
+        hidden_size=hidden,
+        num_layers=num_layers,
+        dropout=dropout,
+    )
+    return CTCModel(FeatureConfig(), config, VOCAB)
+
+
+def make_batch(lengths=LENGTHS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    waves = [torch.randn(n, generator=g) * 0.1 for n in lengths]
+    return waves, pad_sequence(waves, batch_first=True), torch.tensor(lengths)
+
+
+def expected_frames(num_samples: int, subsampling: str, factor: int) -> int:
+    frames = num_samples // 160 + 1
+    if subsampling == "conv":
+        for _ in range(factor // 2):
+            frames = (frames + 1) // 2  # ceil(T / 2)
+        return frames
+    return max(frames // factor, 1)
+
+
+# --------------------------------------------------------------------------- shapes and lengths
+
+
+@pytest.mark.parametrize("subsampling, factor", SUBSAMPLINGS)
+@pytest.mark.parametrize("rnn_type", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_output_shapes_and_lengths(subsampling, factor, rnn_type, bidirectional):
+    model = make_model(subsampling, factor, rnn_type, bidirectional, num_layers=1).eval()
+    _, waves, lengths = make_batch()
+    with torch.no_grad():
+        log_probs, out_lengths = model(waves, lengths)
+    expected = [expected_frames(n, subsampling, factor) for n in LENGTHS]
+    assert log_probs.shape == (len(LENGTHS), max(expected), VOCAB)
+    assert log_probs.dtype == torch.float32
+    assert out_lengths.tolist() == expected
+    assert out_lengths.tolist() == [model.output_frames(n) for n in LENGTHS]
+    assert model.output.in_features == 16 * (2 if bidirectional else 1)
+    assert torch.isfinite(log_probs).all()
+    # Log-probabilities: every frame is a distribution over the vocabulary.
+    sums = log_probs.exp().sum(dim=-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
+    assert (log_probs <= 1e-6).all()
+
+
+@pytest.mark.parametrize("subsampling, factor", SUBSAMPLINGS + [("stack", 1), ("stack", 2), ("stack", 6)])
+def test_output_frames_formula(subsampling, factor):
+    model = make_model(subsampling, factor, num_layers=1)
+    for n in [1, 159, 160, 161, 400, 479, 480, 481, 4321, 16000, 16159, 16160, 160000]:
+        assert model.output_frames(n) == expected_frames(n, subsampling, factor), n
+
+
+@pytest.mark.parametrize("subsampling, factor", SUBSAMPLINGS)
+def test_output_lengths_match_output_frames_per_utterance(subsampling, factor):
+    model = make_model(subsampling, factor, num_layers=1).eval()
+    lengths = [401, 560, 641, 1120, 1599, 1600, 3200, 3359]
+    _, waves, lens = make_batch(lengths, seed=1)
+    with torch.no_grad():
+        log_probs, out_lengths = model(waves, lens)
+        assert out_lengths.tolist() == [model.output_frames(n) for n in lengths]
+        assert log_probs.shape[1] == max(out_lengths.tolist())
+        for i, n in enumerate(lengths):
+            single, single_len = model(waves[i : i + 1, :n], lens[i : i + 1])
+            assert int(single_len[0]) == model.output_frames(n) == single.shape[1]
+
+
+def test_frame_shift_and_parameter_count():
+    assert make_model("conv", 4).frame_shift == pytest.approx(0.04)
+    assert make_model("conv", 2).frame_shift == pytest.approx(0.02)
+    assert make_model("stack", 3).frame_shift == pytest.approx(0.03)
+    model = make_model("stack", 3, num_layers=1)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) > 0
+    # The normalizer statistics are buffers (in the state dict), not trained parameters.
+    assert "normalizer.mean" in model.state_dict()
+    assert all("normalizer" not in name for name, _ in model.named_parameters())
+
+
+def test_invalid_configurations():
+    with pytest.raises(ValueError, match="subsampling"):
+        make_model("pool", 2)
+    with pytest.raises(ValueError, match="factor"):
+        make_model("conv", 3)
+    with pytest.raises(ValueError, match="rnn_type"):
+        make_model(rnn_type="transformer")
+
+
+# --------------------------------------------------------------------------- padding invariance
+
+
+@pytest.mark.parametrize("subsampling, factor", SUBSAMPLINGS)
+def test_padding_does_not_change_outputs(subsampling, factor):
+    # BUG (asr/features.py LogMel.forward, see tests/test_features.py::
+    # test_logmel_batched_equals_single_on_all_valid_frames): the last valid feature frames of a
+    # shorter utterance see the batch's zero padding, so its log-probs change with its batch mates
+    # (differences of ~1e-3 to 4e-2 here). For "conv" the ConvSubsampler leaks padding as well
+    # (see test_encode_ignores_padding_content).
+    model = make_model(subsampling, factor).eval()
+    waves, batch, lengths = make_batch()
+    with torch.no_grad():
+        log_probs, out_lengths = model(batch, lengths)
+        for i, wave in enumerate(waves):
+            single, single_len = model(wave[None], lengths[i : i + 1])
+            n = int(single_len[0])
+            assert int(out_lengths[i]) == n
+            torch.testing.assert_close(
+                log_probs[i, :n], single[0], atol=1e-5, rtol=0,
+                msg=lambda m, i=i: f"utterance {i} ({LENGTHS[i]} samples) changes when batched: {m}",
+            )
+
+
+@pytest.mark.parametrize("pad_value", [0.0, 3.0])
+@pytest.mark.parametrize(
+    "subsampling, factor, rnn_type",
+    [("conv", 2, "lstm"), ("conv", 4, "lstm"), ("stack", 3, "lstm"), ("stack", 3, "gru"), ("stack", 2, "rnn")],
+)
+def test_encode_ignores_padding_content(subsampling, factor, rnn_type, pad_value):
+    """Features computed per utterance, then padded: encode() must give each utterance the output it
+    gets alone, whatever the padding holds (packing hides it from the RNN in both directions).
+
+    BUG (asr/model.py, ConvSubsampler.forward): the strided convolutions do not zero the frames past
+    each utterance's length, so when an utterance's frame count (or the first layer's output length)
+    is odd, the last output frame's 3x3 kernel reads padding: with factor 4 even zero-padded features
+    leak (layer 1 turns zero padding into GELU(bias) != 0), with factor 2 any non-zero padding does
+    (the frontend pads with log(1e-10) normalized). Affected: conv-2 with pad_value 3.0 and conv-4.
+    """
+    model = make_model(subsampling, factor, rnn_type).eval()
+    waves, _, lengths = make_batch()
+    with torch.no_grad():
+        singles = [model.features(w[None], lengths[i : i + 1]) for i, w in enumerate(waves)]
+        frames = torch.tensor([int(l[0]) for _, l in singles])
+        feats = pad_sequence([f[0] for f, _ in singles], batch_first=True, padding_value=pad_value)
+        log_probs, out_lengths = model.encode(feats, frames)
+        for i, (f, l) in enumerate(singles):
+            single, single_len = model.encode(f, l)
+            n = int(single_len[0])
+            assert int(out_lengths[i]) == n
+            torch.testing.assert_close(
+                log_probs[i, :n], single[0], atol=1e-5, rtol=0,
+                msg=lambda m, i=i: f"utterance {i} ({int(frames[i])} frames) changes when batched: {m}",
+            )
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("subsampling, factor", [("stack", 3), ("conv", 4)])
+def test_a_few_steps_lower_the_ctc_loss(subsampling, factor):
+    model = make_model(subsampling, factor, num_layers=1, hidden=32, dropout=0.0, seed=0).train()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([8000, 6400, 4800])
+    waves = torch.randn(3, 8000, generator=g) * 0.1
+    for i, n in enumerate(lengths.tolist()):
+        waves[i, n:] = 0
+    labels = torch.tensor([[8, 5, 12, 12, 15], [23, 15, 18, 12, 0], [4, 1, 0, 0, 0]])  # padded with 0
+    label_lengths = torch.tensor([5, 4, 2])
+    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss_now():
+        log_probs, out_lengths = model(waves, lengths)
+        assert (out_lengths >= label_lengths).all()
+        return ctc(log_probs.transpose(0, 1), labels, out_lengths, label_lengths)
+
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = loss_now()
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = float(loss_now())
+    assert final < 0.7 * losses[0], losses + [final]
+    # Gradients reached every trained parameter (the frontend and normalizer have none).
+    assert all(p.grad is not None for p in model.parameters())

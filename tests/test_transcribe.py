@@ -1,0 +1,209 @@
+"""asr.checkpoint.load_model and asr.transcribe: a checkpoint round trip, and transcribing files and
+folders where some files are unreadable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from asr.audio import load_audio  # noqa: E402
+from asr.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
+from asr.config import load_config  # noqa: E402
+from asr.decode import transcribe_waves  # noqa: E402
+from asr.model import CTCModel  # noqa: E402
+from asr.text import CharTokenizer  # noqa: E402
+from asr.transcribe import Transcript, expand_paths, transcribe_files  # noqa: E402
+
+CPU = torch.device("cpu")
+OVERRIDES = ["model.subsampling=stack", "model.subsampling_factor=4", "model.hidden_size=32", "model.num_layers=2"]
+
+
+def make_model():
+    """A random small model with non-trivial normalizer statistics and a scaled-up output layer, so
+    transcripts vary between inputs."""
+    config = load_config(None, OVERRIDES)
+    tokenizer = CharTokenizer()
+    torch.manual_seed(0)
+    model = CTCModel(config.features, config.model, len(tokenizer)).eval()
+    with torch.no_grad():
+        n_mels = config.features.n_mels
+        model.normalizer.set_stats(torch.linspace(-9.0, -4.0, n_mels), torch.linspace(2.0, 3.0, n_mels))
+        model.output.weight.mul_(8)
+    return model, tokenizer, config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, CTCModel, CharTokenizer]:
+    model, tokenizer, config = make_model()
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict()})
+    return path, model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    model, tokenizer, config = load_model(checkpoint[0], CPU)
+    return model, tokenizer
+
+
+def chirp(seconds: float, sr: int, f0: float = 150.0, f1: float = 3000.0, seed: int = 0, noise: float = 0.02) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    noise = np.random.default_rng(seed).standard_normal(t.shape[0]) * noise
+    return (0.4 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds))) + noise).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- load_model
+
+
+def test_load_model_round_trip(checkpoint, loaded):
+    path, model, tokenizer = checkpoint
+    model2, tokenizer2 = loaded
+    assert not model2.training
+    assert tokenizer2.symbols == tokenizer.symbols
+    state, state2 = model.state_dict(), model2.state_dict()
+    assert state.keys() == state2.keys()
+    for key in state:
+        assert torch.equal(state[key], state2[key]), key
+    g = torch.Generator().manual_seed(0)
+    waves = torch.randn(3, 8000, generator=g) * 0.1
+    lengths = torch.tensor([8000, 5000, 1600])
+    with torch.no_grad():
+        out, out_len = model(waves, lengths)
+        out2, out_len2 = model2(waves, lengths)
+    assert torch.equal(out, out2)
+    assert torch.equal(out_len, out_len2)
+
+
+def test_load_model_config(checkpoint):
+    _, _, config = load_model(checkpoint[0])
+    assert config.model.subsampling == "stack"
+    assert config.model.hidden_size == 32
+    assert config.to_dict() == load_config(None, OVERRIDES).to_dict()
+    assert read_checkpoint(checkpoint[0])["format_version"] == 1
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_model(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_model(junk)
+
+
+# --------------------------------------------------------------------------- transcribe_files
+
+
+@pytest.fixture
+def folder(audio, tmp_path) -> Path:
+    """tmp_path/in with good files in several formats and rates, a fake x.wav and an ignored .txt."""
+    audio.write("in/b.wav", chirp(0.6, 16000, seed=1), 16000)
+    audio.write("in/a.flac", chirp(0.4, 16000, 300, 1200, seed=2), 16000)
+    stereo = np.stack([chirp(0.5, 44100, seed=3), 0.5 * chirp(0.5, 44100, 500, 900, seed=4)], axis=1)
+    audio.write("in/stereo44k.wav", stereo, 44100)
+    audio.write("in/tel8k.wav", chirp(0.5, 8000, 200, 3500, seed=5), 8000)
+    audio.write("in/sub/c.wav", chirp(0.3, 16000, 1000, 200, seed=6), 16000)
+    (tmp_path / "in" / "x.wav").write_text("this is not audio\n")
+    (tmp_path / "in" / "notes.txt").write_text("ignored\n")
+    return tmp_path / "in"
+
+
+EXPECTED_ORDER = ["a.flac", "b.wav", "stereo44k.wav", "sub/c.wav", "tel8k.wav", "x.wav"]
+
+
+def test_expand_paths_sorted_audio_only(folder, tmp_path):
+    files = expand_paths([folder, tmp_path / "missing.wav"])
+    rel = [p.relative_to(folder).as_posix() for p in files[:-1]]
+    assert rel == EXPECTED_ORDER
+    assert files[-1] == tmp_path / "missing.wav"  # kept, reported later
+
+
+def test_transcribe_files_folder_with_bad_files(loaded, folder, tmp_path):
+    model, tokenizer = loaded
+    missing = tmp_path / "missing.wav"
+    results = transcribe_files(model, tokenizer, [folder, missing], CPU)
+    assert all(isinstance(r, Transcript) for r in results)
+    assert [r.path for r in results] == [str(folder / n) for n in EXPECTED_ORDER] + [str(missing)]
+    by_name = {Path(r.path).name: r for r in results}
+
+    for name in ["x.wav", "missing.wav"]:
+        r = by_name[name]
+        assert r.error, name
+        assert r.path in r.error  # the message names the file
+        assert r.text == ""
+    assert "no such file" in by_name["missing.wav"].error
+
+    good = [r for r in results if Path(r.path).name not in ("x.wav", "missing.wav")]
+    assert len(good) == 5
+    for r in good:
+        assert r.error == ""
+        assert isinstance(r.text, str)
+    assert sum(bool(r.text) for r in good) >= 4  # the scaled random model says something
+
+    durations = {Path(r.path).name: r.duration for r in good}
+    assert durations["b.wav"] == pytest.approx(0.6)
+    assert durations["a.flac"] == pytest.approx(0.4)
+    assert durations["stereo44k.wav"] == pytest.approx(0.5, abs=1e-3)  # resampled 44.1 kHz -> 16 kHz
+    assert durations["tel8k.wav"] == pytest.approx(0.5, abs=1e-3)  # resampled 8 kHz -> 16 kHz
+    assert durations["c.wav"] == pytest.approx(0.3)
+
+
+def test_transcribe_files_text_matches_decoding_each_file_alone(loaded, folder):
+    model, tokenizer = loaded
+    results = transcribe_files(model, tokenizer, [folder], CPU, batch_seconds=300.0)
+    for r in results:
+        if r.error:
+            continue
+        wave = load_audio(r.path, 16000)
+        assert r.text == transcribe_waves(model, tokenizer, [wave], CPU)[0], r.path
+
+
+def test_transcribe_files_resamples_and_mixes_down(loaded, audio):
+    model, tokenizer = loaded
+    mono16 = chirp(0.5, 16000, noise=0.0)
+    # Left and right average to the same chirp.
+    stereo44 = np.stack([1.5 * chirp(0.5, 44100, noise=0.0), 0.5 * chirp(0.5, 44100, noise=0.0)], axis=1)
+    p16 = audio.write("m16.wav", mono16, 16000, subtype="FLOAT")
+    p44 = audio.write("s44.wav", stereo44, 44100, subtype="FLOAT")
+    w16, w44 = load_audio(p16, 16000), load_audio(p44, 16000)
+    assert w44.shape == w16.shape == (8000,)
+    assert (w44 - w16)[50:-50].abs().max() < 0.02  # mixed down to mono and resampled to 16 kHz
+    results = transcribe_files(model, tokenizer, [p16, p44], CPU)
+    assert [r.error for r in results] == ["", ""]
+    assert results[1].duration == pytest.approx(0.5)
+
+
+def test_transcribe_files_given_order_and_explicit_files(loaded, folder):
+    model, tokenizer = loaded
+    paths = [folder / "tel8k.wav", folder / "a.flac", folder / "x.wav", folder / "b.wav"]
+    results = transcribe_files(model, tokenizer, paths, CPU, batch_seconds=0.5)
+    assert [r.path for r in results] == [str(p) for p in paths]
+    assert [bool(r.error) for r in results] == [False, False, True, False]
+    # Same texts as from the whole folder in one big batch.
+    folder_results = {r.path: r.text for r in transcribe_files(model, tokenizer, [folder], CPU, batch_seconds=300.0)}
+    for r in results:
+        if not r.error:
+            assert r.text == folder_results[r.path]
+
+
+def test_transcribe_files_all_bad(loaded, tmp_path):
+    model, tokenizer = loaded
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(b"\x00" * 100)
+    results = transcribe_files(model, tokenizer, [bad, tmp_path / "nope.wav"], CPU)
+    assert len(results) == 2
+    assert all(r.error and r.path in r.error and r.text == "" for r in results)
+
+
+def test_transcribe_files_empty_audio_file(loaded, audio):
+    model, tokenizer = loaded
+    empty = audio.write("empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    good = audio.write("good.wav", chirp(0.3, 16000), 16000)
+    results = transcribe_files(model, tokenizer, [empty, good], CPU)
+    assert results[0].error and str(empty) in results[0].error
+    assert results[1].error == "" and isinstance(results[1].text, str)
