@@ -9,7 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 from asr.config import load_config  # noqa: E402
-from asr.decode import greedy_decode, iter_batches, transcribe_waves  # noqa: E402
+from asr.decode import greedy_decode, transcribe_waves  # noqa: E402
 from asr.features import RunningStats  # noqa: E402
 from asr.model import CTCModel  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
@@ -104,11 +104,6 @@ def test_matches_reference_implementation_on_random_logprobs():
                 expected.append(label)
             previous = label
         assert got[i] == expected
-
-
-def test_iter_batches():
-    assert list(iter_batches(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(iter_batches([], 3)) == []
 
 
 # --------------------------------------------------------------------------- transcribe_waves
