@@ -9,8 +9,9 @@ checkpoint intact, never a truncated one.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -22,11 +23,37 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    _write_atomic(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **payload}, f))
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy a file such that `path` is at every moment either its old or its new complete version."""
+    with open(source, "rb") as src:
+        _write_atomic(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """Where a save to `path` by this process writes before the rename."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves to `path` that never finished (their process was killed).
+    Call it only where no other process is saving to `path`. Returns what was removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="import a corpus into a JSON Lines manifest")
     corpora = p.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
     c = corpora.add_parser("librispeech", help="LibriSpeech layout: <spk>/<chapter>/<spk>-<chapter>.trans.txt + audio")
-    c.add_argument("--corpus-dir", required=True, type=Path, help="folder with the split (searched recursively)")
+    c.add_argument("--corpus-dir", required=True, type=Path, nargs="+",
+                   help="folder with the split (searched recursively); several are combined into one manifest")
     c.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
     c.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
     c.add_argument("--strict", action="store_true", help="exit non-zero if any entry was skipped")
@@ -47,12 +48,55 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--strict", action="store_true", help="exit non-zero if any entry was skipped")
     c.set_defaults(run=_prepare)
+    c = corpora.add_parser("an4", help="CMU AN4: etc/an4_{train,test}.transcription + wav/*/<spk>/<id>.sph")
+    c.add_argument("--corpus-dir", required=True, type=Path, help="the an4 folder (holding etc/ and wav/)")
+    c.add_argument("--split", required=True, choices=["train", "test"])
+    _add_prepare_options(c)
+    c = corpora.add_parser("commonvoice", help="Mozilla Common Voice: <split>.tsv + clips/*.mp3 of one language")
+    c.add_argument("--corpus-dir", required=True, type=Path, help="the language folder, e.g. cv-corpus-17.0-2024-03-15/en")
+    c.add_argument("--split", required=True, choices=["train", "dev", "test", "validated", "invalidated", "other"])
+    c.add_argument("--keep-script", action="store_true",
+                   help="keep letters of any script (default: map text to the English a-z alphabet)")
+    _add_prepare_options(c)
+    c = corpora.add_parser("tedlium", help="TED-LIUM release 3: stm/<talk>.stm segments of sph/<talk>.sph")
+    c.add_argument("--corpus-dir", required=True, type=Path, help="TEDLIUM_release-3 (or a folder with stm/ and sph/)")
+    c.add_argument("--split", required=True, choices=["train", "dev", "test"])
+    c.add_argument("--layout", default="default", choices=["default", "legacy", "speaker-adaptation"],
+                   help="default: train from data/, dev and test from legacy/")
+    _add_prepare_options(c)
+    c = corpora.add_parser("ljspeech", help="LJSpeech: metadata.csv (id|text|normalized text) + wavs/<id>.wav")
+    c.add_argument("--corpus-dir", required=True, type=Path, help="the LJSpeech-1.1 folder")
+    c.add_argument("--split", default="all", choices=["train", "dev", "test", "all"],
+                   help="dev/test: 250 utterances each from the end of the id order")
+    _add_prepare_options(c)
+    c = corpora.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, optional segments")
+    c.add_argument("--data-dir", required=True, type=Path)
+    c.add_argument("--audio-root", type=Path, default=None,
+                   help="folder relative wav.scp paths start from (default: here, then the data dir's grandparent)")
+    _add_prepare_options(c)
+    c = corpora.add_parser("folder", help="your own data: a folder of audio files plus a CSV/TSV of path and transcript")
+    c.add_argument("--csv", required=True, type=Path, help="CSV or TSV with a header row")
+    c.add_argument("--audio-dir", required=True, type=Path, help="folder the paths in the table are relative to")
+    c.add_argument("--path-column", default=None, help="default: path, audio, file, filename, wav, ...")
+    c.add_argument("--text-column", default=None, help="default: text, transcript, transcription, sentence, ...")
+    c.add_argument("--speaker-column", default=None, help="default: speaker, speaker_id or client_id if present")
+    _add_prepare_options(c)
 
     p = sub.add_parser("download", help="download and extract a public corpus")
-    p.add_argument("corpus", choices=["librispeech", "mini-librispeech", "fsdd"])
-    p.add_argument("--subsets", nargs="*", default=None, help="LibriSpeech subsets, e.g. dev-clean train-clean-100")
+    p.add_argument("corpus", choices=["librispeech", "mini-librispeech", "librispeech-lm", "fsdd", "an4", "tedlium",
+                                      "ljspeech", "commonvoice"])
+    p.add_argument("--subsets", nargs="*", default=None,
+                   help="LibriSpeech subsets, e.g. dev-clean train-clean-100; librispeech-lm: file names, e.g. 4-gram.arpa.gz")
+    p.add_argument("--archive", default=None, help="commonvoice: the downloaded .tar.gz, or its download link")
     p.add_argument("--dest", required=True, type=Path, help="folder for archives and extracted data")
     p.set_defaults(run=_download)
+
+    p = sub.add_parser("export", help="write a manifest in another toolkit's format")
+    formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    c = formats.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, spk2utt, utt2dur[, segments]")
+    c.add_argument("manifest", type=Path)
+    c.add_argument("data_dir", type=Path)
+    c.set_defaults(run=_export)
 
     p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
                        "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
@@ -75,8 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="checkpoint (.pt)")
     p.add_argument("paths", nargs="+", help="audio files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of 'path<TAB>text'")
+    p.add_argument("--chunk-seconds", type=float, default=None,
+                   help="decode files longer than this in overlapping chunks, in bounded memory (default 30; 0: never)")
+    p.add_argument("--chunk-overlap", type=float, default=None, help="seconds shared by consecutive chunks (default 4)")
     _add_inference_options(p)
     p.set_defaults(run=_transcribe)
+
+    p = sub.add_parser("lm", help="word n-gram language models for beam-lm decoding")
+    lm = p.add_subparsers(dest="lm_command", metavar="LM_COMMAND", required=True)
+    c = lm.add_parser("build", help="interpolated modified Kneser-Ney n-gram from text, written as ARPA")
+    c.add_argument("text", type=Path, help="text, one sentence per line (.gz read as gzip); normalized like transcripts")
+    c.add_argument("--order", type=int, default=3, help="n-gram order, e.g. 3 or 4")
+    c.add_argument("--out", required=True, type=Path, help="ARPA file to write")
+    c.add_argument("--prune", type=int, nargs="+", default=None, metavar="COUNT",
+                   help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
+    c.add_argument("--vocab", type=Path, default=None, help="word list (or ARPA); other words become <unk>")
+    c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines (0: all)")
+    c.set_defaults(run=_lm_build)
+    c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
+    c.add_argument("vocab", type=Path, help="word list, one per line, or an ARPA file (its unigrams)")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--word-separator", default="|",
+                   help="token ending each spelling ('' for models that never emit a space, e.g. isolated words)")
+    c.set_defaults(run=_lm_lexicon)
 
     p = sub.add_parser("score", help="WER and CER of hypotheses against references")
     p.add_argument("ref", type=Path, help="manifest or 'id<TAB>text' file")
@@ -96,33 +161,102 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per batch (default: from the model's config)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    # Decoding; None means: from decode.yaml next to the checkpoint if present, else the checkpoint's config.
+    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+                   help="greedy; beam: CTC prefix beam search without LM; beam-lm: flashlight beam search with a "
+                        "KenLM n-gram (pip install 'asr[lm]'); gpu-beam: torchaudio's CUDA beam search (no LM)")
+    p.add_argument("--beam-size", type=int, default=None, help="hypotheses kept per frame (beam, beam-lm, gpu-beam)")
+    p.add_argument("--lm", default=None, help="beam-lm: KenLM model, ARPA or binary (asr lm build)")
+    p.add_argument("--lexicon", default=None, help="beam-lm: spelling lexicon (asr lm lexicon); omitted: lexicon-free")
+    p.add_argument("--lm-weight", type=float, default=None, help="beam-lm: weight of the LM log-probability")
+    p.add_argument("--word-score", type=float, default=None, help="beam-lm: score added per word")
+    if p.prog.split()[-1] == "transcribe":
+        p.add_argument("--timestamps", action="store_true", help="word start/end seconds from a CTC forced alignment")
+        p.add_argument("--format", default=None, choices=["txt", "json", "srt", "vtt"],
+                       help="txt: 'path<TAB>text' (with --timestamps 'path<TAB>start<TAB>end<TAB>word' per word); "
+                            "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
+        p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
+        p.add_argument("--out-dir", type=Path, default=None, help="srt/vtt: write <name>.srt|.vtt per file here")
+
+
+def _add_prepare_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
+    c.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
+    c.add_argument("--strict", action="store_true", help="exit non-zero if any entry was skipped")
+    c.set_defaults(run=_prepare)
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from . import prepare as pr
     from .data import write_manifest
-    from .prepare import prepare_fsdd, prepare_librispeech
 
+    common = {"max_duration": args.max_duration} if args.corpus != "fsdd" else {}
     if args.corpus == "librispeech":
-        result = prepare_librispeech(args.corpus_dir, max_duration=args.max_duration)
+        result = pr.PrepareResult()
+        for folder in args.corpus_dir:  # several subsets (train-clean-100 + 360 + other-500) make one set
+            part = pr.prepare_librispeech(folder, **common)
+            result.kept.extend(part.kept)
+            result.skipped.extend(part.skipped)
+        result.kept.sort(key=lambda u: u.id)
+    elif args.corpus == "fsdd":
+        result = pr.prepare_fsdd(args.corpus_dir, args.split)
+    elif args.corpus == "an4":
+        result = pr.prepare_an4(args.corpus_dir, args.split, **common)
+    elif args.corpus == "commonvoice":
+        result = pr.prepare_commonvoice(args.corpus_dir, args.split, keep_script=args.keep_script, **common)
+    elif args.corpus == "tedlium":
+        result = pr.prepare_tedlium(args.corpus_dir, args.split, layout=args.layout, **common)
+    elif args.corpus == "ljspeech":
+        result = pr.prepare_ljspeech(args.corpus_dir, args.split, **common)
+    elif args.corpus == "kaldi":
+        result = pr.prepare_kaldi(args.data_dir, audio_root=args.audio_root, **common)
     else:
-        result = prepare_fsdd(args.corpus_dir, args.split)
+        result = pr.prepare_folder(args.csv, args.audio_dir, path_column=args.path_column, text_column=args.text_column,
+                                   speaker_column=args.speaker_column, **common)
+    source = getattr(args, "corpus_dir", None) or getattr(args, "data_dir", None) or args.csv
+    source = " ".join(map(str, source)) if isinstance(source, list) else source
+    rejects = _write_rejects(args.out, result.skipped)
     if not result.kept:
         print(result.summary(args.corpus), file=sys.stderr)
-        raise ValueError(f"{args.corpus_dir}: no usable utterances found")
+        raise ValueError(f"{source}: no usable utterances found (skipped entries: {rejects})")
     write_manifest(args.out, result.kept)
     print(result.summary(args.corpus))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} ({len(result.kept)} utterances) and {rejects} ({len(result.skipped)} skipped)")
     if args.strict and result.skipped:
         print(f"asr prepare: --strict: {len(result.skipped)} entries were skipped", file=sys.stderr)
         return 1
     return 0
 
 
+def _write_rejects(manifest: Path, skipped: list[tuple[str, str]]) -> Path:
+    """X.jsonl -> X.rejects.jsonl: one {"entry", "category", "reason"} object per skipped entry
+    (written, possibly empty, on every run, so that it never describes an older run)."""
+    from .prepare import reason_category
+
+    stem = manifest.name[: -len(".jsonl")] if manifest.name.endswith(".jsonl") else manifest.name
+    path = manifest.with_name(f"{stem}.rejects.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for entry, reason in skipped:
+            f.write(json.dumps({"entry": entry, "category": reason_category(reason), "reason": reason}) + "\n")
+    return path
+
+
 def _download(args: argparse.Namespace) -> int:
     from .download import download_corpus
 
-    path = download_corpus(args.corpus, args.dest, args.subsets)
+    path = download_corpus(args.corpus, args.dest, args.subsets, archive=args.archive)
     print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .data import read_manifest
+    from .prepare import export_kaldi
+
+    utts = read_manifest(args.manifest)
+    export_kaldi(utts, args.data_dir)
+    print(f"wrote {len(utts)} utterances as a Kaldi data directory: {args.data_dir}")
     return 0
 
 
@@ -147,36 +281,52 @@ def _load(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, tokenizer, config = load_model(args.model, device)
+    args.decode_config = config.decode
     batch_seconds = args.batch_seconds or config.decode.batch_seconds
     return model, tokenizer, device, batch_seconds
 
 
 def _decode(args: argparse.Namespace) -> int:
     from .data import load_utterance_audio, read_manifest
-    from .decode import transcribe_waves
+    from .decode import decode_waves, decoder_from_settings, transcribe_waves
 
     model, tokenizer, device, batch_seconds = _load(args)
     utts = read_manifest(args.manifest)
     rate = model.feature_config.sample_rate
     waves = [load_utterance_audio(u, rate) for u in utts]
+    settings = _decode_settings(args)
+    # Built before the clock starts: loading a large LM is not decoding time.
+    decoder = None if settings.decoder == "greedy" else decoder_from_settings(settings, tokenizer, device)
     start = time.perf_counter()
-    texts = transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress=True)
+    if decoder is None:
+        texts = transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress=True)
+    else:
+        texts = [h[0].text for h in decode_waves(model, decoder, waves, device, batch_seconds, progress=True)[0]]
     seconds = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         for utt, text in zip(utts, texts):
             f.write(f"{utt.id}\t{text}\n")
     audio = sum(w.shape[0] for w in waves) / rate
-    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) in {seconds:.1f} s on {device}: "
+    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(settings)} in {seconds:.1f} s on {device}: "
           f"RTFx {audio / max(seconds, 1e-9):.0f}; wrote {args.out}", file=sys.stderr)
     return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from .config import DecodeConfig
     from .transcribe import transcribe_files
 
     model, tokenizer, device, batch_seconds = _load(args)
-    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1)
+    settings = _decode_settings(args)
+    output_format = args.format or ("json" if args.json else "txt")
+    args.json = output_format == "json"
+    if settings.decoder != "greedy" or args.timestamps or output_format in ("srt", "vtt") or args.nbest > 1:
+        return _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format)
+    chunk_seconds = DecodeConfig.chunk_seconds if args.chunk_seconds is None else args.chunk_seconds
+    chunk_overlap = DecodeConfig.chunk_overlap if args.chunk_overlap is None else args.chunk_overlap
+    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
+                               chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     failed = 0
     for r in results:
         if r.error:
@@ -191,6 +341,89 @@ def _transcribe(args: argparse.Namespace) -> int:
     if failed:
         print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _decode_settings(args: argparse.Namespace):
+    """decode section: checkpoint config < decode.yaml next to the checkpoint < command-line options."""
+    from .decode import decode_settings
+
+    return decode_settings(args.decode_config, args.model, decoder=args.decoder, beam_size=args.beam_size,
+                           lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight, word_score=args.word_score)
+
+
+def _describe(settings) -> str:
+    if settings.decoder == "greedy":
+        return "greedy"
+    text = f"{settings.decoder} (beam {settings.beam_size}"
+    if settings.decoder == "beam-lm":
+        text += (f", lm {settings.lm or 'none'}, lexicon {settings.lexicon or 'none'}, "
+                 f"lm_weight {settings.lm_weight:g}, word_score {settings.word_score:g}")
+    return text + ")"
+
+
+def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format) -> int:
+    """transcribe with a beam decoder, n-best lists or word timestamps (asr.align)."""
+    from .align import dumps, format_srt, format_vtt, format_word_lines, transcribe_files_detailed, words_to_json
+    from .decode import decoder_from_settings
+
+    timestamps = args.timestamps or output_format in ("srt", "vtt")
+    decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
+    results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
+                                        timestamps=timestamps, progress=len(args.paths) > 1)
+    subtitles = output_format in ("srt", "vtt")
+    if subtitles and args.out_dir is None and len(results) > 1:
+        raise ValueError(f"--format {output_format} with several files needs --out-dir")
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"asr transcribe: error: {r.error}", file=sys.stderr)
+            if output_format == "json":
+                print(dumps({"path": r.path, "error": r.error}))
+        elif output_format == "json":
+            obj = {"path": r.path, "text": r.text, "duration": round(r.duration, 3)}
+            if r.words is not None:
+                obj["words"] = words_to_json(r.words)
+            if args.nbest > 1:
+                obj["nbest"] = [{"text": t, "score": round(sc, 4)} for t, sc in r.nbest]
+            print(dumps(obj))
+        elif subtitles:
+            text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
+            if args.out_dir is None:
+                print(text, end="")
+            else:
+                out = args.out_dir / (Path(r.path).stem + "." + output_format)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(text, encoding="utf-8")
+                print(out)
+        elif timestamps:
+            print(format_word_lines(r.path, r.words), end="")
+        else:
+            print(f"{r.path}\t{r.text}")
+    if failed:
+        print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from .lm import build_ngram_model, iter_text, read_vocab, write_arpa
+
+    start = time.perf_counter()
+    vocab = read_vocab(args.vocab) if args.vocab else None
+    model = build_ngram_model(iter_text(args.text, args.max_lines), args.order, vocab, args.prune or ())
+    write_arpa(model, args.out)
+    sizes = ", ".join(f"{n}-grams {len(t.word)}" for n, t in enumerate(model.orders, 1))
+    print(f"wrote {args.out} ({sizes}) in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _lm_lexicon(args: argparse.Namespace) -> int:
+    from .lm import read_vocab, write_lexicon
+
+    count = write_lexicon(read_vocab(args.vocab), args.out, args.word_separator)
+    print(f"wrote {args.out} ({count} words)")
     return 0
 
 

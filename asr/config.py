@@ -38,12 +38,21 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dev_max_utts: int = 0  # validate on the first N dev utterances (0: all)
+    save_every_steps: int = 0  # also write last.pt every N updates mid-epoch (0: only after each epoch)
 
 
 @dataclass
 class DecodeConfig:
-    decoder: str = "greedy"
+    decoder: str = "greedy"  # greedy | beam (prefix beam search, no LM) | beam-lm (flashlight + KenLM) | gpu-beam (CUDA)
     batch_seconds: float = 300.0  # padded audio seconds per inference batch
+    beam_size: int = 10
+    lm: str = ""  # KenLM ARPA or binary model for beam-lm ("": none)
+    lexicon: str = ""  # spelling lexicon for beam-lm ("": lexicon-free)
+    lm_weight: float = 2.0
+    word_score: float = 0.0
+    beam_threshold: float = 25.0  # beam-lm: prune hypotheses this far (log-prob) below the best
+    chunk_seconds: float = 30.0  # transcribe: longer files are decoded in chunks of this length (0: never)
+    chunk_overlap: float = 4.0  # seconds shared by consecutive chunks; the seam is in its middle
 
 
 @dataclass

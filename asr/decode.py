@@ -5,8 +5,11 @@ Shapes: log-probs (B, T, V), lengths (B,).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -56,3 +59,311 @@ def _decode_batch(model: CTCModel, tokenizer: CharTokenizer, waves: list[torch.T
     padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True).to(device, non_blocking=True)
     log_probs, out_lengths = model(padded, lengths.to(device))
     return [tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, tokenizer.blank)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Beam search: our CTC prefix beam search (no LM), flashlight's lexicon/KenLM search through
+# torchaudio, torchaudio's CUDA search, behind one interface: a decoder maps (B, T, V) log-probs and
+# (B,) lengths to an n-best list of Hypothesis per utterance.
+
+DECODERS = ("greedy", "beam", "beam-lm", "gpu-beam")
+LM_EXTRA_HINT = "pip install 'asr[lm]' (flashlight-text)"
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    score: float  # log-probability: of the best path (greedy), of the prefix (beam), or flashlight's total
+    tokens: list[int] = field(default_factory=list)
+
+
+def ctc_prefix_beam_search(
+    log_probs: torch.Tensor | np.ndarray,
+    beam_size: int = 10,
+    blank: int = 0,
+    nbest: int = 1,
+    token_min_logp: float = -12.0,
+) -> list[tuple[list[int], float]]:
+    """CTC prefix beam search over one utterance's (T, V) log-probs, without a language model.
+
+    Each hypothesis is a label prefix with two log-probabilities: of all paths that produce it and
+    end in blank, and of those that end in its last label. Per frame, all K prefixes are extended by
+    all labels at once as a (K, V) array; extensions that reproduce a prefix already in the beam
+    (the parent of a beam entry extended by that entry's last label) are merged into it; the best K
+    of the K stays and K*V extensions form the next beam. Labels below `token_min_logp` in a frame
+    are not tried as extensions. Prefixes are nodes of a trie, so comparing and extending them is O(1).
+
+    With beam_size 1 the search keeps one path, the best one per frame: the greedy result.
+    Returns up to `nbest` (label ids, log-probability), best first.
+    """
+    lp = log_probs.detach().float().cpu().numpy() if isinstance(log_probs, torch.Tensor) else np.asarray(log_probs, np.float32)
+    T, V = lp.shape
+    if beam_size <= 1 or T == 0:
+        best = lp.argmax(axis=1)
+        keep = (best != blank) & np.r_[True, best[1:] != best[:-1]]
+        return [(best[keep].tolist(), float(lp[np.arange(T), best].sum()))]
+    neg_inf = np.float32(-np.inf)
+    # Trie of prefixes: node 0 is the empty prefix.
+    node_parent: list[int] = [-1]
+    node_label: list[int] = [-1]
+    children: dict[tuple[int, int], int] = {}
+    nodes = np.zeros(1, dtype=np.int64)  # beam entries' trie nodes
+    p_b = np.zeros(1, dtype=np.float32)  # log P(prefix, path ends in blank)
+    p_nb = np.full(1, neg_inf, dtype=np.float32)  # log P(prefix, path ends in its last label)
+    last = np.full(1, -1, dtype=np.int64)  # last label of each prefix (-1: empty)
+    parent_pos = np.full(1, -1, dtype=np.int64)  # beam position of each prefix's parent (-1: not in beam)
+    for t in range(T):
+        row = lp[t]
+        total = np.logaddexp(p_b, p_nb)
+        stay_b = total + row[blank]
+        has_last = last >= 0
+        stay_nb = np.where(has_last, p_nb + row[np.maximum(last, 0)], neg_inf)
+        labels = np.nonzero(row >= token_min_logp)[0]
+        labels = labels[labels != blank]
+        ext = total[:, None] + row[labels][None, :]  # (K, L)
+        if labels.size:
+            # Repeating the last label only extends the prefix after a blank.
+            same = last[:, None] == labels[None, :]
+            if same.any():
+                ext = np.where(same, (p_b + row[np.maximum(last, 0)])[:, None], ext)
+            # Extensions that are already in the beam merge into that entry.
+            merge = np.nonzero(parent_pos >= 0)[0]
+            if merge.size:
+                col = np.searchsorted(labels, last[merge])
+                ok = (col < labels.size) & (labels[np.minimum(col, labels.size - 1)] == last[merge])
+                merge, col = merge[ok], col[ok]
+                stay_nb[merge] = np.logaddexp(stay_nb[merge], ext[parent_pos[merge], col])
+                ext[parent_pos[merge], col] = neg_inf
+        stay = np.logaddexp(stay_b, stay_nb)
+        k = stay.size
+        flat = ext.ravel()
+        scores = np.concatenate([stay, flat])
+        if scores.size > beam_size:
+            chosen = np.argpartition(-scores, beam_size - 1)[:beam_size]
+        else:
+            chosen = np.arange(scores.size)
+        chosen = chosen[np.isfinite(scores[chosen])]
+        new_nodes = np.empty(chosen.size, dtype=np.int64)
+        new_b = np.empty(chosen.size, dtype=np.float32)
+        new_nb = np.empty(chosen.size, dtype=np.float32)
+        new_last = np.empty(chosen.size, dtype=np.int64)
+        for i, c in enumerate(chosen.tolist()):
+            if c < k:
+                new_nodes[i], new_b[i], new_nb[i], new_last[i] = nodes[c], stay_b[c], stay_nb[c], last[c]
+            else:
+                src, j = divmod(c - k, labels.size)
+                label = int(labels[j])
+                key = (int(nodes[src]), label)
+                node = children.get(key)
+                if node is None:
+                    node = children[key] = len(node_parent)
+                    node_parent.append(key[0])
+                    node_label.append(label)
+                new_nodes[i], new_b[i], new_nb[i], new_last[i] = node, neg_inf, flat[c - k], label
+        position = {n: i for i, n in enumerate(new_nodes.tolist())}
+        parent_pos = np.array([position.get(node_parent[n], -1) for n in new_nodes.tolist()], dtype=np.int64)
+        nodes, p_b, p_nb, last = new_nodes, new_b, new_nb, new_last
+    final = np.logaddexp(p_b, p_nb)
+    results = []
+    for i in np.argsort(-final)[: max(nbest, 1)].tolist():
+        ids, n = [], int(nodes[i])
+        while n > 0:
+            ids.append(node_label[n])
+            n = node_parent[n]
+        results.append((ids[::-1], float(final[i])))
+    return results
+
+
+class GreedyDecoder:
+    """Best path; its score is the path's log-probability."""
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        ids = greedy_decode(log_probs, lengths, self.tokenizer.blank)
+        best = log_probs.max(dim=-1).values.cpu()
+        scores = [float(best[i, : int(lengths[i])].sum()) for i in range(len(ids))]
+        return [[Hypothesis(self.tokenizer.decode(x), s, x)] for x, s in zip(ids, scores)]
+
+
+class PrefixBeamDecoder:
+    """`ctc_prefix_beam_search` per utterance (no LM, no lexicon)."""
+
+    def __init__(self, tokenizer: CharTokenizer, beam_size: int = 10, nbest: int = 1):
+        self.tokenizer, self.beam_size, self.nbest = tokenizer, beam_size, nbest
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        log_probs, lengths = log_probs.detach().float().cpu(), lengths.cpu()
+        out = []
+        for i in range(log_probs.shape[0]):
+            found = ctc_prefix_beam_search(log_probs[i, : int(lengths[i])], self.beam_size, self.tokenizer.blank, self.nbest)
+            out.append([Hypothesis(self.tokenizer.decode(ids), score, ids) for ids, score in found])
+        return out
+
+
+def _flashlight_tokens(tokenizer: CharTokenizer) -> list[str]:
+    """Our symbols with the word separator spelt '|' as in flashlight lexicons."""
+    return ["|" if s == " " else s for s in tokenizer.symbols]
+
+
+class FlashlightDecoder:
+    """torchaudio's ctc_decoder (flashlight-text): lexicon-constrained when a lexicon is given,
+    lexicon-free otherwise (then an LM, if any, must be over our tokens, not words)."""
+
+    def __init__(self, tokenizer: CharTokenizer, lm: str = "", lexicon: str = "", beam_size: int = 50,
+                 lm_weight: float = 2.0, word_score: float = 0.0, nbest: int = 1, beam_threshold: float = 25.0):
+        try:
+            import flashlight.lib.text  # noqa: F401
+            from torchaudio.models.decoder import ctc_decoder
+        except ImportError as e:
+            raise RuntimeError(f"--decoder beam-lm needs flashlight-text, which is not installed ({e}); "
+                               f"install it with: {LM_EXTRA_HINT}") from None
+        for name, path in (("LM", lm if isinstance(lm, str) else ""), ("lexicon", lexicon)):
+            if path and not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: {name} file not found")
+        if " " not in tokenizer.symbols:
+            raise ValueError("beam-lm needs a tokenizer with a space symbol (word separator)")
+        self.tokenizer = tokenizer
+        self.lexicon = bool(lexicon)
+        self._closing_frame = torch.full((len(tokenizer),), -30.0)
+        self._closing_frame[tokenizer.symbols.index(" ")] = 0.0
+        self.decoder = ctc_decoder(
+            lexicon=lexicon or None, tokens=_flashlight_tokens(tokenizer), lm=lm or None, nbest=nbest,
+            beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
+            blank_token=tokenizer.symbols[tokenizer.blank], sil_token="|", unk_word="<unk>",
+        )
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        # Our models end an utterance without a word separator, but a lexicon spelling 'w o r d |'
+        # completes a word only at '|': one extra frame that is surely '|' closes the last word.
+        log_probs, lengths = log_probs.detach().float().cpu(), lengths.cpu().to(torch.int64)
+        b, t, v = log_probs.shape
+        padded = torch.cat([log_probs, torch.zeros(b, 1, v)], dim=1)
+        padded[torch.arange(b), lengths] = self._closing_frame
+        results = self.decoder(padded.contiguous(), (lengths + 1).to(torch.int32))
+        out = []
+        for hyps in results:
+            items = []
+            for h in hyps:
+                ids = [int(x) for x in h.tokens if int(x) != self.tokenizer.blank]
+                text = " ".join(h.words) if self.lexicon else self.tokenizer.decode(ids)
+                items.append(Hypothesis(text, float(h.score), ids))
+            out.append(items or [Hypothesis("", float("-inf"), [])])
+        return out
+
+
+class CudaBeamDecoder:
+    """torchaudio's cuda_ctc_decoder: prefix beam search on the GPU, no LM."""
+
+    def __init__(self, tokenizer: CharTokenizer, device: torch.device, beam_size: int = 10, nbest: int = 1,
+                 blank_skip_threshold: float = 0.95):
+        if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError(f"--decoder gpu-beam needs a CUDA device (got device {str(device)!r}"
+                               f"{'' if torch.cuda.is_available() else ', and CUDA is not available here'}); "
+                               "on a CPU use --decoder beam or beam-lm")
+        if tokenizer.blank != 0:
+            raise ValueError("gpu-beam needs the blank at label 0")
+        from torchaudio.models.decoder import cuda_ctc_decoder
+
+        self.tokenizer = tokenizer
+        self.decoder = cuda_ctc_decoder(_flashlight_tokens(tokenizer), nbest=nbest, beam_size=beam_size,
+                                        blank_skip_threshold=blank_skip_threshold)
+
+    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        results = self.decoder(log_probs.float().contiguous(), lengths.to(log_probs.device, torch.int32))
+        return [[Hypothesis(self.tokenizer.decode(h.tokens), float(h.score), list(h.tokens)) for h in hyps] for hyps in results]
+
+
+def make_decoder(name: str, tokenizer: CharTokenizer, device: torch.device | str = "cpu", beam_size: int = 10,
+                 lm: str = "", lexicon: str = "", lm_weight: float = 2.0, word_score: float = 0.0,
+                 nbest: int = 1, beam_threshold: float = 25.0):
+    """A callable (log_probs (B, T, V), lengths (B,)) -> n-best Hypothesis lists, by decoder name."""
+    if name == "greedy":
+        return GreedyDecoder(tokenizer)
+    if name == "beam":
+        return PrefixBeamDecoder(tokenizer, beam_size, nbest)
+    if name == "beam-lm":
+        return FlashlightDecoder(tokenizer, lm, lexicon, beam_size, lm_weight, word_score, nbest, beam_threshold)
+    if name == "gpu-beam":
+        return CudaBeamDecoder(tokenizer, torch.device(device), beam_size, nbest)
+    raise ValueError(f"unknown decoder {name!r} (choose from {', '.join(DECODERS)})")
+
+
+@torch.inference_mode()
+def decode_waves(
+    model: CTCModel,
+    decoder,
+    waves: Sequence[torch.Tensor],
+    device: torch.device,
+    batch_seconds: float = 300.0,
+    progress: bool = False,
+    keep_log_probs: bool = False,
+) -> tuple[list[list[Hypothesis]], list[torch.Tensor] | None]:
+    """N-best lists of mono waveforms in input order, batched like `transcribe_waves`; with
+    keep_log_probs also each utterance's (T, V) log-probs on the CPU (for alignment)."""
+    rate = model.feature_config.sample_rate
+    durations = [max(w.shape[0], 1) / rate for w in waves]
+    sampler = BucketBatchSampler(durations, batch_seconds, shuffle=False)
+    hyps: list[list[Hypothesis]] = [[] for _ in waves]
+    kept: list[torch.Tensor] | None = [torch.empty(0)] * len(waves) if keep_log_probs else None
+    for batch in tqdm(sampler.epoch_batches(0), desc="decoding", unit="batch", disable=not progress, leave=False):
+        lengths = torch.tensor([waves[i].shape[0] for i in batch])
+        padded = torch.nn.utils.rnn.pad_sequence([waves[i] for i in batch], batch_first=True).to(device, non_blocking=True)
+        log_probs, out_lengths = model(padded, lengths.to(device))
+        for index, nbest in zip(batch, decoder(log_probs, out_lengths)):
+            hyps[index] = nbest
+        if kept is not None:
+            cpu, cpu_lengths = log_probs.float().cpu(), out_lengths.cpu()
+            for j, index in enumerate(batch):
+                kept[index] = cpu[j, : int(cpu_lengths[j])].clone()
+    return hyps, kept
+
+
+def decode_settings(config_decode, model_path: str | os.PathLike | None = None, **given):
+    """The decode section to use: the checkpoint's config, then `decode.yaml` next to the checkpoint
+    when present (written by scripts/tune_decoder.py; a mapping, optionally under a `decode:` key),
+    then the options given on the command line (None: not given). Returns a new DecodeConfig."""
+    import copy
+
+    import yaml
+
+    from .config import ConfigError, _set
+
+    settings = copy.deepcopy(config_decode)
+    if model_path is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "decode.yaml")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+            data = data.get("decode", data) if isinstance(data, dict) else data
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: must be a mapping of decode options")
+            for key, value in data.items():
+                _set(settings, "decode", key, value, path)
+    for key, value in given.items():
+        if value is not None:
+            _set(settings, "decode", key, value, "command line")
+    if settings.decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {settings.decoder!r} (choose from {', '.join(DECODERS)})")
+    return settings
+
+
+def decoder_from_settings(settings, tokenizer: CharTokenizer, device: torch.device | str = "cpu", nbest: int = 1):
+    return make_decoder(settings.decoder, tokenizer, device, settings.beam_size, settings.lm, settings.lexicon,
+                        settings.lm_weight, settings.word_score, nbest, settings.beam_threshold)
+
+
+def load_flashlight_lm(lm: str, lexicon: str = ""):
+    """A KenLM model loaded once for several FlashlightDecoders (tuning LM weights loads a large ARPA
+    only once). Built as torchaudio's ctc_decoder builds it, from torchaudio's private helpers; where
+    they are missing, returns the path (each decoder then loads the file itself)."""
+    if not lm or not lexicon:
+        return lm
+    try:
+        from torchaudio.models.decoder import _ctc_decoder as impl
+
+        word_dict = impl._create_word_dict(impl._load_words(lexicon))
+        return lm if impl._KenLM is None else impl._KenLM(lm, word_dict)
+    except (ImportError, AttributeError, TypeError):
+        return lm

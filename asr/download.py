@@ -10,6 +10,7 @@ import hashlib
 import os
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -39,7 +40,48 @@ MINI_LIBRISPEECH_SUBSETS: dict[str, tuple[str, str | None]] = {
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
 FSDD_ARCHIVE = "free-spoken-digit-dataset-1.0.10.tar.gz"
 
-CORPORA = ("librispeech", "mini-librispeech", "fsdd")
+# LibriSpeech's official language-model resources (openslr resource 11), for beam search with a
+# lexicon and an n-gram LM. openslr publishes no checksums for them; the sizes (bytes) are those
+# Kaldi's egs/librispeech/s5/local/download_lm.sh checks, and download() verifies them.
+LIBRISPEECH_LM_URL = "https://www.openslr.org/resources/11"
+LIBRISPEECH_LM_FILES: dict[str, int | None] = {
+    "librispeech-vocab.txt": 1737588,
+    "librispeech-lexicon.txt": 5627653,
+    "3-gram.arpa.gz": 759636181,
+    "3-gram.pruned.1e-7.arpa.gz": 34094057,
+    "3-gram.pruned.3e-7.arpa.gz": 13654242,
+    "4-gram.arpa.gz": 1355172078,
+}
+# Fetched when no file is named: what a lexicon-constrained beam search with an LM needs (~41 MB).
+LIBRISPEECH_LM_DEFAULT = ("librispeech-vocab.txt", "librispeech-lexicon.txt", "3-gram.pruned.1e-7.arpa.gz")
+
+
+@dataclass(frozen=True)
+class CorpusArchive:
+    """A corpus published as one archive: where, its checksums where known, and the folder it unpacks to."""
+
+    url: str
+    sha256: str | None
+    md5: str | None
+    top: str
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+ARCHIVES: dict[str, CorpusArchive] = {
+    # CMU publishes no checksum for AN4 (64 MB, 948 train + 130 test utterances, SPHERE audio).
+    "an4": CorpusArchive("http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz", None, None, "an4"),
+    # openslr resource 51 (~51 GB). sha256 as in torchaudio's torchaudio/datasets/tedlium.py.
+    "tedlium": CorpusArchive("https://www.openslr.org/resources/51/TEDLIUM_release-3.tgz",
+                             "ad1e454d14d1ad550bc2564c462d87c7a7ec83d4dc2b9210f22ab4973b9eccdb", None, "TEDLIUM_release-3"),
+    # keithito.com (2.6 GB). sha256 as in torchaudio's torchaudio/datasets/ljspeech.py.
+    "ljspeech": CorpusArchive("https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2",
+                              "be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5", None, "LJSpeech-1.1"),
+}
+
+CORPORA = ("librispeech", "mini-librispeech", "librispeech-lm", "fsdd", "an4", "tedlium", "ljspeech", "commonvoice")
 _CHUNK = 1 << 20
 _USER_AGENT = "asr-toolkit/0.1 (python urllib)"
 
@@ -58,18 +100,20 @@ def download(
     md5: str | None = None,
     progress: bool = True,
     timeout: float = 60.0,
+    size: int | None = None,
 ) -> Path:
     """Download `url` to `dest` and return `dest`.
 
     The data goes to `dest.part` first, so `dest` only ever holds a complete file; an interrupted
     download leaves the `.part`, and the next call resumes it with a Range request (starting over
     when the server ignores the range). The checksums given are verified, and a file that fails
-    them is deleted. When `dest` exists and matches (or no checksum is given) nothing is fetched.
+    them is deleted; so is one whose length is not `size` bytes, when given (for files published
+    without checksums). When `dest` exists and matches (or no checksum is given) nothing is fetched.
     `timeout` (seconds) bounds each connection attempt and each read.
     """
     dest = Path(dest)
     if dest.is_file():
-        if (sha256 is None and md5 is None) or not _checksum_problems(dest, sha256, md5):
+        if not _checksum_problems(dest, sha256, md5, size):
             return dest
         dest.unlink()  # a stale or damaged copy: fetch it again
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +157,7 @@ def download(
             f"run the same command again to resume from {part}"
         )
 
-    problems = _checksum_problems(part, sha256, md5)
+    problems = _checksum_problems(part, sha256, md5, size)
     if problems:
         part.unlink()
         raise DownloadError(f"{dest.name} from {url} is damaged or not the expected file: {'; '.join(problems)}. "
@@ -165,8 +209,10 @@ def file_digest(path: str | os.PathLike, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def _checksum_problems(path: Path, sha256: str | None, md5: str | None) -> list[str]:
+def _checksum_problems(path: Path, sha256: str | None, md5: str | None, size: int | None = None) -> list[str]:
     problems = []
+    if size is not None and path.stat().st_size != size:
+        problems.append(f"size expected {size} bytes, got {path.stat().st_size}")
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected is None:
             continue
@@ -299,11 +345,73 @@ def download_fsdd(dest_dir: str | os.PathLike, url: str = FSDD_URL, progress: bo
     return found[0]
 
 
-def download_corpus(corpus: str, dest: str | os.PathLike, subsets: list[str] | None = None) -> Path:
+def download_librispeech_lm(
+    files: list[str] | None,
+    dest_dir: str | os.PathLike,
+    base_url: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download LibriSpeech's LM resources (resource 11) into `dest_dir` and return it: the files
+    named (default LIBRISPEECH_LM_DEFAULT), each checked against its published size. They are
+    not archives; the ARPA files stay gzip-compressed. Files already complete are not fetched."""
+    dest_dir = Path(dest_dir)
+    for name in files or LIBRISPEECH_LM_DEFAULT:
+        if name not in LIBRISPEECH_LM_FILES:
+            raise ValueError(f"unknown LibriSpeech LM file {name!r}; choose from {', '.join(LIBRISPEECH_LM_FILES)}")
+        download(f"{(base_url or LIBRISPEECH_LM_URL).rstrip('/')}/{name}", dest_dir / name,
+                 size=LIBRISPEECH_LM_FILES[name], progress=progress)
+    return dest_dir
+
+
+def download_archive(corpus: str, dest_dir: str | os.PathLike, url: str | None = None, progress: bool = True) -> Path:
+    """Download and extract the archive of a corpus in ARCHIVES ('an4', 'tedlium', 'ljspeech')
+    into `dest_dir`, once; returns the folder it unpacks to (what `asr prepare` takes). `url`
+    replaces the official address (a mirror); the checksums still apply."""
+    archive = ARCHIVES[corpus]
+    dest_dir = Path(dest_dir)
+    if not (dest_dir / f".extracted-{archive.name}").exists():
+        path = download(url or archive.url, dest_dir / archive.name, sha256=archive.sha256, md5=archive.md5,
+                        progress=progress)
+        extract(path, dest_dir)
+    top = dest_dir / archive.top
+    if not top.is_dir():
+        raise DownloadError(f"{dest_dir / archive.name} did not contain the expected {archive.top}/ folder")
+    return top
+
+
+def unpack_commonvoice(archive: str, dest_dir: str | os.PathLike, sha256: str | None = None,
+                       progress: bool = True) -> Path:
+    """Common Voice is downloaded by hand (its site asks for an e-mail address and agreement to
+    its terms): `archive` is that .tar.gz, or the download link it gave (fetched with resume).
+    Extracts it into `dest_dir` once and returns the language folder inside (the one holding
+    validated.tsv), or `dest_dir` when the archive holds several languages."""
+    dest_dir = Path(dest_dir)
+    if "://" in archive:
+        name = archive.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "commonvoice.tar.gz"
+        path = dest_dir / name
+        if not (dest_dir / f".extracted-{name}").exists():
+            download(archive, path, sha256=sha256, progress=progress)
+    else:
+        path = Path(archive).expanduser()
+        if not (dest_dir / f".extracted-{path.name}").exists():
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: Common Voice archive not found")
+            problems = _checksum_problems(path, sha256, None)
+            if problems:
+                raise DownloadError(f"{path} is not the expected archive: {'; '.join(problems)}")
+    extract(path, dest_dir)
+    found = sorted({p.parent for p in dest_dir.glob("*/*/validated.tsv")} | {p.parent for p in dest_dir.glob("*/validated.tsv")})
+    return found[0] if len(found) == 1 else dest_dir
+
+
+def download_corpus(corpus: str, dest: str | os.PathLike, subsets: list[str] | None = None,
+                    archive: str | None = None) -> Path:
     """`asr download`: fetch a corpus into `dest` and return the folder to give `asr prepare`.
 
     'librispeech' needs the subsets named (all of them are ~60 GB); 'mini-librispeech' defaults to
-    both of its subsets; 'fsdd' takes none.
+    both of its subsets; 'librispeech-lm' takes LM file names (default: vocabulary, lexicon and
+    the pruned 3-gram); 'commonvoice' needs `archive` (the downloaded .tar.gz or its link); the
+    others take none.
     """
     if corpus == "librispeech":
         if not subsets:
@@ -312,8 +420,19 @@ def download_corpus(corpus: str, dest: str | os.PathLike, subsets: list[str] | N
         return download_librispeech(subsets, dest)
     if corpus == "mini-librispeech":
         return download_librispeech(subsets or list(MINI_LIBRISPEECH_SUBSETS), dest)
+    if corpus == "librispeech-lm":
+        return download_librispeech_lm(subsets, dest)
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; choose one of {', '.join(CORPORA)}")
+    if subsets:
+        raise ValueError(f"{corpus} has no subsets to choose; drop --subsets")
+    if archive and corpus != "commonvoice":
+        raise ValueError(f"--archive is for commonvoice; {corpus} is downloaded from its official address")
+    if corpus == "commonvoice":
+        if not archive:
+            raise ValueError("Common Voice is downloaded by hand from https://commonvoice.mozilla.org/datasets "
+                             "(it asks for agreement to its terms): pass the .tar.gz or its download link with --archive")
+        return unpack_commonvoice(archive, dest)
     if corpus == "fsdd":
-        if subsets:
-            raise ValueError("the Free Spoken Digit Dataset has no subsets to choose; drop --subsets")
         return download_fsdd(dest)
-    raise ValueError(f"unknown corpus {corpus!r}; choose one of {', '.join(CORPORA)}")
+    return download_archive(corpus, dest)

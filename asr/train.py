@@ -2,6 +2,11 @@
 CUDA, length-bucketed batches, validation (loss and greedy WER/CER) after each epoch, and
 checkpoints `last.pt` / `best.pt` that `--resume` continues from.
 
+Faults cost little: checkpoints are written atomically, also every `train.save_every_steps`
+updates mid-epoch, and a resumed run continues at the exact batch with the same RNG states, so it
+ends with the same weights as an uninterrupted one; a batch with a non-finite loss or gradient is
+skipped and counted; on CUDA out-of-memory the batch is retried in smaller parts (same update).
+
 Everything the run does goes to <out>/train.log; numbers go to <out>/metrics.jsonl (one JSON
 object per log interval and per validation), which `asr plot` turns into a PNG.
 """
@@ -11,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +29,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import read_checkpoint, resolve_device, save_checkpoint
+from .checkpoint import copy_atomic, read_checkpoint, remove_stale_temp_files, resolve_device, save_checkpoint
 from .config import Config
-from .data import BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
+from .data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
 from .decode import greedy_decode
 from .features import RunningStats, spec_augment
 from .model import CTCModel, count_parameters
@@ -45,6 +50,7 @@ class TrainState:
     best_cer: float = math.inf
     elapsed: float = 0.0  # training seconds over all sessions of this run
     skipped_batches: int = 0  # batches with a non-finite loss or gradient, not applied
+    oom_splits: int = 0  # CUDA out-of-memory events, each answered by retrying the batch in more parts
     audio_seconds: float = 0.0  # training audio seen, over all epochs
 
 
@@ -93,6 +99,8 @@ def train(
 
     state = TrainState()
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    remove_stale_temp_files(last_path)  # left by a process killed while saving
+    remove_stale_temp_files(best_path)
     if resume and last_path.is_file():
         payload = read_checkpoint(last_path, map_location="cpu")
         model.load_state_dict(payload["model"])
@@ -100,6 +108,7 @@ def train(
         scheduler.load_state_dict(payload["scheduler"])
         state = TrainState(**payload["state"])
         _set_rng_state(payload["rng"], specaug_rng)
+        _drop_metrics_after(out_dir / "metrics.jsonl", state)
         log.info("resumed from %s at epoch %d, batch %d, step %d", last_path, state.epoch, state.batch_in_epoch, state.step)
     else:
         if resume:
@@ -142,20 +151,18 @@ def train(
             bar = tqdm(loader, total=len(sampler), desc=f"epoch {state.epoch + 1}/{tc.epochs}", unit="batch", leave=False)
             for batch in bar:
                 batch = batch.to(device, non_blocking=True)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    feats, feat_lengths = model.features(batch.waves, batch.wave_lengths)
-                    feats = spec_augment(feats, feat_lengths, config.specaug, generator=specaug_rng)
-                    log_probs, out_lengths = model.encode(feats, feat_lengths)
-                loss = _ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths, tokenizer.blank)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                def forward_backward(part: Batch, weight: float) -> torch.Tensor:
+                    return _forward_backward(model, part, weight, config, tokenizer.blank, specaug_rng, use_bf16)
+
+                loss = _backward_splitting_on_oom(forward_backward, batch, model, device, state)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 # A non-finite loss or gradient would poison the weights: skip the update, count it.
-                if torch.isfinite(grad_norm) and torch.isfinite(loss):
+                updated = bool(torch.isfinite(grad_norm) and torch.isfinite(loss))
+                if updated:
                     optimizer.step()
                     scheduler.step()
                     state.step += 1
-                    window.add(loss.detach(), grad_norm.detach(), grad_norm.detach() > tc.grad_clip)
+                    window.add(loss, grad_norm.detach(), grad_norm.detach() > tc.grad_clip)
                 else:
                     state.skipped_batches += 1
                     log.warning("non-finite loss or gradient in epoch %d batch %d: update skipped (%d so far)",
@@ -168,6 +175,9 @@ def train(
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 state.elapsed = elapsed_before + time.monotonic() - session_start
+                if updated and tc.save_every_steps and state.step % tc.save_every_steps == 0:
+                    # Mid-epoch: a killed run resumes from here, at the next batch, losing < N updates.
+                    save_checkpoint(last_path, checkpoint_payload())
                 if tc.max_steps and state.step >= tc.max_steps:
                     stop_reason = f"max_steps={tc.max_steps} reached"
                 elif tc.max_minutes and state.elapsed >= 60 * tc.max_minutes:
@@ -190,13 +200,14 @@ def train(
                 state.best_wer, state.best_cer = result["wer"], result["cer"]
             save_checkpoint(last_path, checkpoint_payload())
             if improved:
-                shutil.copyfile(last_path, best_path)
+                copy_atomic(last_path, best_path)
                 log.info("new best dev WER %.2f%%: saved %s", state.best_wer, best_path)
     finally:
         metrics.close()
-    log.info("done: %s; %d updates in %.1f min (%d skipped); best dev WER %.2f%% CER %.2f%%; %.1f audio-hours per hour",
+    log.info("done: %s; %d updates in %.1f min (%d skipped, %d out-of-memory splits); best dev WER %.2f%% CER %.2f%%; "
+             "%.1f audio-hours per hour",
              stop_reason or f"{tc.epochs} epochs", state.step, state.elapsed / 60, state.skipped_batches,
-             state.best_wer, state.best_cer, state.audio_seconds / max(state.elapsed, 1e-9))
+             state.oom_splits, state.best_wer, state.best_cer, state.audio_seconds / max(state.elapsed, 1e-9))
     return state
 
 
@@ -219,6 +230,71 @@ def validate(model: CTCModel, dev_set: SpeechDataset, tokenizer: CharTokenizer, 
     return {"loss": total_loss / max(len(dev_set), 1), "wer": round(report.wer, 3), "cer": round(report.cer, 3)}
 
 
+def _forward_backward(
+    model: CTCModel, batch: Batch, weight: float, config: Config, blank: int, specaug_rng: torch.Generator,
+    use_bf16: bool,
+) -> torch.Tensor:
+    """Forward and backward of (part of) a batch: the gradient of weight x its mean loss accumulates
+    into .grad. Returns that weighted loss, detached."""
+    with torch.autocast(device_type=batch.waves.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        feats, feat_lengths = model.features(batch.waves, batch.wave_lengths)
+        feats = spec_augment(feats, feat_lengths, config.specaug, generator=specaug_rng)
+        log_probs, out_lengths = model.encode(feats, feat_lengths)
+    loss = _ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths, blank)
+    if weight != 1.0:
+        loss = loss * weight
+    loss.backward()
+    return loss.detach()
+
+
+def _backward_splitting_on_oom(
+    forward_backward, batch: Batch, model: torch.nn.Module, device: torch.device, state: TrainState
+) -> torch.Tensor:
+    """Gradients of the batch-mean loss in model's .grad, by forward_backward(part, weight); returns
+    that mean loss (detached).
+
+    On CUDA out-of-memory the gradients are cleared, memory is freed and the whole batch is redone
+    in twice as many parts, each part's mean loss weighted by its share of the batch, so the
+    accumulated gradient is the full batch's (up to float rounding; dropout and SpecAugment draw
+    new masks). A single utterance that does not fit is an error."""
+    size = batch.waves.shape[0]
+    parts = 1
+    while True:
+        model.zero_grad(set_to_none=True)
+        try:
+            pieces = _split_batch(batch, parts)
+            return sum(forward_backward(p, 1.0 if parts == 1 else p.waves.shape[0] / size) for p in pieces)
+        except torch.cuda.OutOfMemoryError:
+            if parts >= size:
+                raise
+        # Outside the except block, so that the traceback's references to activations are gone.
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        parts = min(2 * parts, size)
+        state.oom_splits += 1
+        log.warning("CUDA out of memory in epoch %d batch %d (%d utterances, %d padded samples each): retrying "
+                    "in %d parts (%d out-of-memory splits so far)", state.epoch, state.batch_in_epoch, size,
+                    batch.waves.shape[1], parts, state.oom_splits)
+
+
+def _split_batch(batch: Batch, parts: int) -> list[Batch]:
+    """`parts` consecutive sub-batches, each cut to its own longest waveform and transcript."""
+    if parts == 1:
+        return [batch]
+    pieces = []
+    for rows in torch.arange(batch.waves.shape[0]).tensor_split(parts):
+        if not len(rows):
+            continue
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        wave_lengths, label_lengths = batch.wave_lengths[lo:hi], batch.label_lengths[lo:hi]
+        pieces.append(Batch(
+            batch.waves[lo:hi, : int(wave_lengths.max())], wave_lengths,
+            batch.labels[lo:hi, : max(int(label_lengths.max()), 1)], label_lengths, batch.indices[lo:hi],
+        ))
+    return pieces
+
+
 def _ctc_loss(log_probs, out_lengths, labels, label_lengths, blank: int, reduction: str = "mean") -> torch.Tensor:
     """CTC loss in float32. 'mean' is the per-utterance sum averaged over the batch, so the gradient
     scale does not depend on transcript length conventions. Infeasible alignments (more labels than
@@ -228,6 +304,19 @@ def _ctc_loss(log_probs, out_lengths, labels, label_lengths, blank: int, reducti
         blank=blank, reduction="sum", zero_infinity=True,
     )
     return loss / labels.shape[0] if reduction == "mean" else loss
+
+
+def _drop_metrics_after(path: Path, state: TrainState) -> None:
+    """Forget the metrics a killed run logged after its last checkpoint: the resumed run logs
+    those steps again."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [r for r in records if (r["step"], r["epoch"]) <= (state.step, state.epoch)]
+    if len(kept) < len(records):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _lr_lambda(warmup: int, total: int, final_ratio: float):

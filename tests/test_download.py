@@ -398,3 +398,95 @@ def test_official_tables():
         assert archive == f"{subset}.tar.gz"
         assert md5 is None or re.fullmatch(r"[0-9a-f]{32}", md5)
     assert dl.FSDD_URL.startswith("https://github.com/Jakobovski/free-spoken-digit-dataset/")
+
+
+# --------------------------------------------------------------------------- more corpora (issue 6)
+
+
+def test_size_check_for_files_without_checksums(server, archive_bytes, tmp_path):
+    url = server.add("/lm/vocab.txt", archive_bytes)
+    with pytest.raises(DownloadError, match=f"size expected {len(archive_bytes) + 1} bytes, got {len(archive_bytes)}"):
+        download(url, tmp_path / "vocab.txt", size=len(archive_bytes) + 1, progress=False, timeout=TIMEOUT)
+    assert list(tmp_path.iterdir()) == []
+    download(url, tmp_path / "vocab.txt", size=len(archive_bytes), progress=False, timeout=TIMEOUT)
+    (tmp_path / "vocab.txt").write_bytes(archive_bytes[:100])  # a truncated copy is fetched again
+    download(url, tmp_path / "vocab.txt", size=len(archive_bytes), progress=False, timeout=TIMEOUT)
+    assert (tmp_path / "vocab.txt").read_bytes() == archive_bytes
+    assert len(server.requests) == 3
+
+
+def test_download_librispeech_lm_resources(server, tmp_path, monkeypatch):
+    files = {"librispeech-vocab.txt": b"A\nABBOT\n", "librispeech-lexicon.txt": b"ABBOT\tAE1 B AH0 T\n",
+             "3-gram.pruned.1e-7.arpa.gz": b"\x1f\x8b fake arpa"}
+    for name, data in files.items():
+        server.add(f"/11/{name}", data)
+        monkeypatch.setitem(dl.LIBRISPEECH_LM_FILES, name, len(data))
+    folder = dl.download_librispeech_lm(None, tmp_path / "lm", base_url=server.url + "/11", progress=False)
+    assert folder == tmp_path / "lm"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files  # the .arpa.gz stays compressed
+    dl.download_librispeech_lm(list(files), tmp_path / "lm", base_url=server.url + "/11", progress=False)
+    assert len(server.requests) == 3  # complete files are not fetched again
+    with pytest.raises(ValueError, match="unknown LibriSpeech LM file '5-gram.arpa.gz'"):
+        download_corpus("librispeech-lm", tmp_path, ["5-gram.arpa.gz"])
+
+
+def _sphere_bytes(seconds: float) -> bytes:
+    samples = (np.sin(np.arange(int(seconds * 16000)) * 0.05) * 8000).astype(">i2")
+    header = (f"NIST_1A\n   1024\nsample_count -i {len(samples)}\nsample_rate -i 16000\nchannel_count -i 1\n"
+              f"sample_byte_format -s2 10\nsample_n_bytes -i 2\nsample_coding -s3 pcm\nend_head\n").encode()
+    return header.ljust(1024, b" ") + samples.tobytes()
+
+
+def test_download_an4_archive_once_then_prepare(server, tmp_path, monkeypatch):
+    from asr.prepare import prepare_an4
+
+    archive = _tar_gz({
+        "an4/etc/an4_test.transcription": b"<s> YES </s> (an1-fash-b)\n",
+        "an4/etc/an4_test.fileids": b"an4test_clstk/fash/an1-fash-b\n",
+        "an4/wav/an4test_clstk/fash/an1-fash-b.sph": _sphere_bytes(0.5),
+    })
+    url = server.add("/an4/an4_sphere.tar.gz", archive)
+    sha256, _ = _digests(archive)
+    monkeypatch.setitem(dl.ARCHIVES, "an4", dl.CorpusArchive(url, sha256, None, "an4"))
+    folder = download_corpus("an4", tmp_path)
+    assert folder == tmp_path / "an4"
+    result = prepare_an4(folder, "test", progress=False)
+    assert [(u.id, u.text, u.speaker, u.duration) for u in result.kept] == [("an1-fash-b", "yes", "fash", 0.5)]
+    assert download_corpus("an4", tmp_path) == folder and len(server.requests) == 1  # extracted once
+
+    monkeypatch.setitem(dl.ARCHIVES, "an4", dl.CorpusArchive(url, "0" * 64, None, "an4"))
+    with pytest.raises(DownloadError, match="sha256 expected 0000"):
+        download_corpus("an4", tmp_path / "again")
+
+
+def test_unpack_commonvoice_from_a_local_archive(tmp_path):
+    archive = tmp_path / "cv-corpus-17.0-2024-03-15-en.tar.gz"
+    archive.write_bytes(_tar_gz({
+        "cv-corpus-17.0-2024-03-15/en/validated.tsv": b"client_id\tpath\tsentence\n",
+        "cv-corpus-17.0-2024-03-15/en/train.tsv": b"client_id\tpath\tsentence\n",
+    }))
+    folder = download_corpus("commonvoice", tmp_path / "cv", archive=str(archive))
+    assert folder == tmp_path / "cv" / "cv-corpus-17.0-2024-03-15" / "en"
+    archive.unlink()  # extracted once: the archive is not needed again
+    assert download_corpus("commonvoice", tmp_path / "cv", archive=str(archive)) == folder
+    with pytest.raises(ValueError, match="--archive"):
+        download_corpus("commonvoice", tmp_path / "cv2")
+    with pytest.raises(FileNotFoundError):
+        download_corpus("commonvoice", tmp_path / "cv2", archive=str(tmp_path / "missing.tar.gz"))
+    with pytest.raises(ValueError, match="--archive is for commonvoice"):
+        download_corpus("ljspeech", tmp_path, archive=str(archive))
+    with pytest.raises(ValueError, match="no subsets"):
+        download_corpus("tedlium", tmp_path, ["dev"])
+
+
+def test_official_tables_of_the_other_corpora():
+    assert dl.LIBRISPEECH_LM_URL == "https://www.openslr.org/resources/11"
+    assert set(dl.LIBRISPEECH_LM_FILES) == {"librispeech-vocab.txt", "librispeech-lexicon.txt", "3-gram.arpa.gz",
+                                            "3-gram.pruned.1e-7.arpa.gz", "3-gram.pruned.3e-7.arpa.gz", "4-gram.arpa.gz"}
+    assert set(dl.LIBRISPEECH_LM_DEFAULT) <= set(dl.LIBRISPEECH_LM_FILES)
+    assert dl.ARCHIVES["an4"].url == "http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz"
+    assert dl.ARCHIVES["tedlium"].name == "TEDLIUM_release-3.tgz" and dl.ARCHIVES["tedlium"].top == "TEDLIUM_release-3"
+    assert dl.ARCHIVES["ljspeech"].name == "LJSpeech-1.1.tar.bz2" and dl.ARCHIVES["ljspeech"].top == "LJSpeech-1.1"
+    for archive in dl.ARCHIVES.values():
+        assert archive.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", archive.sha256)
+        assert archive.md5 is None or re.fullmatch(r"[0-9a-f]{32}", archive.md5)

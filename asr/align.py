@@ -1,0 +1,201 @@
+"""Word timestamps from a CTC forced alignment of the decoded text, and subtitle/JSON formatting.
+
+The decoded text is aligned to the model's own log-probs with torchaudio's CTC Viterbi aligner
+(`torchaudio.functional.forced_align`), which gives every output frame a label; see `word_timings`
+for how words get their start and end. Frame t covers [t * shift, (t + 1) * shift) seconds,
+shift = `CTCModel.frame_shift`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from .text import CharTokenizer
+
+
+@dataclass
+class WordTiming:
+    word: str
+    start: float  # seconds
+    end: float  # seconds
+    score: float  # mean per-frame probability of the word's characters in the alignment (0..1)
+
+
+def forced_align_ids(log_probs: torch.Tensor, ids: Sequence[int], blank: int = 0) -> tuple[list[int], list[float]]:
+    """(T, V) log-probs and a label sequence -> the best CTC path's label per frame and its log-prob.
+
+    Uses torchaudio.functional.forced_align (deprecated in some torchaudio releases, hence the
+    import here); raises ValueError when the text cannot fit in T frames."""
+    import torchaudio.functional as F
+
+    ids = list(ids)
+    frames = log_probs.shape[0]
+    repeats = sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+    if len(ids) + repeats > frames:
+        raise ValueError(f"cannot align {len(ids)} labels to {frames} frames")
+    if not ids:
+        return [blank] * frames, log_probs[:, blank].tolist()
+    emission = log_probs.detach().float().cpu().unsqueeze(0).contiguous()
+    targets = torch.tensor([ids], dtype=torch.int32)
+    labels, scores = F.forced_align(emission, targets, blank=blank)
+    return labels[0].tolist(), scores[0].tolist()
+
+
+def word_timings(
+    log_probs: torch.Tensor,
+    text: str,
+    tokenizer: CharTokenizer,
+    frame_shift: float,
+) -> list[WordTiming]:
+    """Start/end seconds of each word of `text` (normalized, single spaces) in an utterance whose
+    CTC log-probs are `log_probs` (T, V).
+
+    The text is aligned with a word separator before every word (the first included) when the
+    tokenizer has one. A word ends after the last frame of its last character. It starts right
+    after the separator before it: a bidirectional CTC model fires a word's characters in a burst
+    near the word's end, so the first character's frame is late (by 0.3 s on average on FSDD
+    digits), while the separator lands at the onset of the next word (about 20 ms off there).
+    Without a separator in the tokenizer a word starts at its first character's frame."""
+    words = text.split()
+    if not words:
+        return []
+    separator = tokenizer.symbols.index(" ") if " " in tokenizer.symbols else None
+    ids: list[int] = []
+    owner: list[int] = []  # word index of each label; separators belong to the word they precede, as -1 - w
+    for w, word in enumerate(words):
+        if separator is not None:
+            ids.append(separator)
+            owner.append(-1 - w)
+        for c in tokenizer.encode(word):
+            ids.append(c)
+            owner.append(w)
+    path, scores = forced_align_ids(log_probs, ids, tokenizer.blank)
+    first = [-1] * len(words)  # first frame of the word's first character
+    after_separator = [-1] * len(words)  # first frame after the separator before the word
+    last = [-1] * len(words)
+    probs: list[list[float]] = [[] for _ in words]
+    position = -1  # index into ids of the label occupying the current frame
+    previous = tokenizer.blank
+    for t, (label, score) in enumerate(zip(path, scores)):
+        if label != tokenizer.blank and label != previous:
+            position += 1  # a new label starts (a repeat always has a blank in between)
+        previous = label
+        if label == tokenizer.blank or position < 0:
+            continue
+        w = owner[position]
+        if w < 0:
+            after_separator[-1 - w] = t + 1
+            continue
+        if first[w] < 0:
+            first[w] = t
+        last[w] = t
+        probs[w].append(math.exp(score))
+    timings = []
+    for w, word in enumerate(words):
+        start = after_separator[w] if 0 <= after_separator[w] <= first[w] else first[w]
+        timings.append(WordTiming(word, round(start * frame_shift, 3), round((last[w] + 1) * frame_shift, 3),
+                                  round(sum(probs[w]) / len(probs[w]), 3)))
+    return timings
+
+
+# --- output formats ---------------------------------------------------------------------------------
+
+def group_cues(words: Sequence[WordTiming], max_words: int = 7, max_seconds: float = 5.0, max_gap: float = 1.0) -> list[tuple[float, float, str]]:
+    """Words -> subtitle cues (start, end, text): a cue ends after `max_words`, when it would last
+    longer than `max_seconds`, or at a pause longer than `max_gap`."""
+    cues: list[tuple[float, float, str]] = []
+    current: list[WordTiming] = []
+    for word in words:
+        if current and (len(current) >= max_words or word.end - current[0].start > max_seconds
+                        or word.start - current[-1].end > max_gap):
+            cues.append((current[0].start, current[-1].end, " ".join(x.word for x in current)))
+            current = []
+        current.append(word)
+    if current:
+        cues.append((current[0].start, current[-1].end, " ".join(x.word for x in current)))
+    return cues
+
+
+def _clock(seconds: float, decimal: str) -> str:
+    ms = int(round(max(seconds, 0.0) * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
+
+
+def format_srt(words: Sequence[WordTiming]) -> str:
+    """SubRip: numbered cues 'HH:MM:SS,mmm --> HH:MM:SS,mmm' followed by the text and a blank line."""
+    blocks = [f"{i}\n{_clock(a, ',')} --> {_clock(b, ',')}\n{text}\n" for i, (a, b, text) in enumerate(group_cues(words), 1)]
+    return "\n".join(blocks)
+
+
+def format_vtt(words: Sequence[WordTiming]) -> str:
+    """WebVTT: a 'WEBVTT' header, then cues 'HH:MM:SS.mmm --> HH:MM:SS.mmm' with their text."""
+    blocks = [f"{_clock(a, '.')} --> {_clock(b, '.')}\n{text}\n" for a, b, text in group_cues(words)]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def words_to_json(words: Sequence[WordTiming]) -> list[dict]:
+    return [asdict(w) for w in words]
+
+
+def format_word_lines(path: str, words: Sequence[WordTiming]) -> str:
+    """Plain text: 'path<TAB>start<TAB>end<TAB>word' per word."""
+    return "".join(f"{path}\t{w.start:.3f}\t{w.end:.3f}\t{w.word}\n" for w in words)
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+# --- files in, n-best lists and word timings out ------------------------------------------------------
+
+@dataclass
+class DetailedTranscript:
+    path: str
+    text: str = ""
+    duration: float = 0.0
+    error: str = ""
+    nbest: list | None = None  # [(text, score)], best first
+    words: list[WordTiming] | None = None
+
+
+def transcribe_files_detailed(model, tokenizer: CharTokenizer, paths, device, decoder, batch_seconds: float = 300.0,
+                              timestamps: bool = False, progress: bool = False) -> list[DetailedTranscript]:
+    """Like asr.transcribe.transcribe_files, with any decoder of asr.decode.make_decoder, n-best lists,
+    and (timestamps=True) word timings from a forced alignment of the best hypothesis."""
+    from .audio import AudioError, load_audio
+    from .decode import decode_waves
+    from .transcribe import AUDIO_EXTENSIONS, expand_paths
+
+    rate = model.feature_config.sample_rate
+    results: list[DetailedTranscript] = []
+    readable, waves = [], []
+    for path in expand_paths(paths):
+        result = DetailedTranscript(path=str(path))
+        results.append(result)
+        if path.is_dir():
+            result.error = f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+            continue
+        try:
+            wave = load_audio(path, rate)
+        except AudioError as e:
+            result.error = str(e)
+            continue
+        result.duration = wave.shape[0] / rate
+        readable.append(result)
+        waves.append(wave)
+    hyps, log_probs = decode_waves(model, decoder, waves, device, batch_seconds, progress, keep_log_probs=timestamps)
+    for i, (result, nbest) in enumerate(zip(readable, hyps)):
+        result.text = nbest[0].text if nbest else ""
+        result.nbest = [(h.text, h.score) for h in nbest]
+        if timestamps:
+            words = word_timings(log_probs[i], result.text, tokenizer, model.frame_shift)
+            result.words = [WordTiming(w.word, min(w.start, result.duration), min(w.end, result.duration), w.score) for w in words]
+    return results

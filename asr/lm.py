@@ -1,0 +1,447 @@
+"""Word n-gram language models: interpolated modified Kneser-Ney estimation written as ARPA, and the
+spelling lexicon that lexicon-constrained beam search needs.
+
+No package on PyPI builds a correct Kneser-Ney ARPA from Python (KenLM's `lmplz` ships as C++ source
+only; the `kenlm` wheels only query models; `arpabo` 0.3.0 names Kneser-Ney but discounts without
+continuation counts above unigrams and writes backoff weights of one; NLTK writes no ARPA), so the
+estimator is here, in numpy: n-grams are counted by sorting integer word ids, not with Python dicts,
+which keeps an 18.7 M-word text within a few GB and minutes.
+
+The estimate follows Chen & Goodman's interpolated modified Kneser-Ney as KenLM's `lmplz` computes it:
+- the highest order and n-grams that start with <s> use raw counts; lower orders use continuation
+  counts (the number of distinct words seen before them);
+- three discounts per order, D1 D2 D3+, from that order's counts of counts
+  (Y = n1/(n1+2 n2), Dk = k - (k+1) Y n_{k+1}/n_k); a corpus too small for them gets 0.5 1 1.5
+  (lmplz's --discount_fallback);
+- p(w|h) = (a(hw) - D(a(hw))) / a(h.) + gamma(h) p(w|h'), gamma(h) = (D1 N1(h.) + D2 N2(h.) + D3 N3+(h.)) / a(h.),
+  and unigrams interpolate with the uniform distribution over the vocabulary (<unk> included);
+- pruning (--prune T1 T2 ...) drops n-grams of order k whose (adjusted) count is <= Tk, together with
+  those whose context or suffix was dropped; the backoff weights are then recomputed so that every
+  context's distribution sums to one: b(h) = (1 - sum_kept p(w|h)) / (1 - sum_kept p(w|h')). Without
+  pruning that formula gives exactly gamma(h).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .text import normalize
+
+log = logging.getLogger(__name__)
+
+UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+LOG10_ZERO = -99.0  # what ARPA files write for log10(0), e.g. the probability of <s>
+
+
+@dataclass
+class NgramOrder:
+    """The n-grams of one order, sorted by (context index, word): `context` indexes the previous
+    order's table (all zeros for unigrams), `word` is the last word's id."""
+
+    context: np.ndarray  # int64 (N,)
+    word: np.ndarray  # int64 (N,)
+    count: np.ndarray  # int64 (N,) adjusted counts (raw for the highest order and <s>-initial n-grams)
+    prob: np.ndarray = field(default=None)  # float64 (N,) interpolated p(w|h)
+    backoff: np.ndarray = field(default=None)  # float64 (N,) backoff weight of this n-gram as a context
+    discounts: tuple[float, float, float] = FALLBACK_DISCOUNTS
+
+
+@dataclass
+class NgramModel:
+    words: list[str]  # id -> word; 0 <unk>, 1 <s>, 2 </s>
+    orders: list[NgramOrder]
+
+    @property
+    def order(self) -> int:
+        return len(self.orders)
+
+    def tokens(self, n: int) -> np.ndarray:
+        """(N, n) word ids of the n-grams of order n (1-based), in table order."""
+        cols = [self.orders[n - 1].word]
+        index = self.orders[n - 1].context
+        for k in range(n - 1, 0, -1):
+            cols.append(self.orders[k - 1].word[index])
+            index = self.orders[k - 1].context[index]
+        return np.stack(cols[::-1], axis=1)
+
+    def lookup(self, ngrams: np.ndarray) -> np.ndarray:
+        """(N, n) word ids -> index in order n's table, or -1 where absent (or a prefix is absent)."""
+        n = ngrams.shape[1]
+        index = np.zeros(len(ngrams), dtype=np.int64)
+        found = np.ones(len(ngrams), dtype=bool)
+        for k in range(1, n + 1):
+            index, hit = _find(self.orders[k - 1], index, ngrams[:, k - 1])
+            found &= hit
+        return np.where(found, index, -1)
+
+    def prob(self, words: Sequence[str]) -> float:
+        """p(words[-1] | words[:-1]) as the ARPA file defines it (backing off where needed); for tests."""
+        ids = [self._id(w) for w in words][-self.order:]
+        while True:
+            index = self.lookup(np.array([ids], dtype=np.int64))[0]
+            if index >= 0:
+                return float(self.orders[len(ids) - 1].prob[index])
+            context = self.lookup(np.array([ids[:-1]], dtype=np.int64))[0] if len(ids) > 1 else -1
+            weight = float(self.orders[len(ids) - 2].backoff[context]) if context >= 0 else 1.0
+            return weight * self.prob([self.words[i] for i in ids[1:]])
+
+    def _id(self, word: str) -> int:
+        if not hasattr(self, "_ids"):
+            self._ids = {w: i for i, w in enumerate(self.words)}
+        return self._ids.get(word, 0)
+
+
+def _find(table: NgramOrder, context: np.ndarray, word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bits = _word_bits(table)
+    keys = (table.context << bits) | table.word
+    query = (context.astype(np.int64) << bits) | word.astype(np.int64)
+    pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
+    return pos, keys[pos] == query
+
+
+def _word_bits(table: NgramOrder) -> int:
+    return 32
+
+
+def iter_text(path: str | os.PathLike, max_lines: int = 0) -> Iterator[str]:
+    """Lines of a text file (.gz read as gzip), normalized like transcripts (lower case a-z ' and space)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f):
+            if max_lines and i >= max_lines:
+                break
+            text = normalize(line)
+            if text:
+                yield text
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+    """Words of a vocabulary: one per line (first column), or the unigrams of an ARPA file;
+    normalized like transcripts, in first-seen order, without <s> </s> <unk>."""
+    words: dict[str, None] = {}
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+        f.seek(0)
+        if first.strip() == "\\data\\":
+            lines: Iterable[str] = _arpa_unigrams(f)
+        else:
+            lines = (line.split()[0] for line in f if line.strip())
+        for word in lines:
+            if word in (UNK, BOS, EOS):
+                continue
+            word = normalize(word)
+            if word and " " not in word:
+                words.setdefault(word)
+    return list(words)
+
+
+def _arpa_unigrams(f: io.TextIOBase) -> Iterator[str]:
+    inside = False
+    for line in f:
+        line = line.strip()
+        if line == "\\1-grams:":
+            inside = True
+        elif inside and line.startswith("\\"):
+            return
+        elif inside and line:
+            yield line.split()[1]
+
+
+def build_ngram_model(
+    lines: Iterable[str],
+    order: int = 3,
+    vocab: Sequence[str] | None = None,
+    prune: Sequence[int] = (),
+    discount_fallback: tuple[float, float, float] = FALLBACK_DISCOUNTS,
+) -> NgramModel:
+    """Estimate an interpolated modified Kneser-Ney model from normalized sentences (one per item).
+
+    vocab: words outside it become <unk> (None: every word of the text is in the vocabulary).
+    prune: per-order count thresholds, e.g. (0, 1, 1): 2- and 3-grams seen once are dropped; the
+    last value repeats for higher orders; unigrams are never pruned.
+    """
+    if order < 1:
+        raise ValueError(f"n-gram order must be at least 1, got {order}")
+    started = time.perf_counter()
+    words = [UNK, BOS, EOS]
+    ids: dict[str, int] = {}
+    if vocab is not None:
+        for w in vocab:
+            if w not in ids and w not in (UNK, BOS, EOS):
+                ids[w] = len(words)
+                words.append(w)
+    fixed_vocab = vocab is not None
+    chunks: list[np.ndarray] = []
+    buffer: list[int] = []
+    sentences = 0
+    for line in lines:
+        buffer.append(1)
+        for w in line.split():
+            i = ids.get(w)
+            if i is None:
+                if fixed_vocab:
+                    i = 0
+                else:
+                    i = ids[w] = len(words)
+                    words.append(w)
+            buffer.append(i)
+        buffer.append(2)
+        sentences += 1
+        if len(buffer) > 1_000_000:
+            chunks.append(np.array(buffer, dtype=np.int32))
+            buffer = []
+    chunks.append(np.array(buffer, dtype=np.int32))
+    stream = np.concatenate(chunks)
+    del chunks, buffer
+    if sentences == 0:
+        raise ValueError("no text to estimate a language model from")
+    log.info("read %d sentences, %d tokens, %d word types in %.1f s", sentences, len(stream) - 2 * sentences,
+             len(words), time.perf_counter() - started)
+    if len(words) >= 2**31:
+        raise ValueError("vocabulary too large")
+    # Sentence index of every position: an n-gram window is valid when it stays in one sentence.
+    sentence = np.cumsum(stream == 1, dtype=np.int64)
+
+    # Distinct n-grams of every order with their raw counts: (N, n) id columns sorted lexicographically.
+    grams: list[np.ndarray] = []
+    raw: list[np.ndarray] = []
+    for n in range(1, order + 1):
+        starts = np.nonzero(sentence[: len(stream) - n + 1] == sentence[n - 1:])[0]
+        windows = np.stack([stream[starts + k] for k in range(n)], axis=1) if len(starts) else np.zeros((0, n), np.int32)
+        if n == 1:
+            windows = windows[windows[:, 0] != 1]  # <s> is never predicted
+        uniq, counts = _unique_rows(windows)
+        grams.append(uniq)
+        raw.append(counts)
+        del windows, starts
+    del stream, sentence
+
+    # Adjusted counts: continuation counts below the highest order, except for <s>-initial n-grams.
+    adjusted = [c.copy() for c in raw]
+    for n in range(1, order):
+        suffixes = grams[n][:, 1:]  # the (n)-gram suffixes of distinct (n+1)-grams
+        suf_uniq, suf_counts = _unique_rows(suffixes)
+        index = _row_index(grams[n - 1], suf_uniq)
+        cont = np.zeros(len(grams[n - 1]), dtype=np.int64)
+        cont[index] = suf_counts
+        keep_raw = grams[n - 1][:, 0] == 1
+        if n == 1:
+            keep_raw[:] = False
+        adjusted[n - 1] = np.where(keep_raw, raw[n - 1], cont)
+    # Safety net: an n-gram without a left extension keeps its raw count.
+    for n in range(order):
+        adjusted[n] = np.where(adjusted[n] > 0, adjusted[n], raw[n])
+
+    # Unigrams cover the whole vocabulary (<unk> and words of --vocab unseen in the text included) so
+    # that the decoder's words all have a probability: a zero adjusted count leaves the uniform share.
+    uni_words = grams[0][:, 0].astype(np.int64)
+    uni_counts = np.zeros(len(words), dtype=np.int64)
+    uni_counts[uni_words] = adjusted[0]
+    all_ids = np.array([i for i in range(len(words)) if i != 1], dtype=np.int64)
+
+    model = NgramModel(words, [])
+    # Order 1.
+    d = _discounts(adjusted[0], discount_fallback)
+    a = uni_counts[all_ids]
+    total = a.sum()
+    disc = _discount_of(a, d)
+    gamma = float((disc.sum()) / total)
+    p = (a - disc) / total + gamma / len(all_ids)
+    # Table includes <s> (id 1) so that it can be a context; its own probability is zero.
+    table_words = np.arange(len(words), dtype=np.int64)
+    prob = np.zeros(len(words))
+    prob[all_ids] = p
+    model.orders.append(NgramOrder(np.zeros(len(words), np.int64), table_words, uni_counts, prob, None, d))
+
+    for n in range(2, order + 1):
+        g = grams[n - 1].astype(np.int64)
+        a = adjusted[n - 1]
+        d = _discounts(a, discount_fallback)
+        context = model.lookup(g[:, :-1])
+        if (context < 0).any():
+            raise AssertionError("an n-gram context is missing from the lower order")
+        # Sort by (context index, word) so the table can be searched.
+        perm = np.lexsort((g[:, -1], context))
+        g, a, context = g[perm], a[perm], context[perm]
+        word = g[:, -1]
+        disc = _discount_of(a, d)
+        # Per context: a(h.), and the discounted mass.
+        starts = np.r_[0, np.nonzero(np.diff(context))[0] + 1]
+        denom = np.add.reduceat(a, starts).astype(np.float64)
+        mass = np.add.reduceat(disc, starts)
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(a)]))
+        lower = model.lookup(g[:, 1:])
+        if (lower < 0).any():
+            raise AssertionError("an n-gram suffix is missing from the lower order")
+        p = (a - disc) / denom[group] + (mass / denom)[group] * model.orders[n - 2].prob[lower]
+        model.orders.append(NgramOrder(context, word, a, p, None, d))
+        log.info("order %d: %d n-grams, discounts %s", n, len(a), " ".join(f"{x:.3f}" for x in d))
+
+    if prune:
+        _prune(model, list(prune))
+    _set_backoffs(model)
+    log.info("estimated a %d-gram model in %.1f s", order, time.perf_counter() - started)
+    return model
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of an (N, n) int array, sorted lexicographically, with their counts."""
+    if len(rows) == 0:
+        return rows.reshape(0, rows.shape[1]), np.zeros(0, dtype=np.int64)
+    order = np.lexsort(rows.T[::-1])
+    rows = rows[order]
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+    starts = np.nonzero(new)[0]
+    counts = np.diff(np.r_[starts, len(rows)]).astype(np.int64)
+    return rows[starts], counts
+
+
+def _row_index(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Index in the lexicographically sorted `table` of each of `rows` (all present)."""
+    if table.shape[1] == 1:
+        keys, query = table[:, 0].astype(np.int64), rows[:, 0].astype(np.int64)
+    else:
+        width = np.int64(int(max(table.max(), rows.max())) + 1)
+        keys = np.zeros(len(table), dtype=np.int64)
+        query = np.zeros(len(rows), dtype=np.int64)
+        # Mixed-radix keys; a 32-bit id per column fits two columns per int64 exactly, so compare via
+        # a structured view instead when there are more.
+        if table.shape[1] * math.log2(int(width)) < 62:
+            for k in range(table.shape[1]):
+                keys = keys * width + table[:, k]
+                query = query * width + rows[:, k]
+        else:
+            t = np.ascontiguousarray(table.astype(np.int64)).view([("", np.int64)] * table.shape[1]).ravel()
+            r = np.ascontiguousarray(rows.astype(np.int64)).view([("", np.int64)] * rows.shape[1]).ravel()
+            return np.searchsorted(t, r)
+    return np.searchsorted(keys, query)
+
+
+def _discounts(counts: np.ndarray, fallback: tuple[float, float, float]) -> tuple[float, float, float]:
+    n = [int(np.sum(counts == k)) for k in range(1, 5)]
+    if min(n) == 0:
+        return fallback
+    y = n[0] / (n[0] + 2 * n[1])
+    d = tuple(k - (k + 1) * y * n[k] / n[k - 1] for k in (1, 2, 3))
+    if not all(0 < x < k for x, k in zip(d, (1, 2, 3))):
+        return fallback
+    return d  # type: ignore[return-value]
+
+
+def _discount_of(counts: np.ndarray, d: tuple[float, float, float]) -> np.ndarray:
+    out = np.zeros(len(counts), dtype=np.float64)
+    out[counts == 1] = d[0]
+    out[counts == 2] = d[1]
+    out[counts >= 3] = d[2]
+    return out
+
+
+def _prune(model: NgramModel, thresholds: list[int]) -> None:
+    """Drop n-grams of order >= 2 whose count is <= the order's threshold, or whose context or
+    suffix was dropped. Kept n-grams keep their interpolated probability."""
+    for n in range(2, model.order + 1):
+        threshold = thresholds[min(n - 1, len(thresholds) - 1)] if thresholds else 0
+        table = model.orders[n - 1]
+        keep = table.count > threshold
+        if n > 2:
+            lower = model.orders[n - 2]
+            keep &= lower.kept[table.context]  # type: ignore[attr-defined]
+            suffix = model.lookup(model.tokens(n)[:, 1:])
+            keep &= (suffix >= 0) & lower.kept[suffix.clip(min=0)]  # type: ignore[attr-defined]
+        table.kept = keep  # type: ignore[attr-defined]
+    model.orders[0].kept = np.ones(len(model.orders[0].word), dtype=bool)  # type: ignore[attr-defined]
+    # Re-index: lower orders first so that contexts can be renumbered.
+    new_index = np.cumsum(model.orders[0].kept) - 1
+    for n in range(2, model.order + 1):
+        table = model.orders[n - 1]
+        keep = table.kept  # type: ignore[attr-defined]
+        context = new_index[table.context[keep]]
+        model.orders[n - 1] = NgramOrder(context, table.word[keep], table.count[keep], table.prob[keep], None, table.discounts)
+        new_index = np.cumsum(keep) - 1
+    for table in model.orders:
+        if hasattr(table, "kept"):
+            del table.kept
+
+
+def _set_backoffs(model: NgramModel) -> None:
+    """b(h) = (1 - sum_{w: hw kept} p(w|h)) / (1 - sum_{w: hw kept} p(w|h')) for every n-gram h below
+    the highest order; 1 for contexts with no continuation (and for the highest order)."""
+    for n in range(1, model.order + 1):
+        model.orders[n - 1].backoff = np.ones(len(model.orders[n - 1].word))
+    for n in range(2, model.order + 1):
+        table = model.orders[n - 1]
+        if len(table.word) == 0:
+            continue
+        lower = model.lookup(model.tokens(n)[:, 1:])
+        if (lower < 0).any():
+            raise AssertionError("an n-gram suffix is missing from the lower order")
+        num = np.ones(len(model.orders[n - 2].word))
+        den = np.ones(len(model.orders[n - 2].word))
+        np.subtract.at(num, table.context, table.prob)
+        np.subtract.at(den, table.context, model.orders[n - 2].prob[lower])
+        has = np.zeros(len(num), dtype=bool)
+        has[table.context] = True
+        # Guard against rounding when a context's continuations hold (almost) all of the mass.
+        num, den = num.clip(min=1e-12), den.clip(min=1e-12)
+        model.orders[n - 2].backoff = np.where(has, num / den, 1.0)
+
+
+def write_arpa(model: NgramModel, path: str | os.PathLike) -> None:
+    """Write the model as an ARPA file (log10 probabilities and backoff weights)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    words = np.array(model.words, dtype=object)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\\data\\\n")
+        for n, table in enumerate(model.orders, 1):
+            f.write(f"ngram {n}={len(table.word)}\n")
+        for n, table in enumerate(model.orders, 1):
+            f.write(f"\n\\{n}-grams:\n")
+            tokens = model.tokens(n)
+            with np.errstate(divide="ignore"):
+                logp = np.where(table.prob > 0, np.log10(table.prob), LOG10_ZERO)
+                logb = np.log10(table.backoff)
+            names = [" ".join(row) for row in words[tokens]] if n > 1 else list(words[tokens[:, 0]])
+            # The n-grams that end with </s> are never contexts: they get no backoff column.
+            last = n == model.order
+            end = tokens[:, -1] == 2
+            step = 200_000
+            for start in range(0, len(names), step):
+                stop = start + step
+                if last:
+                    lines = [f"{p:.6f}\t{w}\n" for p, w in zip(logp[start:stop].tolist(), names[start:stop])]
+                else:
+                    lines = [
+                        f"{p:.6f}\t{w}\n" if e else f"{p:.6f}\t{w}\t{b:.6f}\n"
+                        for p, w, b, e in zip(logp[start:stop].tolist(), names[start:stop], logb[start:stop].tolist(), end[start:stop].tolist())
+                    ]
+                f.write("".join(lines))
+        f.write("\n\\end\\\n")
+    os.replace(tmp, path)
+
+
+def write_lexicon(words: Iterable[str], path: str | os.PathLike, word_separator: str = "|") -> int:
+    """Flashlight's spelling lexicon: 'word<TAB>w o r d |' per line. Returns the number of words.
+    `word_separator` ends each spelling ('' for models that never emit a space between words)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for word in words:
+            spelling = " ".join(word) + (f" {word_separator}" if word_separator else "")
+            f.write(f"{word}\t{spelling}\n")
+            count += 1
+    return count

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Tune the LM weight and word score of beam-lm decoding on a dev manifest, and write the best pair
+into the experiment's decode config (decode.yaml next to the checkpoint, read by `asr decode` and
+`asr transcribe`).
+
+    python scripts/tune_decoder.py exp/x/best.pt data/dev.jsonl --lm lm.arpa --lexicon lexicon.txt \\
+        --max-utts 100 --lm-weights 0.5 1 1.5 2 --word-scores -1 0 1 2          # grid
+    python scripts/tune_decoder.py ... --random 20 --seed 0                      # 20 random pairs
+
+The acoustic model runs once; each setting only re-runs the search on the stored log-probs, and the
+LM is loaded once. Prints one line per setting (WER, CER) and the best one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asr.checkpoint import load_model, resolve_device  # noqa: E402
+from asr.data import load_utterance_audio, read_manifest  # noqa: E402
+from asr.decode import FlashlightDecoder, GreedyDecoder, decode_waves, load_flashlight_lm  # noqa: E402
+from asr.score import score  # noqa: E402
+
+
+def dev_log_probs(model_path, manifest, max_utts: int = 0, device: str = "auto"):
+    """(tokenizer, utterances, audio seconds, per-utterance (T, V) CPU log-probs) of the first
+    `max_utts` (0: all) utterances of a manifest; shared with bench_decode.py."""
+    device = resolve_device(device)
+    model, tokenizer, _ = load_model(model_path, device)
+    utts = read_manifest(manifest)
+    if max_utts:
+        utts = utts[:max_utts]
+    rate = model.feature_config.sample_rate
+    waves = [load_utterance_audio(u, rate) for u in utts]
+    _, log_probs = decode_waves(model, GreedyDecoder(tokenizer), waves, device, keep_log_probs=True)
+    return tokenizer, utts, sum(w.shape[0] for w in waves) / rate, log_probs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="checkpoint (.pt)")
+    p.add_argument("manifest", type=Path, help="dev manifest with reference texts (never the test set)")
+    p.add_argument("--lm", required=True, help="KenLM ARPA or binary")
+    p.add_argument("--lexicon", default="", help="spelling lexicon (asr lm lexicon); omitted: lexicon-free")
+    p.add_argument("--beam-size", type=int, default=50)
+    p.add_argument("--beam-threshold", type=float, default=25.0)
+    p.add_argument("--lm-weights", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--word-scores", type=float, nargs="+", default=[-2.0, -1.0, 0.0, 1.0, 2.0])
+    p.add_argument("--random", type=int, default=0, metavar="N",
+                   help="instead of the grid, N random pairs uniform in the ranges of --lm-weights and --word-scores")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-utts", type=int, default=0, help="tune on the first N utterances (0: all)")
+    p.add_argument("--out", type=Path, default=None, help="decode config to update (default: decode.yaml next to MODEL)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    tokenizer, utts, _, log_probs = dev_log_probs(args.model, args.manifest, args.max_utts, args.device)
+    print(f"acoustic model on {len(utts)} utterances: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    refs = {u.id: u.text for u in utts}
+    greedy = GreedyDecoder(tokenizer)(torch.nn.utils.rnn.pad_sequence(log_probs, batch_first=True),
+                                      torch.tensor([lp.shape[0] for lp in log_probs]))
+    greedy_report = score(refs, {u.id: h[0].text for u, h in zip(utts, greedy)})
+    print(f"greedy: WER {greedy_report.wer:.2f} CER {greedy_report.cer:.2f}")
+
+    if args.random:
+        rng = random.Random(args.seed)
+        w_lo, w_hi = min(args.lm_weights), max(args.lm_weights)
+        s_lo, s_hi = min(args.word_scores), max(args.word_scores)
+        settings = [(round(rng.uniform(w_lo, w_hi), 3), round(rng.uniform(s_lo, s_hi), 3)) for _ in range(args.random)]
+    else:
+        settings = list(itertools.product(args.lm_weights, args.word_scores))
+
+    start = time.perf_counter()
+    lm = load_flashlight_lm(args.lm, args.lexicon)
+    print(f"LM loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    lengths = torch.tensor([lp.shape[0] for lp in log_probs])
+    padded = torch.nn.utils.rnn.pad_sequence(log_probs, batch_first=True)
+    results = []
+    for lm_weight, word_score in settings:
+        decoder = FlashlightDecoder(tokenizer, lm, args.lexicon, args.beam_size, lm_weight, word_score,
+                                    beam_threshold=args.beam_threshold)
+        start = time.perf_counter()
+        hyps = decoder(padded, lengths)
+        seconds = time.perf_counter() - start
+        report = score(refs, {u.id: h[0].text for u, h in zip(utts, hyps)})
+        results.append((report.wer, report.cer, lm_weight, word_score))
+        print(f"lm_weight {lm_weight:g} word_score {word_score:g}: WER {report.wer:.2f} CER {report.cer:.2f} "
+              f"({seconds:.1f} s)", flush=True)
+    wer, cer, lm_weight, word_score = min(results)
+    print(f"best: lm_weight {lm_weight:g} word_score {word_score:g}: WER {wer:.2f} CER {cer:.2f} "
+          f"(greedy {greedy_report.wer:.2f})")
+
+    out = args.out or args.model.parent / "decode.yaml"
+    data = {}
+    if out.is_file():
+        data = yaml.safe_load(out.read_text(encoding="utf-8")) or {}
+    section = data.setdefault("decode", {}) if "decode" in data or not data else data
+    section.update({"decoder": "beam-lm", "beam_size": args.beam_size, "lm": str(Path(args.lm).resolve()),
+                    "lexicon": str(Path(args.lexicon).resolve()) if args.lexicon else "",
+                    "lm_weight": float(lm_weight), "word_score": float(word_score),
+                    "beam_threshold": args.beam_threshold})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

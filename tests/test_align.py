@@ -1,0 +1,250 @@
+"""Word timestamps (CTC forced alignment), subtitle formats, and `asr transcribe --timestamps`
+/ --format / --nbest; the FSDD test checks timestamps against known speech positions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from asr.align import WordTiming, format_srt, format_vtt, group_cues, word_timings
+from asr.checkpoint import load_model, save_checkpoint
+from asr.cli import main as asr_main
+from asr.config import load_config
+from asr.model import CTCModel
+from asr.text import CharTokenizer
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+TOKENIZER = CharTokenizer()
+
+SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)\n")
+VTT_CUE = re.compile(r"(\d\d):(\d\d):(\d\d)\.(\d\d\d) --> (\d\d):(\d\d):(\d\d)\.(\d\d\d)\n(.+)\n")
+
+
+def parse_srt(text: str) -> list[tuple[float, float, str]]:
+    """A strict SubRip reader: numbered cues separated by one blank line, nothing else."""
+    blocks = text.split("\n\n") if text else []
+    cues = []
+    for i, block in enumerate(blocks, 1):
+        block = block if block.endswith("\n") else block + "\n"
+        m = SRT_CUE.fullmatch(block)
+        assert m, f"not an SRT cue: {block!r}"
+        assert int(m[1]) == i
+        g = [int(x) for x in m.groups()[1:9]]
+        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m[10]))
+    return cues
+
+
+def parse_vtt(text: str) -> list[tuple[float, float, str]]:
+    assert text.startswith("WEBVTT\n\n")
+    body = text[len("WEBVTT\n\n"):]
+    cues = []
+    for block in body.split("\n\n") if body else []:
+        block = block if block.endswith("\n") else block + "\n"
+        m = VTT_CUE.fullmatch(block)
+        assert m, f"not a WebVTT cue: {block!r}"
+        g = [int(x) for x in m.groups()[:8]]
+        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m[9]))
+    return cues
+
+
+WORDS = [WordTiming("hello", 0.5, 0.9, 0.9), WordTiming("world", 1.0, 1.4, 0.8), WordTiming("again", 3.2, 3.6, 0.7),
+         WordTiming("and", 3.7, 3.8, 0.9), WordTiming("an", 3661.0, 3661.25, 0.9)]
+
+
+def test_srt_and_vtt_parse_and_keep_the_times():
+    srt = parse_srt(format_srt(WORDS))
+    vtt = parse_vtt(format_vtt(WORDS))
+    assert srt == vtt
+    # A pause longer than a second starts a new cue.
+    assert [c[2] for c in srt] == ["hello world", "again and", "an"]
+    assert srt[0][:2] == (0.5, 1.4) and srt[2][:2] == (3661.0, 3661.25)
+    assert format_srt([]) == "" and parse_vtt(format_vtt([])) == []
+
+
+def test_cues_split_long_runs():
+    words = [WordTiming(f"w{i}", i * 0.4, i * 0.4 + 0.3, 1.0) for i in range(20)]
+    cues = group_cues(words, max_words=7, max_seconds=5.0)
+    assert [len(c[2].split()) for c in cues] == [7, 7, 6]
+    assert all(b - a <= 5.0 for a, b, _ in cues)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    config = load_config(None, ["model.subsampling=stack", "model.subsampling_factor=2", "model.hidden_size=32",
+                                "model.num_layers=1"])
+    torch.manual_seed(0)
+    model = CTCModel(config.features, config.model, len(TOKENIZER)).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(4)
+    return model, config
+
+
+@pytest.mark.parametrize("text", ["a bad cab", "x", "hello world this is a test", "aa bb"])
+def test_timestamps_monotonic_and_inside_the_audio(random_model, text):
+    model, _ = random_model
+    torch.manual_seed(1)
+    seconds = 2.0
+    wave = 0.1 * torch.randn(int(seconds * 16000))
+    with torch.inference_mode():
+        log_probs, lengths = model(wave[None], torch.tensor([wave.shape[0]]))
+    words = word_timings(log_probs[0, : lengths[0]], text, TOKENIZER, model.frame_shift)
+    assert [w.word for w in words] == text.split()
+    for w in words:
+        assert 0.0 <= w.start < w.end <= seconds + 1e-6
+        assert 0.0 < w.score <= 1.0
+    for a, b in zip(words, words[1:]):
+        assert a.end <= b.start
+
+
+def test_timestamps_text_too_long_for_the_frames(random_model):
+    model, _ = random_model
+    log_probs = torch.randn(5, len(TOKENIZER)).log_softmax(-1)
+    with pytest.raises(ValueError, match="cannot align"):
+        word_timings(log_probs, "abcdefgh", TOKENIZER, model.frame_shift)
+    assert word_timings(log_probs, "", TOKENIZER, model.frame_shift) == []
+
+
+def test_cli_transcribe_formats(random_model, tmp_path, capsys):
+    model, config = random_model
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, {"config": config.to_dict(), "tokenizer": TOKENIZER.to_dict(), "model": model.state_dict()})
+    rng = np.random.default_rng(0)
+    files = []
+    for i, seconds in enumerate([1.5, 2.5]):
+        files.append(tmp_path / f"f{i}.wav")
+        soundfile.write(files[-1], (0.2 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+    base = ["transcribe", str(ckpt), "--device", "cpu"]
+
+    capsys.readouterr()
+    assert asr_main(base + [str(files[0]), "--format", "json", "--timestamps", "--decoder", "beam", "--nbest", "3"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["text"] == obj["nbest"][0]["text"] and len(obj["nbest"]) == 3
+    scores = [h["score"] for h in obj["nbest"]]
+    assert scores == sorted(scores, reverse=True)
+    assert [w["word"] for w in obj["words"]] == obj["text"].split()
+    assert all(0 <= w["start"] < w["end"] <= obj["duration"] for w in obj["words"])
+
+    assert asr_main(base + [str(files[1]), "--format", "srt"]) == 0
+    srt = parse_srt(capsys.readouterr().out)
+    assert all(0 <= a < b <= 2.5 for a, b, _ in srt)
+    assert asr_main(base + [str(files[1]), "--format", "vtt"]) == 0
+    assert [c[2] for c in parse_vtt(capsys.readouterr().out)] == [c[2] for c in srt]
+
+    assert asr_main(base + [str(f) for f in files] + ["--timestamps"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        path, start, end, word = line.split("\t")
+        assert path in map(str, files) and float(start) < float(end) and word
+
+    assert asr_main(base + [str(f) for f in files] + ["--format", "vtt", "--out-dir", str(tmp_path / "subs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "subs").iterdir()) == ["f0.vtt", "f1.vtt"]
+    assert asr_main(base + [str(f) for f in files] + ["--format", "srt"]) == 2  # several files need --out-dir
+
+
+# --- timestamps against known truth: FSDD digits with silences between them -----------------------
+
+DIGITS = "zero one two three four five six seven eight nine".split()
+
+
+def speech_bounds(x: np.ndarray, sr: int, db: float = -25.0) -> tuple[float, float]:
+    """First and last 10 ms frame whose RMS is within `db` of the clip's loudest frame."""
+    hop = int(0.01 * sr)
+    n = len(x) // hop
+    rms = np.sqrt((x[: n * hop].reshape(n, hop) ** 2).mean(axis=1) + 1e-12)
+    on = np.nonzero(20 * np.log10(rms / rms.max()) > db)[0]
+    return on[0] * hop / sr, (on[-1] + 1) * hop / sr
+
+
+def concatenate(files: list[Path], rng: random.Random, sr: int = 8000) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Recordings separated by 0.2-0.7 s of silence (faint noise, -60 dBFS: digital zeros would give
+    log-mel features far outside anything recorded); returns the audio and (word, start, end) of the
+    speech in each recording."""
+    noise = np.random.default_rng(rng.randrange(2**32))
+
+    def silence(seconds: float) -> np.ndarray:
+        return (1e-3 * noise.standard_normal(int(seconds * sr))).astype(np.float32)
+
+    pieces = [silence(rng.uniform(0.1, 0.4))]
+    truth = []
+    offset = len(pieces[0])
+    for path in files:
+        x, rate = soundfile.read(path, dtype="float32")
+        assert rate == sr
+        a, b = speech_bounds(x, sr)
+        truth.append((DIGITS[int(path.name.split("_")[0])], offset / sr + a, offset / sr + b))
+        gap = silence(rng.uniform(0.2, 0.7))
+        pieces += [x, gap]
+        offset += len(x) + len(gap)
+    return np.concatenate(pieces), truth
+
+
+def digit_sequences(folder: Path, split: str, out: Path, seed: int) -> Path:
+    """A manifest of 1-3 recordings of the split joined with silences, each recording used once."""
+    from asr.data import Utterance, write_manifest
+
+    files = sorted((folder / "recordings").glob("*.wav"))
+    files = [f for f in files if (int(f.stem.split("_")[2]) < 5) == (split == "test")]
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    out.mkdir(parents=True, exist_ok=True)
+    utts, i = [], 0
+    while files:
+        group = files[: rng.randint(1, 3)]
+        files = files[len(group):]
+        wave, truth = concatenate(group, rng)
+        path = out / f"seq{i:05d}.wav"
+        soundfile.write(path, wave, 8000)
+        utts.append(Utterance(f"seq{i:05d}", str(path), len(wave) / 8000, " ".join(w for w, _, _ in truth), "fsdd"))
+        i += 1
+    write_manifest(out / "manifest.jsonl", utts)
+    return out / "manifest.jsonl"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FSDD / "recordings").is_dir(), reason="../shared/data/fsdd not present")
+def test_fsdd_word_timestamps_within_100_ms(tmp_path):
+    """A model trained (conf/fsdd.yaml) on FSDD training recordings joined into 1-3 digit sequences
+    (a model trained on isolated digits only ever emits one word), then test recordings of other
+    takes joined with known silences: word starts and ends from `asr transcribe --timestamps` must
+    be within 100 ms of the speech boundaries of each recording on average."""
+    from asr.data import read_manifest
+    from asr.train import train
+
+    train_manifest = digit_sequences(FSDD, "train", tmp_path / "train", seed=0)
+    dev_utts = read_manifest(digit_sequences(FSDD, "test", tmp_path / "dev", seed=1))[:60]
+    config = load_config(ROOT / "conf" / "fsdd.yaml", ["train.device=cpu"])
+    train(config, read_manifest(train_manifest), dev_utts, tmp_path / "exp")
+    model, tokenizer, _ = load_model(tmp_path / "exp" / "best.pt")
+
+    rng = random.Random(7)
+    test_files = [f for f in sorted((FSDD / "recordings").glob("*.wav")) if int(f.stem.split("_")[2]) < 5]
+    errors, wrong_words = [], 0
+    for k in range(6):
+        wave, truth = concatenate(rng.sample(test_files, 5), rng)
+        path = tmp_path / f"test{k}.wav"
+        soundfile.write(path, wave, 8000)
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            assert asr_main(["transcribe", str(tmp_path / "exp" / "best.pt"), str(path), "--device", "cpu",
+                             "--timestamps", "--format", "json"]) == 0
+        obj = json.loads(buffer.getvalue())
+        words = obj["words"]
+        if [w["word"] for w in words] != [t[0] for t in truth]:
+            wrong_words += 1
+            continue
+        for w, (_, start, end) in zip(words, truth):
+            errors += [abs(w["start"] - start), abs(w["end"] - end)]
+    assert wrong_words <= 2, f"{wrong_words} of 6 test sequences misrecognized"
+    mean_ms = 1000 * float(np.mean(errors))
+    print(f"mean absolute word boundary error: {mean_ms:.0f} ms over {len(errors)} boundaries")
+    assert mean_ms < 100.0

@@ -1,0 +1,196 @@
+"""Beam-search decoders: our CTC prefix beam search, flashlight's LM search, the CUDA search's error
+on a CPU machine, and decode settings (config < decode.yaml < command line)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from asr.checkpoint import save_checkpoint
+from asr.cli import main as asr_main
+from asr.config import DecodeConfig, load_config
+from asr.decode import (
+    GreedyDecoder,
+    PrefixBeamDecoder,
+    ctc_prefix_beam_search,
+    decode_settings,
+    greedy_decode,
+    make_decoder,
+)
+from asr.lm import build_ngram_model, write_arpa, write_lexicon
+from asr.model import CTCModel
+from asr.text import CharTokenizer
+
+torch.set_num_threads(1)
+TOKENIZER = CharTokenizer()
+
+
+def brute_force_prefixes(log_probs: np.ndarray) -> dict[tuple[int, ...], float]:
+    """log P(labelling) for every labelling, by summing over all V**T paths."""
+    T, V = log_probs.shape
+    out: dict[tuple[int, ...], float] = {}
+    for path in itertools.product(range(V), repeat=T):
+        score = float(sum(log_probs[t, c] for t, c in enumerate(path)))
+        labels = tuple(c for i, c in enumerate(path) if c != 0 and (i == 0 or path[i - 1] != c))
+        out[labels] = float(np.logaddexp(out.get(labels, -np.inf), score))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_1_equals_greedy(seed):
+    torch.manual_seed(seed)
+    log_probs = (torch.randn(3, 60, len(TOKENIZER)) * 3).log_softmax(-1)
+    lengths = torch.tensor([60, 41, 7])
+    greedy = greedy_decode(log_probs, lengths)
+    for i in range(3):
+        ids, score = ctc_prefix_beam_search(log_probs[i, : lengths[i]], beam_size=1)[0]
+        assert ids == greedy[i]
+        assert score == pytest.approx(float(log_probs[i, : lengths[i]].max(-1).values.sum()), abs=1e-3)
+    beam = PrefixBeamDecoder(TOKENIZER, beam_size=1)(log_probs, lengths)
+    assert [h[0].text for h in beam] == [h[0].text for h in GreedyDecoder(TOKENIZER)(log_probs, lengths)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_prefix_beam_search_matches_exhaustive_sum(seed):
+    """With a beam wide enough the search is exact: the best labelling and the n-best scores equal
+    the sums over all paths."""
+    torch.manual_seed(seed)
+    log_probs = (torch.randn(5, 4) * 2).log_softmax(-1)
+    exact = brute_force_prefixes(log_probs.double().numpy())
+    found = ctc_prefix_beam_search(log_probs, beam_size=200, nbest=5)
+    assert tuple(found[0][0]) == max(exact, key=exact.get)
+    for ids, score in found:
+        assert score == pytest.approx(exact[tuple(ids)], abs=1e-4)
+    assert [s for _, s in found] == sorted((s for _, s in found), reverse=True)
+
+
+def test_beam_search_beats_greedy_on_the_classic_example():
+    """Two frames, P(blank) = 0.6 and P(a) = 0.4 in each: the best path is blank blank (''), p = 0.36,
+    but 'a' has three paths (a a, a -, - a): 0.16 + 0.24 + 0.24 = 0.64."""
+    probs = torch.tensor([[0.6, 0.4], [0.6, 0.4]])
+    assert greedy_decode(probs.log()[None], torch.tensor([2]))[0] == []
+    (ids, score), (ids2, score2) = ctc_prefix_beam_search(probs.log(), beam_size=4, nbest=2)
+    assert ids == [1] and math.exp(score) == pytest.approx(0.64)
+    assert ids2 == [] and math.exp(score2) == pytest.approx(0.36)
+
+
+def test_beam_search_finds_better_word_than_greedy():
+    """A longer version with real letters: greedy reads 'a' as the last frame's blank wins, the
+    prefix search sums the paths of 'ab'."""
+    tok = TOKENIZER
+    a, b = tok.encode("a")[0], tok.encode("b")[0]
+    rows = []
+    for label, p in [(a, 0.9), (b, 0.4), (b, 0.4), (b, 0.4)]:
+        row = torch.full((len(tok),), 1e-4)
+        row[label] = p
+        row[0] = 1.0 - p - 1e-4 * (len(tok) - 2)
+        rows.append(row)
+    log_probs = torch.stack(rows).log()
+    assert tok.decode(greedy_decode(log_probs[None], torch.tensor([4]))[0]) == "a"
+    hyp = PrefixBeamDecoder(tok, beam_size=8)(log_probs[None], torch.tensor([4]))[0][0]
+    assert hyp.text == "ab"
+
+
+def test_gpu_beam_needs_cuda():
+    with pytest.raises(RuntimeError, match="gpu-beam needs a CUDA device"):
+        make_decoder("gpu-beam", TOKENIZER, "cpu")
+
+
+def test_beam_lm_without_flashlight_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flashlight.lib.text", None)  # import raises ImportError
+    with pytest.raises(RuntimeError, match=r"pip install 'asr\[lm\]'"):
+        make_decoder("beam-lm", TOKENIZER, "cpu")
+
+
+def test_unknown_decoder():
+    with pytest.raises(ValueError, match="unknown decoder"):
+        make_decoder("viterbi", TOKENIZER)
+
+
+def _posteriorgram(spelling: list[dict[str, float]], tok: CharTokenizer = TOKENIZER) -> torch.Tensor:
+    """Frames given as {symbol: prob}; the rest of each frame's mass goes to blank."""
+    rows = []
+    for frame in spelling:
+        row = torch.full((len(tok),), 1e-4)
+        for symbol, p in frame.items():
+            row[tok.symbols.index(symbol)] = p
+        row[0] = max(1.0 - float(row.sum() - row[0]), 1e-4)
+        rows.append(row / row.sum())
+    return torch.stack(rows).log()
+
+
+def test_lm_decoding_prefers_the_in_vocabulary_word(tmp_path):
+    pytest.importorskip("flashlight.lib.text")
+    # "the c?t": the acoustics slightly prefer 'e' (cet), which is not a word; greedy and the
+    # lexicon-free search without LM say "the cet", the lexicon search with the LM says "the cat".
+    frames = [{"t": 0.9}, {"h": 0.9}, {"e": 0.9}, {" ": 0.9}, {"c": 0.9}, {"e": 0.5, "a": 0.45}, {"t": 0.9}, {}]
+    log_probs = _posteriorgram(frames)[None]
+    lengths = torch.tensor([log_probs.shape[1]])
+    assert GreedyDecoder(TOKENIZER)(log_probs, lengths)[0][0].text == "the cet"
+    lm = build_ngram_model(["the cat sat", "the cat ran", "a cat sat on the mat", "the dog ran"], order=2)
+    write_arpa(lm, tmp_path / "lm.arpa")
+    write_lexicon(["the", "cat", "sat", "ran", "a", "on", "mat", "dog"], tmp_path / "lexicon.txt")
+    decoder = make_decoder("beam-lm", TOKENIZER, lm=str(tmp_path / "lm.arpa"), lexicon=str(tmp_path / "lexicon.txt"),
+                           beam_size=20, lm_weight=1.0, word_score=0.0, nbest=3)
+    nbest = decoder(log_probs, lengths)[0]
+    assert nbest[0].text == "the cat"
+    assert all(h.text.split()[-1] in {"cat", "mat", "sat", "the", "ran", "a", "on", "dog"} for h in nbest)
+    # Lexicon-free, no LM: the acoustics decide.
+    free = make_decoder("beam-lm", TOKENIZER, beam_size=20)(log_probs, lengths)[0][0]
+    assert free.text == "the cet"
+
+
+def test_decode_settings_precedence(tmp_path):
+    base = DecodeConfig(decoder="greedy", beam_size=5, lm_weight=1.0)
+    model_path = tmp_path / "best.pt"
+    assert decode_settings(base, model_path).beam_size == 5
+    (tmp_path / "decode.yaml").write_text("decode:\n  decoder: beam\n  lm_weight: 0.7\n  word_score: -1\n")
+    s = decode_settings(base, model_path)
+    assert (s.decoder, s.beam_size, s.lm_weight, s.word_score) == ("beam", 5, 0.7, -1.0)
+    s = decode_settings(base, model_path, lm_weight=2.5, beam_size=None)
+    assert s.lm_weight == 2.5 and s.beam_size == 5
+    assert base.decoder == "greedy"  # not modified
+    with pytest.raises(ValueError, match="unknown decoder"):
+        decode_settings(base, None, decoder="nope")
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    config = load_config(None, ["model.subsampling=stack", "model.subsampling_factor=4", "model.hidden_size=32",
+                                "model.num_layers=1"])
+    torch.manual_seed(0)
+    model = CTCModel(config.features, config.model, len(TOKENIZER)).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(8)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, {"config": config.to_dict(), "tokenizer": TOKENIZER.to_dict(), "model": model.state_dict()})
+    return path
+
+
+def test_cli_decode_beam_equals_greedy_at_beam_1_and_gpu_beam_error(random_checkpoint, tmp_path, capsys):
+    import json
+
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        path = tmp_path / f"u{i}.wav"
+        soundfile.write(path, (0.1 * rng.standard_normal(16000 + 4000 * i)).astype(np.float32), 16000)
+        lines.append(json.dumps({"id": f"u{i}", "audio": str(path), "duration": 1.0 + 0.25 * i, "text": "a"}))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    base = ["decode", str(random_checkpoint), str(manifest), "--device", "cpu"]
+    assert asr_main(base + ["--out", str(tmp_path / "greedy.txt")]) == 0
+    assert asr_main(base + ["--out", str(tmp_path / "beam1.txt"), "--decoder", "beam", "--beam-size", "1"]) == 0
+    assert asr_main(base + ["--out", str(tmp_path / "beam8.txt"), "--decoder", "beam", "--beam-size", "8"]) == 0
+    assert (tmp_path / "greedy.txt").read_text() == (tmp_path / "beam1.txt").read_text()
+    assert len((tmp_path / "beam8.txt").read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert asr_main(base + ["--out", str(tmp_path / "gpu.txt"), "--decoder", "gpu-beam"]) == 2
+    assert "gpu-beam needs a CUDA device" in capsys.readouterr().err

@@ -1,0 +1,154 @@
+"""The Kneser-Ney ARPA builder: hand-computed probabilities on a toy corpus, normalization with and
+without pruning, the ARPA file as KenLM reads it, and the `asr lm` commands."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from asr.cli import main as asr_main
+from asr.lm import _discounts, build_ngram_model, read_vocab, write_arpa, write_lexicon
+
+TOY = ["a b", "a b", "b a"]
+
+
+def read_arpa(path) -> dict[tuple[str, ...], tuple[float, float | None]]:
+    entries: dict[tuple[str, ...], tuple[float, float | None]] = {}
+    order = 0
+    counts = {}
+    for line in open(path, encoding="utf-8"):
+        line = line.strip()
+        if m := re.fullmatch(r"ngram (\d+)=(\d+)", line):
+            counts[int(m[1])] = int(m[2])
+        elif m := re.fullmatch(r"\\(\d+)-grams:", line):
+            order = int(m[1])
+        elif line and order and not line.startswith("\\"):
+            parts = line.split("\t")
+            words = tuple(parts[1].split())
+            assert len(words) == order
+            entries[words] = (float(parts[0]), float(parts[2]) if len(parts) > 2 else None)
+    for n, c in counts.items():
+        assert sum(1 for k in entries if len(k) == n) == c
+    return entries
+
+
+def test_bigram_matches_hand_computed_probabilities(tmp_path):
+    """Sentences '<s> a b </s>' twice and '<s> b a </s>'. Counts of counts are too sparse for the
+    estimated discounts, so D1, D2, D3+ = 0.5, 1, 1.5 (KenLM's fallback).
+
+    Unigrams use continuation counts: a follows <s> and b (2), b follows a and <s> (2), </s> follows
+    b and a (2), <unk> 0; total 6, each discounted by D2 = 1, so gamma = 3/6 and with |V| = 4
+    (<unk> </s> a b): p(a) = p(b) = p(</s>) = 1/6 + 0.5/4 = 7/24, p(<unk>) = 1/8.
+    Bigrams use raw counts. Context <s>: a 2, b 1 (sum 3); mass D2 + D1 = 1.5, gamma = 0.5:
+    p(a|<s>) = (2-1)/3 + 0.5 * 7/24 = 23/48, p(b|<s>) = 0.5/3 + 0.5 * 7/24 = 15/48, backoff 0.5.
+    The same numbers hold for contexts a (b 2, </s> 1) and b (</s> 2, a 1).
+    Unseen: p(a|a) = backoff(a) * p(a) = 7/48.
+    """
+    model = build_ngram_model(TOY, order=2)
+    assert model.prob(["a"]) == pytest.approx(7 / 24)
+    assert model.prob(["</s>"]) == pytest.approx(7 / 24)
+    assert model.prob(["<unk>"]) == pytest.approx(1 / 8)
+    assert model.prob(["<s>", "a"]) == pytest.approx(23 / 48)
+    assert model.prob(["<s>", "b"]) == pytest.approx(15 / 48)
+    assert model.prob(["a", "b"]) == pytest.approx(23 / 48)
+    assert model.prob(["a", "</s>"]) == pytest.approx(15 / 48)
+    assert model.prob(["b", "</s>"]) == pytest.approx(23 / 48)
+    assert model.prob(["b", "a"]) == pytest.approx(15 / 48)
+    assert model.prob(["a", "a"]) == pytest.approx(7 / 48)
+    assert model.prob(["a", "<unk>"]) == pytest.approx(1 / 16)
+
+    write_arpa(model, tmp_path / "toy.arpa")
+    arpa = read_arpa(tmp_path / "toy.arpa")
+    log10 = math.log10
+    assert arpa[("a",)][0] == pytest.approx(log10(7 / 24), abs=1e-6)
+    assert arpa[("a",)][1] == pytest.approx(log10(0.5), abs=1e-6)
+    assert arpa[("<s>",)][0] == -99.0 and arpa[("<s>",)][1] == pytest.approx(log10(0.5), abs=1e-6)
+    assert arpa[("<s>", "a")] == (pytest.approx(log10(23 / 48), abs=1e-6), None)
+    assert arpa[("b", "a")][0] == pytest.approx(log10(15 / 48), abs=1e-6)
+    assert len([k for k in arpa if len(k) == 2]) == 6
+
+
+def test_discounts_follow_the_modified_kneser_ney_formula():
+    counts = np.array([1] * 10 + [2] * 4 + [3] * 3 + [4] * 2 + [9])
+    y = 10 / (10 + 2 * 4)
+    assert _discounts(counts, (0.5, 1.0, 1.5)) == pytest.approx((1 - 2 * y * 4 / 10, 2 - 3 * y * 3 / 4, 3 - 4 * y * 2 / 3))
+    assert _discounts(np.array([1, 1, 2]), (0.5, 1.0, 1.5)) == (0.5, 1.0, 1.5)
+
+
+CORPUS = ["the cat sat on the mat", "the dog sat on the log", "a cat ate the rat", "the cat ran",
+          "a dog ran on the mat", "the rat sat", "on the mat the cat sat", "the dog ate a rat"] * 3 + ["a mat", "the end"]
+
+
+@pytest.mark.parametrize("order,prune", [(3, ()), (3, (0, 1)), (4, (0, 0, 2)), (2, (0, 1))])
+def test_every_context_sums_to_one(order, prune):
+    model = build_ngram_model(CORPUS, order=order, prune=prune)
+    predicted = [w for w in model.words if w != "<s>"]
+    contexts = set()
+    for n in range(1, order):
+        for row in model.tokens(n):
+            contexts.add(tuple(model.words[i] for i in row))
+    contexts.add(())
+    for context in contexts:
+        if "</s>" in context:
+            continue
+        total = sum(model.prob(list(context) + [w]) for w in predicted)
+        assert total == pytest.approx(1.0, abs=1e-9), context
+
+
+def test_pruning_drops_rare_ngrams_and_keeps_prefixes():
+    full = build_ngram_model(CORPUS, order=3)
+    pruned = build_ngram_model(CORPUS, order=3, prune=(0, 0, 3))
+    assert len(pruned.orders[2].word) < len(full.orders[2].word)
+    assert len(pruned.orders[0].word) == len(full.orders[0].word)
+    kept = {tuple(r) for r in pruned.tokens(3).tolist()}
+    bigrams = {tuple(r) for r in pruned.tokens(2).tolist()}
+    assert all(k[:2] in bigrams and k[1:] in bigrams for k in kept)
+    # A kept n-gram keeps its probability.
+    for row in pruned.tokens(3)[:5]:
+        words = [pruned.words[i] for i in row]
+        assert pruned.prob(words) == pytest.approx(full.prob(words))
+
+
+def test_vocab_maps_other_words_to_unk():
+    model = build_ngram_model(["a b c", "c b a zebra"], order=2, vocab=["a", "b", "c", "dog"])
+    assert "zebra" not in model.words and "dog" in model.words
+    assert model.prob(["a", "zebra"]) == model.prob(["a", "<unk>"]) > 0
+    assert model.prob(["dog"]) > 0  # an unseen vocabulary word keeps the uniform share
+
+
+def test_kenlm_reads_the_arpa_and_agrees(tmp_path):
+    kenlm = pytest.importorskip("kenlm")
+    model = build_ngram_model(CORPUS, order=3, prune=(0, 0, 1))
+    write_arpa(model, tmp_path / "lm.arpa")
+    lm = kenlm.Model(str(tmp_path / "lm.arpa"))
+    for sentence in ["the cat sat on the log", "a rat ran", "dog dog dog", "the end"]:
+        words = ["<s>"] + sentence.split() + ["</s>"]
+        ours = sum(math.log10(model.prob(words[max(0, i - 2): i + 1])) for i in range(1, len(words)))
+        assert lm.score(sentence, bos=True, eos=True) == pytest.approx(ours, abs=1e-4)
+
+
+def test_cli_lm_build_and_lexicon(tmp_path, capsys):
+    import gzip
+
+    text = tmp_path / "text.txt.gz"
+    with gzip.open(text, "wt") as f:
+        f.write("THE CAT SAT.\nThe dog, sat!\n\nA CAT'S HAT\n")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("THE\nCAT\nSAT\nDOG\nCAT'S\n")
+    arpa = tmp_path / "lm.arpa"
+    assert asr_main(["lm", "build", str(text), "--order", "3", "--out", str(arpa), "--vocab", str(vocab),
+                     "--prune", "0", "0", "1"]) == 0
+    entries = read_arpa(arpa)
+    assert ("cat's",) in entries and ("<unk>",) in entries and ("hat",) not in entries
+    assert asr_main(["lm", "build", str(text), "--order", "2", "--out", str(tmp_path / "2.arpa"), "--max-lines", "1"]) == 0
+    assert set(k[0] for k in read_arpa(tmp_path / "2.arpa") if len(k) == 1) == {"<unk>", "<s>", "</s>", "the", "cat", "sat"}
+    lexicon = tmp_path / "lexicon.txt"
+    assert asr_main(["lm", "lexicon", str(arpa), "--out", str(lexicon)]) == 0
+    lines = lexicon.read_text().splitlines()
+    assert "cat's\tc a t ' s |" in lines and not any(line.startswith("<") for line in lines)
+    assert read_vocab(vocab) == ["the", "cat", "sat", "dog", "cat's"]
+    assert write_lexicon(["ab"], tmp_path / "l2.txt", word_separator="") == 1
+    assert (tmp_path / "l2.txt").read_text() == "ab\ta b\n"
