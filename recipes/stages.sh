@@ -1,4 +1,4 @@
-# Stages 2-4 shared by the corpus recipes (an4, commonvoice, tedlium, ljspeech): train on
+# Stages 2-4 shared by every corpus recipe: train on
 # data/$train_set.jsonl validating on data/$dev_set.jsonl, decode data/$test_set.jsonl with the best
 # checkpoint, score it into $exp/wer.txt. The recipe sets stage, stop_stage, config, exp, work_dir,
 # train_set, dev_set, test_set, train_args, decode_args and log() before sourcing this file.

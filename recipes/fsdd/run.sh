@@ -37,22 +37,5 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   done
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  log 2 "train $config -> $exp"
-  # shellcheck disable=SC2086
-  asr train --config "$config" --train data/train.jsonl --dev data/test.jsonl --out $exp --resume $train_args
-  asr plot $exp || true
-fi
-
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  log 3 "decode data/test.jsonl with $exp/best.pt"
-  # shellcheck disable=SC2086
-  asr decode $exp/best.pt data/test.jsonl --out $exp/decode_test/hyp.txt $decode_args
-fi
-
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log 4 "score $exp/decode_test/hyp.txt"
-  asr score data/test.jsonl $exp/decode_test/hyp.txt --out $exp/decode_test/wer.txt
-  cp $exp/decode_test/wer.txt $exp/wer.txt
-  log 4 "wrote $work_dir/$exp/wer.txt"
-fi
+train_set=train dev_set=test test_set=test
+. "$recipe_dir/../stages.sh"

@@ -91,22 +91,5 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   done
 fi
 
-if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  log 2 "train $config -> $exp"
-  # shellcheck disable=SC2086
-  asr train --config "$config" --train data/$train_name.jsonl --dev data/$dev_name.jsonl --out $exp --resume $train_args
-  asr plot $exp || true
-fi
-
-if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  log 3 "decode data/$dev_name.jsonl with $exp/best.pt"
-  # shellcheck disable=SC2086
-  asr decode $exp/best.pt data/$dev_name.jsonl --out $exp/decode_$dev_name/hyp.txt $decode_args
-fi
-
-if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-  log 4 "score $exp/decode_$dev_name/hyp.txt"
-  asr score data/$dev_name.jsonl $exp/decode_$dev_name/hyp.txt --out $exp/decode_$dev_name/wer.txt
-  cp $exp/decode_$dev_name/wer.txt $exp/wer.txt
-  log 4 "wrote $work_dir/$exp/wer.txt"
-fi
+train_set=$train_name dev_set=$dev_name test_set=$dev_name
+. "$recipe_dir/../stages.sh"
