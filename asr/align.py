@@ -8,7 +8,6 @@ shift = `CTCModel.frame_shift`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -150,10 +149,6 @@ def format_word_lines(path: str, words: Sequence[WordTiming]) -> str:
     return "".join(f"{path}\t{w.start:.3f}\t{w.end:.3f}\t{w.word}\n" for w in words)
 
 
-def dumps(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
 # --- files in, n-best lists and word timings out ------------------------------------------------------
 
 @dataclass
@@ -170,27 +165,10 @@ def transcribe_files_detailed(model, tokenizer: CharTokenizer, paths, device, de
                               timestamps: bool = False, progress: bool = False) -> list[DetailedTranscript]:
     """Like asr.transcribe.transcribe_files, with any decoder of asr.decode.make_decoder, n-best lists,
     and (timestamps=True) word timings from a forced alignment of the best hypothesis."""
-    from .audio import AudioError, load_audio
     from .decode import decode_waves
-    from .transcribe import AUDIO_EXTENSIONS, expand_paths
+    from .transcribe import load_files
 
-    rate = model.feature_config.sample_rate
-    results: list[DetailedTranscript] = []
-    readable, waves = [], []
-    for path in expand_paths(paths):
-        result = DetailedTranscript(path=str(path))
-        results.append(result)
-        if path.is_dir():
-            result.error = f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
-            continue
-        try:
-            wave = load_audio(path, rate)
-        except AudioError as e:
-            result.error = str(e)
-            continue
-        result.duration = wave.shape[0] / rate
-        readable.append(result)
-        waves.append(wave)
+    results, readable, waves, _ = load_files(paths, model.feature_config.sample_rate, DetailedTranscript)
     hyps, log_probs = decode_waves(model, decoder, waves, device, batch_seconds, progress, keep_log_probs=timestamps)
     for i, (result, nbest) in enumerate(zip(readable, hyps)):
         result.text = nbest[0].text if nbest else ""

@@ -40,7 +40,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     try:
         info = soundfile.info(str(path))
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError/TypeError on bad headers
-        raise AudioError(f"{path}: not a readable audio file ({_short(e)})") from None
+        raise unreadable(path, e) from None
     frames = info.frames
     # Some containers (Ogg, MP3) do not state their length reliably; decode to count then.
     if frames <= 0 or frames >= 2**62:
@@ -57,7 +57,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
     except Exception as e:
-        raise AudioError(f"{path}: not a readable audio file ({_short(e)})") from None
+        raise unreadable(path, e) from None
     if samples.size == 0:
         raise AudioError(f"{path}: the file holds no audio samples")
     if not np.isfinite(samples).all():
@@ -80,6 +80,7 @@ def to_mono_and_rate(wave: torch.Tensor, rate: int, sample_rate: int) -> torch.T
     return wave.contiguous()
 
 
-def _short(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def unreadable(path: str | os.PathLike, error: Exception) -> AudioError:
+    """The error for a file libsndfile cannot open or decode, naming the file and libsndfile's reason."""
+    lines = str(error).strip().splitlines()
+    return AudioError(f"{path}: not a readable audio file ({lines[0] if lines else type(error).__name__})")

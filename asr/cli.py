@@ -327,17 +327,29 @@ def _transcribe(args: argparse.Namespace) -> int:
     chunk_overlap = DecodeConfig.chunk_overlap if args.chunk_overlap is None else args.chunk_overlap
     results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
                                chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
-    failed = 0
     for r in results:
         if r.error:
-            failed += 1
-            print(f"asr transcribe: error: {r.error}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"path": r.path, "error": r.error}))
+            _report_file_error(r, args.json)
         elif args.json:
-            print(json.dumps({"path": r.path, "text": r.text, "duration": round(r.duration, 3)}))
+            print(_json_line({"path": r.path, "text": r.text, "duration": round(r.duration, 3)}))
         else:
             print(f"{r.path}\t{r.text}")
+    return _transcribe_exit_code(results)
+
+
+def _report_file_error(result, as_json: bool) -> None:
+    """A file that could not be transcribed: named on stderr, and as a JSON line when output is JSON."""
+    print(f"asr transcribe: error: {result.error}", file=sys.stderr)
+    if as_json:
+        print(_json_line({"path": result.path, "error": result.error}))
+
+
+def _json_line(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False)  # file names and text as written, not \u escapes
+
+
+def _transcribe_exit_code(results) -> int:
+    failed = sum(1 for r in results if r.error)
     if failed:
         print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
         return 1
@@ -364,7 +376,7 @@ def _describe(settings) -> str:
 
 def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format) -> int:
     """transcribe with a beam decoder, n-best lists or word timestamps (asr.align)."""
-    from .align import dumps, format_srt, format_vtt, format_word_lines, transcribe_files_detailed, words_to_json
+    from .align import format_srt, format_vtt, format_word_lines, transcribe_files_detailed, words_to_json
     from .decode import decoder_from_settings
 
     timestamps = args.timestamps or output_format in ("srt", "vtt")
@@ -374,20 +386,16 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     subtitles = output_format in ("srt", "vtt")
     if subtitles and args.out_dir is None and len(results) > 1:
         raise ValueError(f"--format {output_format} with several files needs --out-dir")
-    failed = 0
     for r in results:
         if r.error:
-            failed += 1
-            print(f"asr transcribe: error: {r.error}", file=sys.stderr)
-            if output_format == "json":
-                print(dumps({"path": r.path, "error": r.error}))
+            _report_file_error(r, output_format == "json")
         elif output_format == "json":
             obj = {"path": r.path, "text": r.text, "duration": round(r.duration, 3)}
             if r.words is not None:
                 obj["words"] = words_to_json(r.words)
             if args.nbest > 1:
                 obj["nbest"] = [{"text": t, "score": round(sc, 4)} for t, sc in r.nbest]
-            print(dumps(obj))
+            print(_json_line(obj))
         elif subtitles:
             text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
             if args.out_dir is None:
@@ -401,10 +409,7 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
             print(format_word_lines(r.path, r.words), end="")
         else:
             print(f"{r.path}\t{r.text}")
-    if failed:
-        print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
-        return 1
-    return 0
+    return _transcribe_exit_code(results)
 
 
 def _lm_build(args: argparse.Namespace) -> int:

@@ -80,7 +80,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
             raise ConfigError(f"{source}: section {section_name!r} must be a mapping")
         section = getattr(config, section_name)
         for key, value in values.items():
-            _set(section, section_name, key, value, source)
+            set_option(section, section_name, key, value, source)
     return config
 
 
@@ -107,14 +107,15 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> None:
         section_name, key = dotted.split(".", 1)
         if not hasattr(config, section_name):
             raise ConfigError(f"override {item!r}: unknown section {section_name!r} (known: {', '.join(_sections())})")
-        _set(getattr(config, section_name), section_name, key, yaml.safe_load(raw), f"override {item!r}")
+        set_option(getattr(config, section_name), section_name, key, yaml.safe_load(raw), f"override {item!r}")
 
 
 def _sections() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
-def _set(section: Any, section_name: str, key: str, value: Any, source: str) -> None:
+def set_option(section: Any, section_name: str, key: str, value: Any, source: str) -> None:
+    """Set section.key = value after checking the key exists and the value has the option's type."""
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise ConfigError(f"{source}: unknown option {section_name}.{key} (known: {', '.join(fields)})")

@@ -328,7 +328,7 @@ def decode_settings(config_decode, model_path: str | os.PathLike | None = None, 
 
     import yaml
 
-    from .config import ConfigError, _set
+    from .config import ConfigError, set_option
 
     settings = copy.deepcopy(config_decode)
     if model_path is not None:
@@ -340,10 +340,10 @@ def decode_settings(config_decode, model_path: str | os.PathLike | None = None, 
             if not isinstance(data, dict):
                 raise ConfigError(f"{path}: must be a mapping of decode options")
             for key, value in data.items():
-                _set(settings, "decode", key, value, path)
+                set_option(settings, "decode", key, value, path)
     for key, value in given.items():
         if value is not None:
-            _set(settings, "decode", key, value, "command line")
+            set_option(settings, "decode", key, value, "command line")
     if settings.decoder not in DECODERS:
         raise ValueError(f"unknown decoder {settings.decoder!r} (choose from {', '.join(DECODERS)})")
     return settings

@@ -14,13 +14,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile
 import torch
 
-from .audio import AudioError, _short, load_audio, to_mono_and_rate
+from .audio import AudioError, load_audio, to_mono_and_rate, unreadable
 from .decode import transcribe_waves
 from .model import CTCModel
 from .text import CharTokenizer
@@ -64,30 +64,46 @@ def transcribe_files(
     rate = model.feature_config.sample_rate
     if chunk_seconds:
         chunk_layout(model, chunk_seconds, chunk_overlap)  # bad options fail here, not per file
-    results: list[Transcript] = []
-    waves: list[torch.Tensor] = []
-    readable: list[Transcript] = []
-    for path in expand_paths(paths):
-        result = Transcript(path=str(path))
-        results.append(result)
-        if path.is_dir():
-            result.error = f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
-            continue
+    is_long = (lambda path: not _shorter_than(path, chunk_seconds)) if chunk_seconds else None
+    results, readable, waves, long_files = load_files(paths, rate, Transcript, defer=is_long)
+    for result in long_files:
         try:
-            if chunk_seconds and not _shorter_than(path, chunk_seconds):
-                result.text, result.duration = transcribe_long(
-                    model, tokenizer, path, device, chunk_seconds, chunk_overlap, batch_seconds)
-                continue
-            wave = load_audio(path, rate)
+            result.text, result.duration = transcribe_long(
+                model, tokenizer, Path(result.path), device, chunk_seconds, chunk_overlap, batch_seconds)
         except AudioError as e:
             result.error = str(e)
-            continue
-        result.duration = wave.shape[0] / rate
-        waves.append(wave)
-        readable.append(result)
     for result, text in zip(readable, transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress)):
         result.text = text
     return results
+
+
+def load_files(
+    paths: Sequence[str | os.PathLike],
+    sample_rate: int,
+    new_result: Callable[[str], Any] = Transcript,
+    defer: Callable[[Path], bool] | None = None,
+) -> tuple[list, list, list[torch.Tensor], list]:
+    """Expand `paths` and read each audio file at `sample_rate`, one result object per path
+    (`new_result(path)`, with .error/.duration set here). Returns (all results in order, the results of
+    the files read, their waveforms, the results of files left unread because `defer(path)` was true)."""
+    results, readable, waves, deferred = [], [], [], []
+    for path in expand_paths(paths):
+        result = new_result(str(path))
+        results.append(result)
+        if path.is_dir():
+            result.error = f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+        elif defer is not None and defer(path):
+            deferred.append(result)
+        else:
+            try:
+                wave = load_audio(path, sample_rate)
+            except AudioError as e:
+                result.error = str(e)
+                continue
+            result.duration = wave.shape[0] / sample_rate
+            readable.append(result)
+            waves.append(wave)
+    return results, readable, waves, deferred
 
 
 def transcribe_long(
@@ -172,7 +188,7 @@ def read_chunks(path: str | os.PathLike, sample_rate: int, chunk: int, hop: int)
     try:
         f = soundfile.SoundFile(str(path))
     except Exception as e:  # libsndfile raises several types for unreadable files
-        raise AudioError(f"{path}: not a readable audio file ({_short(e)})") from None
+        raise unreadable(path, e) from None
     with f:
         native = f.samplerate
         g = math.gcd(native, sample_rate)
@@ -208,7 +224,7 @@ def _read_block(f: soundfile.SoundFile, path: Path, frames: int) -> np.ndarray:
     try:
         block = f.read(frames, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"{path}: not a readable audio file ({_short(e)})") from None
+        raise unreadable(path, e) from None
     if not np.isfinite(block).all():
         raise AudioError(f"{path}: the audio holds NaN or infinite samples")
     return block
