@@ -66,6 +66,7 @@ def bad_corpus(tmp_path, audio) -> Path:
         "100-200-0005 A LONG ONE",
         "100-200-0006 THIS TRANSCRIPT IS FAR TOO LONG FOR ONLY A FIFTH OF A SECOND",
         "100-200-0007 -- !! ..",
+        "100-200-0008 CUT SHORT BY AN INTERRUPTED COPY",
         "100-200-0000 THE SAME ID AGAIN",
     ]) + "\n")
     _write(chapter / "100-200-0000.flac", 1.0)
@@ -75,6 +76,9 @@ def bad_corpus(tmp_path, audio) -> Path:
     _write(chapter / "100-200-0005.flac", 3.0)
     _write(chapter / "100-200-0006.flac", 0.2)
     _write(chapter / "100-200-0007.flac", 1.0)
+    _write(chapter / "100-200-0008.flac", 2.0)
+    cut = chapter / "100-200-0008.flac"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 3])  # the header still promises 2 s
     _write(chapter / "100-200-0009.flac", 1.0)  # no transcript line names it
     return root
 
@@ -87,6 +91,7 @@ EXPECTED_REJECTS = {
     "100-200-0005": "too long",
     "100-200-0006": "too short for CTC",
     "100-200-0007": "empty transcript",
+    "100-200-0008": "truncated audio",
     "100-200-0009.flac": "no transcript line",
 }
 
@@ -96,13 +101,13 @@ def test_prepare_writes_rejects_file_and_strict_fails(bad_corpus, tmp_path, caps
     args = ["prepare", "librispeech", "--corpus-dir", str(bad_corpus), "--out", str(out), "--max-duration", "2.8"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "2 kept, 8 skipped" in printed
+    assert "2 kept, 9 skipped" in printed
     assert [u.id for u in read_manifest(out)] == ["100-200-0000", "100-200-0001"]
 
     rejects_path = tmp_path / "data" / "dev.rejects.jsonl"
     assert str(rejects_path) in printed
     rejects = [json.loads(line) for line in rejects_path.read_text().splitlines()]
-    assert len(rejects) == 8
+    assert len(rejects) == 9
     by_entry = {Path(r["entry"]).name: r for r in rejects}  # orphan audio is named by its path
     assert {name: r["category"] for name, r in by_entry.items()} == EXPECTED_REJECTS
     for r in rejects:
@@ -112,8 +117,8 @@ def test_prepare_writes_rejects_file_and_strict_fails(bad_corpus, tmp_path, caps
     assert "100-200-0003.flac" in by_entry["100-200-0003"]["reason"]
 
     assert main(args + ["--strict"]) == 1
-    assert "--strict: 8 entries were skipped" in capsys.readouterr().err
-    assert len(rejects_path.read_text().splitlines()) == 8  # rewritten, not appended
+    assert "--strict: 9 entries were skipped" in capsys.readouterr().err
+    assert len(rejects_path.read_text().splitlines()) == 9  # rewritten, not appended
 
 
 def test_prepare_rejects_file_empty_when_nothing_skipped(tmp_path, audio, capsys):
