@@ -14,7 +14,8 @@ from typing import Sequence
 
 import torch
 
-from .text import CharTokenizer
+from .audio import AudioError
+from .text import Tokenizer
 
 
 @dataclass
@@ -22,7 +23,7 @@ class WordTiming:
     word: str
     start: float  # seconds
     end: float  # seconds
-    score: float  # mean per-frame probability of the word's characters in the alignment (0..1)
+    score: float  # mean per-frame probability of the word's units (characters or pieces) in the alignment (0..1)
 
 
 def forced_align_ids(log_probs: torch.Tensor, ids: Sequence[int], blank: int = 0) -> tuple[list[int], list[float]]:
@@ -48,22 +49,24 @@ def forced_align_ids(log_probs: torch.Tensor, ids: Sequence[int], blank: int = 0
 def word_timings(
     log_probs: torch.Tensor,
     text: str,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     frame_shift: float,
 ) -> list[WordTiming]:
     """Start/end seconds of each word of `text` (normalized, single spaces) in an utterance whose
     CTC log-probs are `log_probs` (T, V).
 
-    The text is aligned with a word separator before every word (the first included) when the
-    tokenizer has one. A word ends after the last frame of its last character. It starts right
-    after the separator before it: a bidirectional CTC model fires a word's characters in a burst
-    near the word's end, so the first character's frame is late (by 0.3 s on average on FSDD
+    Each word is encoded on its own, so its units are known (BPE pieces never span words: each
+    word's first piece starts with '\u2581', the same pieces as in the whole text). The text is
+    aligned with the tokenizer's word separator (the char tokenizer's space) before every word, the
+    first included, when it has one. A word ends after the last frame of its last unit. It starts
+    right after the separator before it: a bidirectional CTC model fires a word's characters in a
+    burst near the word's end, so the first character's frame is late (by 0.3 s on average on FSDD
     digits), while the separator lands at the onset of the next word (about 20 ms off there).
-    Without a separator in the tokenizer a word starts at its first character's frame."""
+    Without a separator (BPE, or an alphabet without a space) a word starts at its first unit's frame."""
     words = text.split()
     if not words:
         return []
-    separator = tokenizer.symbols.index(" ") if " " in tokenizer.symbols else None
+    separator = tokenizer.word_separator
     ids: list[int] = []
     owner: list[int] = []  # word index of each label; separators belong to the word they precede, as -1 - w
     for w, word in enumerate(words):
@@ -74,7 +77,7 @@ def word_timings(
             ids.append(c)
             owner.append(w)
     path, scores = forced_align_ids(log_probs, ids, tokenizer.blank)
-    first = [-1] * len(words)  # first frame of the word's first character
+    first = [-1] * len(words)  # first frame of the word's first unit
     after_separator = [-1] * len(words)  # first frame after the separator before the word
     last = [-1] * len(words)
     probs: list[list[float]] = [[] for _ in words]
@@ -161,19 +164,53 @@ class DetailedTranscript:
     words: list[WordTiming] | None = None
 
 
-def transcribe_files_detailed(model, tokenizer: CharTokenizer, paths, device, decoder, batch_seconds: float = 300.0,
-                              timestamps: bool = False, progress: bool = False) -> list[DetailedTranscript]:
+def transcribe_files_detailed(model, tokenizer: Tokenizer, paths, device, decoder, batch_seconds: float = 300.0,
+                              timestamps: bool = False, progress: bool = False, chunk_seconds: float = 30.0,
+                              chunk_overlap: float = 4.0) -> list[DetailedTranscript]:
     """Like asr.transcribe.transcribe_files, with any decoder of asr.decode.make_decoder, n-best lists,
-    and (timestamps=True) word timings from a forced alignment of the best hypothesis."""
-    from .decode import decode_waves
-    from .transcribe import load_files
+    and (timestamps=True) word timings from a forced alignment of the best hypothesis.
 
-    results, readable, waves, _ = load_files(paths, model.feature_config.sample_rate, DetailedTranscript)
+    Files longer than `chunk_seconds` (0: none) are run through the model in chunks
+    (asr.transcribe.long_log_probs); their frames are then cut at pauses into pieces of at most
+    `chunk_seconds`, each decoded and aligned on its own, so neither the search nor the alignment
+    grows with the file. Their n-best list holds only the joined best hypothesis."""
+    from .decode import decode_waves
+    from .transcribe import load_files, long_file_test, long_log_probs, pause_segments
+
+    results, readable, waves, long_files = load_files(paths, model.feature_config.sample_rate, DetailedTranscript,
+                                                      defer=long_file_test(model, chunk_seconds, chunk_overlap))
     hyps, log_probs = decode_waves(model, decoder, waves, device, batch_seconds, progress, keep_log_probs=timestamps)
     for i, (result, nbest) in enumerate(zip(readable, hyps)):
         result.text = nbest[0].text if nbest else ""
         result.nbest = [(h.text, h.score) for h in nbest]
         if timestamps:
-            words = word_timings(log_probs[i], result.text, tokenizer, model.frame_shift)
-            result.words = [WordTiming(w.word, min(w.start, result.duration), min(w.end, result.duration), w.score) for w in words]
+            result.words = _clip_words(word_timings(log_probs[i], result.text, tokenizer, model.frame_shift), result.duration)
+    for result in long_files:
+        try:
+            frames, result.duration = long_log_probs(model, result.path, device, chunk_seconds, chunk_overlap, batch_seconds)
+        except AudioError as e:
+            result.error = str(e)
+            continue
+        max_frames = max(1, int(chunk_seconds / model.frame_shift))
+        texts, score, words = [], 0.0, []
+        for start, end in pause_segments(frames, tokenizer.blank, max_frames, max_frames // 3,
+                                          tokenizer.word_separator, tokenizer.word_start_ids):
+            piece = frames[start:end]
+            best = decoder(piece.unsqueeze(0).to(device), torch.tensor([end - start], device=device))[0][0]
+            if best.text:
+                texts.append(best.text)
+            score += best.score
+            if timestamps:
+                offset = start * model.frame_shift
+                words += [WordTiming(w.word, round(w.start + offset, 3), round(w.end + offset, 3), w.score)
+                          for w in word_timings(piece, best.text, tokenizer, model.frame_shift)]
+        result.text = " ".join(texts)
+        result.nbest = [(result.text, score)]
+        if timestamps:
+            result.words = _clip_words(words, result.duration)
     return results
+
+
+def _clip_words(words: list[WordTiming], duration: float) -> list[WordTiming]:
+    """The last frame may reach past the end of the audio: keep timings inside it."""
+    return [WordTiming(w.word, min(w.start, duration), min(w.end, duration), w.score) for w in words]

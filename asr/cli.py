@@ -17,7 +17,13 @@ EXIT_BAD_INPUT = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "transcribe" and not any(a.startswith("-") for a in extra):
+        # argparse fills a nargs="+" positional once: audio after options ('asr transcribe MODEL.pt
+        # --device cpu a.wav', the older form) arrives here.
+        args.paths += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -91,12 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", required=True, type=Path, help="folder for archives and extracted data")
     p.set_defaults(run=_download)
 
-    p = sub.add_parser("export", help="write a manifest in another toolkit's format")
+    p = sub.add_parser("export", help="write a manifest in another toolkit's format, or a model for inference")
     formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     c = formats.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, spk2utt, utt2dur[, segments]")
     c.add_argument("manifest", type=Path)
     c.add_argument("data_dir", type=Path)
     c.set_defaults(run=_export)
+    c = formats.add_parser("model", help="a compact inference checkpoint: fp16 weights, config, tokenizer, decode settings",
+                           description="Write a checkpoint for inference only: learned weights in float16 (buffers "
+                           "such as the feature normalizer stay float32), config, tokenizer, and the decode settings "
+                           "(its config's, then decode.yaml next to CHECKPOINT, without LM/lexicon paths); no "
+                           "optimizer or training state. It loads wherever a checkpoint does (asr transcribe -m FILE).")
+    c.add_argument("checkpoint", type=Path, help="checkpoint to export: exp/<name>/best.pt, or one from asr average")
+    c.add_argument("--out", required=True, type=Path, help="file to write (.pt)")
+    c.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage type of the learned weights")
+    c.add_argument("--note", default="", help="free text kept in the file's metadata (training data, WER, licence)")
+    c.add_argument("--max-mb", type=float, default=0.0,
+                   help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
+    c.set_defaults(run=_export_model)
+
+    p = sub.add_parser("average", help="average the weights of several checkpoints of one model, e.g. its last epochs",
+                       description="Element-wise mean of the weights of checkpoints of one model (same config, "
+                       "tokenizer and shapes), written as a checkpoint that loads like any other.")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints, or a quoted glob such as 'exp/x/epoch*.pt'")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt); asr export model compacts it")
+    p.set_defaults(run=_average)
 
     p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
                        "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
@@ -109,15 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train)
 
     p = sub.add_parser("decode", help="decode a manifest with a trained model")
-    p.add_argument("model", type=Path, help="checkpoint (.pt)")
+    p.add_argument("model", type=Path, help="checkpoint (.pt): exp/<name>/best.pt, or a file from asr export model / asr average")
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", required=True, type=Path, help="hypotheses, one 'id<TAB>text' per line")
     _add_inference_options(p)
     p.set_defaults(run=_decode)
 
-    p = sub.add_parser("transcribe", help="transcribe audio files or folders")
-    p.add_argument("model", type=Path, help="checkpoint (.pt)")
-    p.add_argument("paths", nargs="+", help="audio files or folders")
+    p = sub.add_parser("transcribe", help="transcribe audio files or folders",
+                       description="Transcribe audio files or folders with --model, or with the default model: "
+                       "$ASR_MODEL, else models/en-libri4h-bilstm-ctc.pt of the repository. The older form "
+                       "'asr transcribe MODEL.pt AUDIO...' still works.")
+    p.add_argument("paths", nargs="+", metavar="AUDIO",
+                   help="audio files or folders (a first argument ending in .pt is the model)")
+    p.add_argument("-m", "--model", type=Path, default=None,
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of 'path<TAB>text'")
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="decode files longer than this in overlapping chunks, in bounded memory (default 30; 0: never)")
@@ -139,8 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
     c.add_argument("vocab", type=Path, help="word list, one per line, or an ARPA file (its unigrams)")
     c.add_argument("--out", required=True, type=Path)
-    c.add_argument("--word-separator", default="|",
-                   help="token ending each spelling ('' for models that never emit a space, e.g. isolated words)")
+    c.add_argument("--word-separator", default=None,
+                   help="token ending each spelling (default '|'; '' for models that never emit a space, e.g. isolated words)")
+    c.add_argument("--model", type=Path, default=None,
+                   help="spell words in this checkpoint's units (BPE pieces, or characters + '|') instead of characters")
     c.set_defaults(run=_lm_lexicon)
 
     p = sub.add_parser("score", help="WER and CER of hypotheses against references")
@@ -170,6 +202,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lexicon", default=None, help="beam-lm: spelling lexicon (asr lm lexicon); omitted: lexicon-free")
     p.add_argument("--lm-weight", type=float, default=None, help="beam-lm: weight of the LM log-probability")
     p.add_argument("--word-score", type=float, default=None, help="beam-lm: score added per word")
+    p.add_argument("--decode-config", type=Path, default=None, dest="decode_config_file",
+                   help="decode options (YAML, e.g. written by scripts/tune_decoder.py --out) instead of the "
+                        "decode.yaml next to the checkpoint; options given here still win")
     if p.prog.split()[-1] == "transcribe":
         p.add_argument("--timestamps", action="store_true", help="word start/end seconds from a CTC forced alignment")
         p.add_argument("--format", default=None, choices=["txt", "json", "srt", "vtt"],
@@ -260,15 +295,57 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_model(args: argparse.Namespace) -> int:
+    from .checkpoint import export_model
+
+    size, metadata = export_model(args.checkpoint, args.out, args.dtype, args.note, args.max_mb)
+    print(f"wrote {args.out}: {size / 1e6:.1f} MB, {metadata['parameters']:,} parameters in {args.dtype}, "
+          f"decode settings from {metadata['decode_from']}")
+    if metadata["decode_note"]:
+        print(f"decode settings {metadata['decode_note']}")
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from .checkpoint import average_checkpoints, expand_checkpoint_paths, save_checkpoint
+
+    paths = expand_checkpoint_paths(args.checkpoints)
+    if any(p.resolve() == args.out.resolve() for p in paths):
+        raise ValueError(f"{args.out}: --out is one of the checkpoints to average; choose another file")
+    save_checkpoint(args.out, average_checkpoints(paths))
+    print(f"wrote {args.out}: the average of {len(paths)} checkpoints ({', '.join(str(p) for p in paths)})")
+    return 0
+
+
+def _transcribe_model_and_paths(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """transcribe's model and audio: --model; else a first argument ending in .pt or .pth (the form
+    'asr transcribe MODEL AUDIO...'); else the default model (asr.transcribe.default_model_path)."""
+    from .transcribe import default_model_path
+
+    first_is_model = Path(args.paths[0]).suffix.lower() in (".pt", ".pth")
+    if args.model is not None:
+        if first_is_model:
+            raise ValueError(f"two models given: --model {args.model} and {args.paths[0]}")
+        return args.model, args.paths
+    if first_is_model:
+        if len(args.paths) == 1:
+            raise ValueError(f"no audio files given after the model {args.paths[0]}")
+        return Path(args.paths[0]), args.paths[1:]
+    model = default_model_path()
+    print(f"asr transcribe: model {model}", file=sys.stderr)
+    return model, args.paths
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import read_manifest
-    from .train import train
+    from .train import distributed_setup_from_env, train
 
     config = load_config(args.config, args.overrides)
     state = train(config, read_manifest(args.train), read_manifest(args.dev), args.out, resume=args.resume)
-    print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
-          f"checkpoints in {args.out}")
+    if distributed_setup_from_env().is_main:  # under torchrun, one summary (rank 0's)
+        print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
+              f"checkpoints in {args.out}")
     return 0
 
 
@@ -317,14 +394,16 @@ def _transcribe(args: argparse.Namespace) -> int:
     from .config import DecodeConfig
     from .transcribe import transcribe_files
 
+    args.model, args.paths = _transcribe_model_and_paths(args)
     model, tokenizer, device, batch_seconds = _load(args)
     settings = _decode_settings(args)
     output_format = args.format or ("json" if args.json else "txt")
     args.json = output_format == "json"
-    if settings.decoder != "greedy" or args.timestamps or output_format in ("srt", "vtt") or args.nbest > 1:
-        return _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format)
     chunk_seconds = DecodeConfig.chunk_seconds if args.chunk_seconds is None else args.chunk_seconds
     chunk_overlap = DecodeConfig.chunk_overlap if args.chunk_overlap is None else args.chunk_overlap
+    if settings.decoder != "greedy" or args.timestamps or output_format in ("srt", "vtt") or args.nbest > 1:
+        return _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format,
+                                    chunk_seconds, chunk_overlap)
     results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
                                chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     for r in results:
@@ -360,7 +439,7 @@ def _decode_settings(args: argparse.Namespace):
     """decode section: checkpoint config < decode.yaml next to the checkpoint < command-line options."""
     from .decode import decode_settings
 
-    return decode_settings(args.decode_config, args.model, decoder=args.decoder, beam_size=args.beam_size,
+    return decode_settings(args.decode_config, args.model, args.decode_config_file, decoder=args.decoder, beam_size=args.beam_size,
                            lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight, word_score=args.word_score)
 
 
@@ -374,7 +453,8 @@ def _describe(settings) -> str:
     return text + ")"
 
 
-def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format) -> int:
+def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format,
+                         chunk_seconds: float, chunk_overlap: float) -> int:
     """transcribe with a beam decoder, n-best lists or word timestamps (asr.align)."""
     from .align import format_srt, format_vtt, format_word_lines, transcribe_files_detailed, words_to_json
     from .decode import decoder_from_settings
@@ -382,7 +462,8 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     timestamps = args.timestamps or output_format in ("srt", "vtt")
     decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
     results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
-                                        timestamps=timestamps, progress=len(args.paths) > 1)
+                                        timestamps=timestamps, progress=len(args.paths) > 1,
+                                        chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     subtitles = output_format in ("srt", "vtt")
     if subtitles and args.out_dir is None and len(results) > 1:
         raise ValueError(f"--format {output_format} with several files needs --out-dir")
@@ -427,7 +508,16 @@ def _lm_build(args: argparse.Namespace) -> int:
 def _lm_lexicon(args: argparse.Namespace) -> int:
     from .lm import read_vocab, write_lexicon
 
-    count = write_lexicon(read_vocab(args.vocab), args.out, args.word_separator)
+    spell = None
+    if args.model is not None:
+        from .checkpoint import read_checkpoint
+        from .text import tokenizer_from_dict
+
+        if args.word_separator is not None:
+            raise ValueError("--word-separator and --model exclude each other: the model's tokenizer decides the spelling")
+        spell = tokenizer_from_dict(read_checkpoint(args.model)["tokenizer"]).spell
+    separator = "|" if args.word_separator is None else args.word_separator
+    count = write_lexicon(read_vocab(args.vocab), args.out, separator, spell=spell)
     print(f"wrote {args.out} ({count} words)")
     return 0
 

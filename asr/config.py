@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +17,7 @@ import yaml
 
 from .features import FeatureConfig, SpecAugmentConfig
 from .model import ModelConfig
+from .text import TokenizerConfig
 
 
 @dataclass
@@ -39,6 +41,14 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dev_max_utts: int = 0  # validate on the first N dev utterances (0: all)
     save_every_steps: int = 0  # also write last.pt every N updates mid-epoch (0: only after each epoch)
+    # Exponential moving average of the weights after every update (0: off; e.g. 0.999, about the last
+    # 1000 updates); validation, best.pt and epoch<N>.pt then hold the average, last.pt both.
+    ema_decay: float = 0.0
+    keep_epoch_checkpoints: int = 0  # also save epoch<N>.pt (weights only) after each epoch, keeping the last N (0: none)
+    speed_perturb: list[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]: one per utterance and epoch ([]: off)
+    noise_prob: float = 0.0  # share of training utterances (per epoch) that get additive noise
+    noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])  # [low, high]: SNR drawn uniformly
+    noise_manifest: str = ""  # manifest of noise recordings (e.g. MUSAN) to mix in ("": white or pink noise)
 
 
 @dataclass
@@ -59,6 +69,7 @@ class DecodeConfig:
 class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -119,11 +130,29 @@ def set_option(section: Any, section_name: str, key: str, value: Any, source: st
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:
         raise ConfigError(f"{source}: unknown option {section_name}.{key} (known: {', '.join(fields)})")
-    default = getattr(section, key)
-    kind = type(default)
+    name = f"{section_name}.{key}"
+    if isinstance(getattr(section, key), list):
+        kind = _list_element_type(section, key)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {name} must be a list of {kind.__name__} such as [0.9, 1.0, 1.1] "
+                              f"(quoted on a shell command line), got {value!r}")
+        value = [_checked_value(item, kind, f"{name}[{i}]", source) for i, item in enumerate(value)]
+    else:
+        value = _checked_value(value, type(getattr(section, key)), name, source)
+    setattr(section, key, value)
+
+
+def _list_element_type(section: Any, key: str) -> type:
+    """The element type of a list[...] option, from the dataclass annotation."""
+    element = typing.get_args(typing.get_type_hints(type(section))[key])
+    return element[0] if element else object
+
+
+def _checked_value(value: Any, kind: type, name: str, source: str) -> Any:
+    """`value` as an option of type `kind` (ints are taken for floats), or a ConfigError naming the option."""
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {section_name}.{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
     elif kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     elif kind is float and isinstance(value, str):
@@ -131,7 +160,7 @@ def set_option(section: Any, section_name: str, key: str, value: Any, source: st
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(f"{source}: {section_name}.{key} must be a float, got {value!r}") from None
+            raise ConfigError(f"{source}: {name} must be a float, got {value!r}") from None
     elif not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{source}: {section_name}.{key} must be a {kind.__name__}, got {value!r}")
-    setattr(section, key, value)
+        raise ConfigError(f"{source}: {name} must be a {kind.__name__}, got {value!r}")
+    return value

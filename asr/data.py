@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
@@ -97,6 +98,14 @@ class SpeechDataset(Dataset):
     With `preload`, every waveform is decoded once into RAM (threads; libsndfile releases the GIL)
     as int16, half the size of float32 and exact for 16-bit sources: a few hours of 16 kHz audio is
     a few hundred MB, and decoding Opus/FLAC every epoch would otherwise starve the GPU.
+
+    Training data can be perturbed on the fly, differently each epoch, once `set_epoch` is called
+    (before that, e.g. while normalization statistics are estimated, items are clean): speed
+    perturbation by a factor drawn from `speed_perturb` (Kaldi/ESPnet style: tempo and pitch change
+    together), then, with probability `noise_prob`, additive noise at an SNR drawn uniformly from
+    `noise_snr_db` ([low, high] dB): white or pink noise, or a random stretch of a recording from
+    `noise_manifest` (e.g. MUSAN) when one is given. Every draw derives from (seed, epoch, index)
+    alone, so a resumed run, each DDP rank and each loader worker see the same perturbations.
     """
 
     def __init__(
@@ -106,9 +115,26 @@ class SpeechDataset(Dataset):
         sample_rate: int,
         preload: bool = False,
         num_threads: int = 4,
+        speed_perturb: Sequence[float] = (),
+        noise_prob: float = 0.0,
+        noise_snr_db: Sequence[float] = (10.0, 30.0),
+        noise_manifest: str | os.PathLike = "",
+        seed: int = 0,
     ):
         self.utts = list(utts)
         self.sample_rate = sample_rate
+        self.speed_perturb = _check_speed_factors(speed_perturb, sample_rate)
+        if not 0.0 <= noise_prob <= 1.0:
+            raise ValueError(f"noise probability (train.noise_prob) must be in [0, 1], got {noise_prob}")
+        if len(noise_snr_db) != 2 or not noise_snr_db[0] <= noise_snr_db[1]:
+            raise ValueError(f"noise SNR range (train.noise_snr_db) must be [low, high] dB, got {list(noise_snr_db)}")
+        self.noise_prob = noise_prob
+        self.noise_snr_db = (float(noise_snr_db[0]), float(noise_snr_db[1]))
+        self.noise_utts = read_manifest(noise_manifest) if noise_manifest else []
+        if noise_manifest and not self.noise_utts:
+            raise ValueError(f"{noise_manifest}: the noise manifest (train.noise_manifest) lists no recordings")
+        self.seed = seed
+        self.epoch: int | None = None  # None: no perturbation
         self.labels = []
         for utt in self.utts:
             try:
@@ -131,11 +157,109 @@ class SpeechDataset(Dataset):
             wave = self.cache[index].float() / 32768.0
         else:
             wave = load_utterance_audio(self.utts[index], self.sample_rate)
+        if self.epoch is not None:
+            wave = self.perturb(wave, index, self.epoch)
         return wave, self.labels[index], index
+
+    def set_epoch(self, epoch: int) -> None:
+        """Perturb items as for `epoch` from now on. DataLoader workers copy the dataset when
+        iteration starts, so call this before iterating a (non-persistent-worker) loader."""
+        self.epoch = epoch
+
+    def speed_factor(self, index: int, epoch: int) -> float:
+        """The speed perturbation factor of item `index` in `epoch` (1.0 without perturbation)."""
+        if not self.speed_perturb:
+            return 1.0
+        rng = _item_rng(self.seed, epoch, index, _SPEED_STREAM)
+        return self.speed_perturb[int(rng.integers(len(self.speed_perturb)))]
+
+    def perturb(self, wave: torch.Tensor, index: int, epoch: int) -> torch.Tensor:
+        """(samples,) -> (samples / factor,): item `index`'s waveform as perturbed in `epoch`."""
+        wave = change_speed(wave, self.speed_factor(index, epoch), self.sample_rate)
+        if self.noise_prob > 0.0:
+            rng = _item_rng(self.seed, epoch, index, _NOISE_STREAM)
+            if rng.random() < self.noise_prob:
+                snr_db = rng.uniform(*self.noise_snr_db)
+                if self.noise_utts:
+                    noise = noise_excerpt(self.noise_utts, wave.shape[0], self.sample_rate, rng)
+                else:
+                    noise = torch.from_numpy(coloured_noise(wave.shape[0], rng.choice(["white", "pink"]), rng))
+                wave = add_noise(wave, noise, snr_db)
+        return wave
 
     @property
     def durations(self) -> list[float]:
-        return [u.duration for u in self.utts]
+        """Seconds per item, the most it can last: speed perturbation lengthens an utterance by up
+        to 1 / min(factor), and batching must budget for that."""
+        stretch = 1.0 / min(self.speed_perturb) if self.speed_perturb else 1.0
+        return [u.duration * stretch for u in self.utts]
+
+
+_SPEED_STREAM, _NOISE_STREAM = 0, 1  # independent draws: turning noise on leaves the speed factors as they were
+
+
+def _item_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
+    """A generator that depends on nothing but its arguments (no global or per-process state)."""
+    return np.random.default_rng([seed % 2**64, epoch, index, stream])
+
+
+def _check_speed_factors(factors: Sequence[float], sample_rate: int) -> list[float]:
+    factors = [float(f) for f in factors]
+    if any(not f > 0 or round(f * sample_rate) < 1 for f in factors):
+        raise ValueError(f"speed perturbation factors (train.speed_perturb) must be positive, got {factors}")
+    return factors
+
+
+def change_speed(wave: torch.Tensor, factor: float, sample_rate: int) -> torch.Tensor:
+    """(samples,) -> (ceil(samples / factor),): the audio played `factor` times faster, tempo and
+    pitch together (sox `speed`, as Kaldi and ESPnet perturb): resampled from sample_rate x factor,
+    rounded to a whole rate, to sample_rate. Factor 1 returns the input."""
+    if factor == 1.0:
+        return wave
+    return AF.resample(wave, orig_freq=round(sample_rate * factor), new_freq=sample_rate)
+
+
+def coloured_noise(num_samples: int, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """(num_samples,) float32 noise of unit power: "white" (flat spectrum) or "pink" (power ~ 1/f,
+    by shaping white noise in the frequency domain)."""
+    white = rng.standard_normal(num_samples)
+    if colour == "white" or num_samples < 2:
+        noise = white
+    elif colour == "pink":
+        spectrum = np.fft.rfft(white)
+        frequency = np.arange(len(spectrum), dtype=np.float64)
+        spectrum[0] = 0.0  # no DC offset
+        spectrum[1:] /= np.sqrt(frequency[1:])
+        noise = np.fft.irfft(spectrum, n=num_samples)
+    else:
+        raise ValueError(f"unknown noise colour {colour!r} (white or pink)")
+    power = float(np.mean(noise * noise)) if num_samples else 0.0
+    return (noise / math.sqrt(power) if power > 0 else noise).astype(np.float32)
+
+
+def noise_excerpt(noise_utts: Sequence[Utterance], num_samples: int, sample_rate: int, rng: np.random.Generator) -> torch.Tensor:
+    """(num_samples,) of a randomly chosen noise recording from a random offset, repeated when the
+    recording is shorter. A recording's own start/end (a segment) are respected."""
+    noise_utt = noise_utts[int(rng.integers(len(noise_utts)))]
+    seconds = num_samples / sample_rate
+    offset = float(rng.uniform(0.0, max(0.0, noise_utt.duration - seconds)))
+    first = (noise_utt.start or 0.0) + offset
+    last = first + seconds if noise_utt.end is None else min(first + seconds, noise_utt.end)
+    noise = load_utterance_audio(Utterance(noise_utt.id, noise_utt.audio, seconds, "", start=first, end=last), sample_rate)
+    if noise.shape[0] == 0:
+        raise ValueError(f"noise recording {noise_utt.id} ({noise_utt.audio}): no samples from {first:.2f} s on")
+    return noise.repeat(math.ceil(num_samples / noise.shape[0]))[:num_samples]
+
+
+def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """wave + noise scaled so that 10 log10(power(wave) / power(noise)) = snr_db, powers being mean
+    squares over the whole utterance. Shapes (samples,). A silent wave or noise is left as it is."""
+    signal_power = float(wave.double().pow(2).mean()) if wave.numel() else 0.0
+    noise_power = float(noise.double().pow(2).mean()) if noise.numel() else 0.0
+    if signal_power == 0.0 or noise_power == 0.0:
+        return wave
+    scale = math.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return wave + scale * noise.to(wave.dtype)
 
 
 def _to_int16(wave: torch.Tensor) -> torch.Tensor:

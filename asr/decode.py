@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .data import BucketBatchSampler
 from .model import CTCModel
-from .text import CharTokenizer
+from .text import Tokenizer
 
 
 def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
@@ -32,7 +32,7 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0
 @torch.inference_mode()
 def transcribe_waves(
     model: CTCModel,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     waves: Sequence[torch.Tensor],
     device: torch.device,
     batch_seconds: float = 300.0,
@@ -54,7 +54,7 @@ def transcribe_waves(
     return texts
 
 
-def _decode_batch(model: CTCModel, tokenizer: CharTokenizer, waves: list[torch.Tensor], device: torch.device) -> list[str]:
+def _decode_batch(model: CTCModel, tokenizer: Tokenizer, waves: list[torch.Tensor], device: torch.device) -> list[str]:
     lengths = torch.tensor([w.shape[0] for w in waves])
     padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True).to(device, non_blocking=True)
     log_probs, out_lengths = model(padded, lengths.to(device))
@@ -177,7 +177,7 @@ def ctc_prefix_beam_search(
 class GreedyDecoder:
     """Best path; its score is the path's log-probability."""
 
-    def __init__(self, tokenizer: CharTokenizer):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
@@ -190,7 +190,7 @@ class GreedyDecoder:
 class PrefixBeamDecoder:
     """`ctc_prefix_beam_search` per utterance (no LM, no lexicon)."""
 
-    def __init__(self, tokenizer: CharTokenizer, beam_size: int = 10, nbest: int = 1):
+    def __init__(self, tokenizer: Tokenizer, beam_size: int = 10, nbest: int = 1):
         self.tokenizer, self.beam_size, self.nbest = tokenizer, beam_size, nbest
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
@@ -202,16 +202,40 @@ class PrefixBeamDecoder:
         return out
 
 
-def _flashlight_tokens(tokenizer: CharTokenizer) -> list[str]:
-    """Our symbols with the word separator spelt '|' as in flashlight lexicons."""
-    return ["|" if s == " " else s for s in tokenizer.symbols]
+def _check_lexicon(path: str, tokens: Sequence[str]) -> None:
+    """Every spelling of a flashlight lexicon must use the model's own units (a character lexicon
+    does not fit a BPE model, nor one BPE model's lexicon another's)."""
+    known = set(tokens)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            word, *spelling = line.split() or [""]
+            for token in spelling:
+                if token not in known:
+                    raise ValueError(f"{path}, line {number}: the spelling of {word!r} uses {token!r}, which is not a "
+                                     "unit of this model; write its lexicon with: asr lm lexicon WORDS --model CKPT --out LEXICON")
+
+
+SILENCE_TOKEN = "<silence>"  # the extra token flashlight fills the frames between BPE words with
+
+
+def _with_silence_column(log_probs: torch.Tensor, blank: int) -> torch.Tensor:
+    """(B, T, V) log-probs -> (B, T, V + 1) with a silence column: log(p_blank(t) + max over labels k
+    of min(p_k(t - 1), p_k(t))), the probability that frame t is blank or still holds the label of
+    frame t - 1. Which label a hypothesis ended its word with is not known to flashlight's column,
+    so the label most likely held across the two frames stands in for it."""
+    probs = log_probs.exp()
+    held = torch.minimum(probs[:, 1:], probs[:, :-1])
+    held[..., blank] = 0.0
+    held = torch.cat([torch.zeros_like(probs[:, :1]), held], dim=1).amax(dim=-1)
+    silence = torch.log(probs[..., blank] + held).clamp(min=-1e4)
+    return torch.cat([log_probs, silence.unsqueeze(-1)], dim=-1)
 
 
 class FlashlightDecoder:
     """torchaudio's ctc_decoder (flashlight-text): lexicon-constrained when a lexicon is given,
     lexicon-free otherwise (then an LM, if any, must be over our tokens, not words)."""
 
-    def __init__(self, tokenizer: CharTokenizer, lm: str = "", lexicon: str = "", beam_size: int = 50,
+    def __init__(self, tokenizer: Tokenizer, lm: str = "", lexicon: str = "", beam_size: int = 50,
                  lm_weight: float = 2.0, word_score: float = 0.0, nbest: int = 1, beam_threshold: float = 25.0):
         try:
             import flashlight.lib.text  # noqa: F401
@@ -222,31 +246,56 @@ class FlashlightDecoder:
         for name, path in (("LM", lm if isinstance(lm, str) else ""), ("lexicon", lexicon)):
             if path and not os.path.isfile(path):
                 raise FileNotFoundError(f"{path}: {name} file not found")
-        if " " not in tokenizer.symbols:
-            raise ValueError("beam-lm needs a tokenizer with a space symbol (word separator)")
+        if not tokenizer.word_start_ids:
+            raise ValueError("beam-lm needs units that mark words: a space symbol, or BPE pieces starting with '\u2581'")
+        separator = tokenizer.word_separator
+        if separator is None and lm and not lexicon:
+            raise ValueError("beam-lm with a BPE model needs a --lexicon spelt in its pieces (asr lm lexicon WORDS "
+                             "--model CKPT --out LEXICON): lexicon-free search with a word LM is not supported")
+        if lexicon:
+            _check_lexicon(lexicon, tokenizer.lexicon_tokens)
         self.tokenizer = tokenizer
         self.lexicon = bool(lexicon)
-        self._closing_frame = torch.full((len(tokenizer),), -30.0)
-        self._closing_frame[tokenizer.symbols.index(" ")] = 0.0
+        tokens = list(tokenizer.lexicon_tokens)
+        self._closing_frame = None
+        self._silence_column = False
+        if separator is not None:
+            silence = tokens[separator]
+            self._closing_frame = torch.full((len(tokenizer),), -30.0)
+            self._closing_frame[separator] = 0.0
+        elif lexicon:
+            # BPE with a lexicon: a word is complete after its last piece (the next starts with '\u2581'),
+            # and until the next word starts flashlight can only emit its silence token. A CTC model
+            # often holds a piece for several frames, so silence gets a column of its own: blank, or
+            # holding the piece of the frame before (see `_with_silence_column`).
+            silence = SILENCE_TOKEN
+            tokens.append(SILENCE_TOKEN)
+            self._silence_column = True
+        else:
+            silence = tokens[tokenizer.blank]  # lexicon-free: silence is simply the blank
         self.decoder = ctc_decoder(
-            lexicon=lexicon or None, tokens=_flashlight_tokens(tokenizer), lm=lm or None, nbest=nbest,
+            lexicon=lexicon or None, tokens=tokens, lm=lm or None, nbest=nbest,
             beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
-            blank_token=tokenizer.symbols[tokenizer.blank], sil_token="|", unk_word="<unk>",
+            blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>",
         )
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        # Our models end an utterance without a word separator, but a lexicon spelling 'w o r d |'
-        # completes a word only at '|': one extra frame that is surely '|' closes the last word.
         log_probs, lengths = log_probs.detach().float().cpu(), lengths.cpu().to(torch.int64)
-        b, t, v = log_probs.shape
-        padded = torch.cat([log_probs, torch.zeros(b, 1, v)], dim=1)
-        padded[torch.arange(b), lengths] = self._closing_frame
-        results = self.decoder(padded.contiguous(), (lengths + 1).to(torch.int32))
+        if self._closing_frame is not None:
+            # Our char models end an utterance without a word separator, but a lexicon spelling 'w o r d |'
+            # completes a word only at '|': one extra frame that is surely '|' closes the last word.
+            b, t, v = log_probs.shape
+            log_probs = torch.cat([log_probs, torch.zeros(b, 1, v)], dim=1)
+            log_probs[torch.arange(b), lengths] = self._closing_frame
+            lengths = lengths + 1
+        if self._silence_column:
+            log_probs = _with_silence_column(log_probs, self.tokenizer.blank)
+        results = self.decoder(log_probs.contiguous(), lengths.to(torch.int32))
         out = []
         for hyps in results:
             items = []
             for h in hyps:
-                ids = [int(x) for x in h.tokens if int(x) != self.tokenizer.blank]
+                ids = [int(x) for x in h.tokens if int(x) != self.tokenizer.blank and int(x) < len(self.tokenizer)]
                 text = " ".join(h.words) if self.lexicon else self.tokenizer.decode(ids)
                 items.append(Hypothesis(text, float(h.score), ids))
             out.append(items or [Hypothesis("", float("-inf"), [])])
@@ -256,7 +305,7 @@ class FlashlightDecoder:
 class CudaBeamDecoder:
     """torchaudio's cuda_ctc_decoder: prefix beam search on the GPU, no LM."""
 
-    def __init__(self, tokenizer: CharTokenizer, device: torch.device, beam_size: int = 10, nbest: int = 1,
+    def __init__(self, tokenizer: Tokenizer, device: torch.device, beam_size: int = 10, nbest: int = 1,
                  blank_skip_threshold: float = 0.95):
         if torch.device(device).type != "cuda" or not torch.cuda.is_available():
             raise RuntimeError(f"--decoder gpu-beam needs a CUDA device (got device {str(device)!r}"
@@ -267,7 +316,7 @@ class CudaBeamDecoder:
         from torchaudio.models.decoder import cuda_ctc_decoder
 
         self.tokenizer = tokenizer
-        self.decoder = cuda_ctc_decoder(_flashlight_tokens(tokenizer), nbest=nbest, beam_size=beam_size,
+        self.decoder = cuda_ctc_decoder(tokenizer.lexicon_tokens, nbest=nbest, beam_size=beam_size,
                                         blank_skip_threshold=blank_skip_threshold)
 
     def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
@@ -275,7 +324,7 @@ class CudaBeamDecoder:
         return [[Hypothesis(self.tokenizer.decode(h.tokens), float(h.score), list(h.tokens)) for h in hyps] for hyps in results]
 
 
-def make_decoder(name: str, tokenizer: CharTokenizer, device: torch.device | str = "cpu", beam_size: int = 10,
+def make_decoder(name: str, tokenizer: Tokenizer, device: torch.device | str = "cpu", beam_size: int = 10,
                  lm: str = "", lexicon: str = "", lm_weight: float = 2.0, word_score: float = 0.0,
                  nbest: int = 1, beam_threshold: float = 25.0):
     """A callable (log_probs (B, T, V), lengths (B,)) -> n-best Hypothesis lists, by decoder name."""
@@ -320,10 +369,12 @@ def decode_waves(
     return hyps, kept
 
 
-def decode_settings(config_decode, model_path: str | os.PathLike | None = None, **given):
-    """The decode section to use: the checkpoint's config, then `decode.yaml` next to the checkpoint
-    when present (written by scripts/tune_decoder.py; a mapping, optionally under a `decode:` key),
-    then the options given on the command line (None: not given). Returns a new DecodeConfig."""
+def decode_settings(config_decode, model_path: str | os.PathLike | None = None,
+                    decode_file: str | os.PathLike | None = None, **given):
+    """The decode section to use: the checkpoint's config, then `decode_file`, or without one
+    `decode.yaml` next to the checkpoint when present (written by scripts/tune_decoder.py; a mapping,
+    optionally under a `decode:` key), then the options given on the command line (None: not
+    given). Returns a new DecodeConfig."""
     import copy
 
     import yaml
@@ -331,8 +382,10 @@ def decode_settings(config_decode, model_path: str | os.PathLike | None = None, 
     from .config import ConfigError, set_option
 
     settings = copy.deepcopy(config_decode)
-    if model_path is not None:
-        path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "decode.yaml")
+    if decode_file is not None and not os.path.isfile(decode_file):
+        raise ConfigError(f"{decode_file}: decode config not found")
+    if decode_file is not None or model_path is not None:
+        path = decode_file or os.path.join(os.path.dirname(os.path.abspath(model_path)), "decode.yaml")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f) or {}
@@ -349,7 +402,7 @@ def decode_settings(config_decode, model_path: str | os.PathLike | None = None, 
     return settings
 
 
-def decoder_from_settings(settings, tokenizer: CharTokenizer, device: torch.device | str = "cpu", nbest: int = 1):
+def decoder_from_settings(settings, tokenizer: Tokenizer, device: torch.device | str = "cpu", nbest: int = 1):
     return make_decoder(settings.decoder, tokenizer, device, settings.beam_size, settings.lm, settings.lexicon,
                         settings.lm_weight, settings.word_score, nbest, settings.beam_threshold)
 

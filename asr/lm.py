@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -433,15 +433,23 @@ def write_arpa(model: NgramModel, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def write_lexicon(words: Iterable[str], path: str | os.PathLike, word_separator: str = "|") -> int:
+def write_lexicon(words: Iterable[str], path: str | os.PathLike, word_separator: str = "|",
+                  spell: Callable[[str], list[str]] | None = None) -> int:
     """Flashlight's spelling lexicon: 'word<TAB>w o r d |' per line. Returns the number of words.
-    `word_separator` ends each spelling ('' for models that never emit a space between words)."""
+    `word_separator` ends each spelling ('' for models that never emit a space between words).
+    `spell`: a model's own spelling instead (its tokenizer's `spell`, e.g. BPE pieces '\u2581wo rd')."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for word in words:
-            spelling = " ".join(word) + (f" {word_separator}" if word_separator else "")
+            if spell is not None:
+                try:
+                    spelling = " ".join(spell(word))
+                except ValueError as e:
+                    raise ValueError(f"cannot spell {word!r} with the model's units: {e}") from None
+            else:
+                spelling = " ".join(word) + (f" {word_separator}" if word_separator else "")
             f.write(f"{word}\t{spelling}\n")
             count += 1
     return count

@@ -2,10 +2,12 @@
 
 A file that cannot be read is reported with its error and does not stop the others.
 
-Files longer than `chunk_seconds` are streamed from disk in overlapping chunks, so memory does not
-grow with their length. The chunks start on the encoder's frame grid; each chunk contributes its
-output frames up to the middle of its overlap with the next one, and greedy CTC runs once over
-the frames so joined, so no word is doubled or lost at a seam by text-level merging.
+Files longer than `chunk_seconds` are streamed from disk in overlapping chunks, so memory for audio
+and activations does not grow with their length (only the output log-probs do, ~14 MB per hour).
+The chunks start on the encoder's frame grid; each chunk contributes its output frames up to the
+middle of its overlap with the next one, and greedy CTC runs once over the frames so joined, so no
+word is doubled or lost at a seam by text-level merging. Beam search and word alignment
+(asr.align) cut the joined frames at pauses instead (`pause_segments`).
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile
 import torch
 
 from .audio import AudioError, load_audio, to_mono_and_rate, unreadable
-from .decode import transcribe_waves
+from .decode import greedy_decode, transcribe_waves
 from .model import CTCModel
-from .text import CharTokenizer
+from .text import Tokenizer
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".opus", ".ogg", ".mp3", ".sph", ".aiff", ".aif", ".au"}
 
@@ -51,7 +53,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def transcribe_files(
     model: CTCModel,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     paths: Sequence[str | os.PathLike],
     device: torch.device,
     batch_seconds: float = 300.0,
@@ -62,10 +64,8 @@ def transcribe_files(
     """One Transcript per file, in the order of `expand_paths(paths)`. Files longer than
     `chunk_seconds` (0: none) are transcribed chunk by chunk with `transcribe_long`."""
     rate = model.feature_config.sample_rate
-    if chunk_seconds:
-        chunk_layout(model, chunk_seconds, chunk_overlap)  # bad options fail here, not per file
-    is_long = (lambda path: not _shorter_than(path, chunk_seconds)) if chunk_seconds else None
-    results, readable, waves, long_files = load_files(paths, rate, Transcript, defer=is_long)
+    results, readable, waves, long_files = load_files(
+        paths, rate, Transcript, defer=long_file_test(model, chunk_seconds, chunk_overlap))
     for result in long_files:
         try:
             result.text, result.duration = transcribe_long(
@@ -75,6 +75,15 @@ def transcribe_files(
     for result, text in zip(readable, transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress)):
         result.text = text
     return results
+
+
+def long_file_test(model: CTCModel, chunk_seconds: float, chunk_overlap: float) -> Callable[[Path], bool] | None:
+    """Whether a file must be read in chunks (its header says it is longer than `chunk_seconds`);
+    None when chunking is off (chunk_seconds 0). Bad chunk options fail here, not once per file."""
+    if not chunk_seconds:
+        return None
+    chunk_layout(model, chunk_seconds, chunk_overlap)
+    return lambda path: not shorter_than(path, chunk_seconds)
 
 
 def load_files(
@@ -108,7 +117,7 @@ def load_files(
 
 def transcribe_long(
     model: CTCModel,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     path: str | os.PathLike,
     device: torch.device,
     chunk_seconds: float = 30.0,
@@ -116,12 +125,30 @@ def transcribe_long(
     batch_seconds: float = 300.0,
 ) -> tuple[str, float]:
     """(greedy transcript, duration in seconds) of one audio file of any length, read and decoded in
-    chunks of `chunk_seconds` overlapping by `chunk_overlap`, a batch of chunks (at most
-    `batch_seconds` of audio) at a time. Raises AudioError for a file that cannot be read."""
+    chunks (see `long_log_probs`). Raises AudioError for a file that cannot be read."""
+    log_probs, duration = long_log_probs(model, path, device, chunk_seconds, chunk_overlap, batch_seconds)
+    ids = greedy_decode(log_probs.unsqueeze(0), torch.tensor([log_probs.shape[0]]), tokenizer.blank)[0]
+    return tokenizer.decode(ids), duration
+
+
+def long_log_probs(
+    model: CTCModel,
+    path: str | os.PathLike,
+    device: torch.device,
+    chunk_seconds: float = 30.0,
+    chunk_overlap: float = 4.0,
+    batch_seconds: float = 300.0,
+) -> tuple[torch.Tensor, float]:
+    """((T, V) log-probs of the whole file on the CPU, its duration in seconds) for an audio file of
+    any length, read in chunks of `chunk_seconds` overlapping by `chunk_overlap` and run through the
+    model a batch of chunks (at most `batch_seconds` of audio) at a time. Only the log-probs grow
+    with the file (about 14 MB per hour for 29 characters at 33 frames/s), never the audio or
+    the activations. Raises AudioError for a file that cannot be read."""
     chunk, hop, frame = chunk_layout(model, chunk_seconds, chunk_overlap)
-    stitcher = FrameStitcher(hop // frame, (chunk - hop) // frame, tokenizer.blank)
+    stitcher = FrameStitcher(hop // frame, (chunk - hop) // frame)
     per_batch = max(1, int(batch_seconds // chunk_seconds))
     pending: list[torch.Tensor] = []
+    pieces: list[torch.Tensor] = []
     samples = 0
     with torch.inference_mode():
         for k, (wave, last) in enumerate(read_chunks(path, model.feature_config.sample_rate, chunk, hop)):
@@ -132,11 +159,11 @@ def transcribe_long(
             lengths = torch.tensor([w.shape[0] for w in pending])
             padded = torch.nn.utils.rnn.pad_sequence(pending, batch_first=True).to(device)
             log_probs, out_lengths = model(padded, lengths.to(device))
-            best, out_lengths = log_probs.argmax(dim=-1).cpu(), out_lengths.cpu()
+            log_probs, out_lengths = log_probs.float().cpu(), out_lengths.cpu()
             for i in range(len(pending)):
-                stitcher.add(best[i, : out_lengths[i]], last=last and i == len(pending) - 1)
+                pieces.append(stitcher.take(log_probs[i, : out_lengths[i]], last=last and i == len(pending) - 1))
             pending = []
-    return tokenizer.decode(stitcher.ids), samples / model.feature_config.sample_rate
+    return torch.cat(pieces), samples / model.feature_config.sample_rate
 
 
 def chunk_layout(model: CTCModel, chunk_seconds: float, chunk_overlap: float) -> tuple[int, int, int]:
@@ -153,29 +180,68 @@ def chunk_layout(model: CTCModel, chunk_seconds: float, chunk_overlap: float) ->
 
 
 class FrameStitcher:
-    """Greedy CTC over the output frames of consecutive overlapping chunks: chunk k starts at
-    frame k * hop_frames; each chunk's frames are taken from the middle of its overlap with the
-    previous chunk to the middle of its overlap with the next, and repeats merge across seams
-    exactly as within a chunk."""
+    """Joins the output frames of consecutive overlapping chunks into the whole file's frames: chunk
+    k starts at frame k * hop_frames; each chunk contributes its frames from the middle of its
+    overlap with the previous chunk to the middle of its overlap with the next, where it has the
+    most context on both sides."""
 
-    def __init__(self, hop_frames: int, overlap_frames: int, blank: int):
-        self.hop_frames, self.half_overlap, self.blank = hop_frames, overlap_frames // 2, blank
+    def __init__(self, hop_frames: int, overlap_frames: int):
+        self.hop_frames, self.half_overlap = hop_frames, overlap_frames // 2
         self.chunks = 0  # chunks added so far
         self.next_frame = 0  # first frame (of the whole file) not yet taken
-        self.previous = blank  # label of the last frame taken
-        self.ids: list[int] = []
 
-    def add(self, labels: torch.Tensor, last: bool = False) -> None:
-        """labels: (frames,) best label per output frame of the next chunk."""
+    def take(self, frames: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """frames: (T, ...) per-frame output of the next chunk -> the rows of it that the file keeps."""
         start = self.chunks * self.hop_frames
-        end = labels.shape[0] if last else self.hop_frames + self.half_overlap
-        taken = labels[max(self.next_frame - start, 0) : end]
+        end = frames.shape[0] if last else self.hop_frames + self.half_overlap
+        taken = frames[max(self.next_frame - start, 0) : end]
         self.chunks += 1
         self.next_frame = start + end
-        if taken.numel():
-            previous = torch.cat([torch.tensor([self.previous], dtype=taken.dtype), taken[:-1]])
-            self.ids += taken[(taken != previous) & (taken != self.blank)].tolist()
-            self.previous = int(taken[-1])
+        return taken
+
+
+def pause_segments(
+    log_probs: torch.Tensor,
+    blank: int,
+    max_frames: int,
+    search_frames: int,
+    separator: int | None = None,
+    word_start_ids: Collection[int] = (),
+) -> list[tuple[int, int]]:
+    """Cut (T, V) log-probs into [start, end) frame segments of at most `max_frames`, so that a beam
+    search or an alignment of each never sees half a word.
+
+    A pause is a run of frames whose best label is the blank or the word `separator`. Each cut falls
+    in the middle of the longest pause among the last `search_frames` frames before the limit,
+    preferring pauses between words (holding a separator, or followed by a label of
+    `word_start_ids`): a CTC model also emits blanks between the letters of a word. With no pause
+    there, the cut falls at the limit."""
+    best = log_probs.argmax(dim=-1).tolist()
+    total = len(best)
+    silent = {blank} if separator is None else {blank, separator}
+    # Each maximal pause as (first frame, end frame, between words?).
+    pauses, t = [], 0
+    while t < total:
+        if best[t] not in silent:
+            t += 1
+            continue
+        first = t
+        while t < total and best[t] in silent:
+            t += 1
+        between_words = (separator is not None and separator in best[first:t]) or (t < total and best[t] in word_start_ids)
+        pauses.append((first, t, between_words))
+    segments, start = [], 0
+    while total - start > max_frames:
+        lo, hi = start + max(max_frames - search_frames, 1), start + max_frames
+        cut, best_key = hi, (False, 0)
+        for first, end, between_words in pauses:
+            a, b = max(first, lo), min(end, hi)
+            if b > a and (between_words, b - a) > best_key:
+                best_key, cut = (between_words, b - a), a + (b - a) // 2
+        segments.append((start, cut))
+        start = cut
+    segments.append((start, total))
+    return segments
 
 
 def read_chunks(path: str | os.PathLike, sample_rate: int, chunk: int, hop: int) -> Iterator[tuple[torch.Tensor, bool]]:
@@ -230,10 +296,32 @@ def _read_block(f: soundfile.SoundFile, path: Path, frames: int) -> np.ndarray:
     return block
 
 
-def _shorter_than(path: Path, seconds: float) -> bool:
+def shorter_than(path: Path, seconds: float) -> bool:
     """Whether the header says the file is at most `seconds` long (False when it cannot say)."""
     try:
         info = soundfile.info(str(path))
     except Exception:  # unreadable: load_audio reports it
         return True
     return 0 < info.frames < 2**62 and info.frames <= seconds * info.samplerate
+
+
+DEFAULT_MODEL = "en-libri4h-bilstm-ctc.pt"  # the pretrained English model, in models/ of the repository
+
+
+def default_model_path() -> Path:
+    """The model `asr transcribe` uses when given none: $ASR_MODEL if set, else
+    <repository>/models/en-libri4h-bilstm-ctc.pt next to this package (a clone installed with
+    `pip install -e .`). Raises FileNotFoundError saying where it looked and how to get a model."""
+    env = os.environ.get("ASR_MODEL", "")
+    if env:
+        if not Path(env).expanduser().is_file():
+            raise FileNotFoundError(f"ASR_MODEL={env}: no such model file (unset ASR_MODEL or point it at a .pt)")
+        return Path(env).expanduser()
+    shipped = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"no model given and no default model found: $ASR_MODEL is not set and {shipped} does not exist. "
+        f"Pass one with --model PATH, set ASR_MODEL=PATH, or put {DEFAULT_MODEL} in {shipped.parent} "
+        "(it comes with a clone of the repository installed with pip install -e .); or train one with "
+        "recipes/librispeech/run.sh and use exp/<name>/best.pt (asr export model makes a compact copy)")

@@ -157,6 +157,14 @@ def test_decode_settings_precedence(tmp_path):
     assert base.decoder == "greedy"  # not modified
     with pytest.raises(ValueError, match="unknown decoder"):
         decode_settings(base, None, decoder="nope")
+    # A given decode file replaces decode.yaml; command-line options still win over it.
+    tuned = tmp_path / "tuned" / "lm4.yaml"
+    tuned.parent.mkdir()
+    tuned.write_text("decoder: beam-lm\nlm_weight: 1.5\n")
+    s = decode_settings(base, model_path, tuned, word_score=0.5)
+    assert (s.decoder, s.lm_weight, s.word_score) == ("beam-lm", 1.5, 0.5)
+    with pytest.raises(ValueError, match="missing.yaml: decode config not found"):
+        decode_settings(base, model_path, tmp_path / "missing.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -252,3 +252,59 @@ def test_shipped_configs_load(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert config.features.n_fft >= config.features.hop_length > 0
+
+
+# --------------------------------------------------------------------------- list-valued options
+
+
+def test_list_option_from_yaml_and_override(tmp_path):
+    path = write_yaml(tmp_path, "train:\n  speed_perturb: [0.9, 1, 1.1]\n  noise_snr_db:\n    - 5\n    - 2.0e+1\n")
+    config = load_config(path)
+    assert config.train.speed_perturb == [0.9, 1.0, 1.1]
+    assert all(isinstance(f, float) for f in config.train.speed_perturb + config.train.noise_snr_db)
+    assert config.train.noise_snr_db == [5.0, 20.0]
+    config = load_config(path, ["train.speed_perturb=[0.95,1.0,1.05]", "train.noise_snr_db=[1e1, 30]"])
+    assert config.train.speed_perturb == [0.95, 1.0, 1.05]
+    assert config.train.noise_snr_db == [10.0, 30.0]
+    assert load_config(path, ["train.speed_perturb=[]"]).train.speed_perturb == []
+
+
+def test_list_defaults_are_not_shared():
+    a, b = Config(), Config()
+    a.train.noise_snr_db.append(99.0)
+    assert b.train.noise_snr_db == [10.0, 30.0] and Config().train.speed_perturb == []
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.speed_perturb=0.9", "train.speed_perturb"),  # a scalar, not a list
+        ("train.speed_perturb=0.9,1.1", "train.speed_perturb"),  # YAML reads this as a string
+        ("train.speed_perturb=null", "train.speed_perturb"),
+        ("train.speed_perturb=[0.9,fast]", "train.speed_perturb[1]"),
+        ("train.speed_perturb=[true]", "train.speed_perturb[0]"),
+        ("train.noise_snr_db=[10,[20]]", "train.noise_snr_db[1]"),
+        ("train.noise_snr_db={a: 1}", "train.noise_snr_db"),
+    ],
+)
+def test_wrong_list_values(override, named):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert named in message and override in message
+    assert "float" in message
+
+
+def test_list_options_round_trip_and_old_checkpoint_configs_load():
+    config = load_config(None, ["train.speed_perturb=[0.9,1.0,1.1]", "train.noise_prob=0.3"])
+    data = config.to_dict()
+    assert data["train"]["speed_perturb"] == [0.9, 1.0, 1.1]
+    assert config_from_dict(data) == config
+    # A checkpoint written before these options existed lacks the keys: the defaults fill in.
+    for key in ("speed_perturb", "noise_prob", "noise_snr_db", "noise_manifest"):
+        del data["train"][key]
+    del data["specaug"]["time_warp"]
+    old = config_from_dict(data, "checkpoint config")
+    assert old.specaug.time_warp == 0
+    assert old.train.speed_perturb == [] and old.train.noise_snr_db == [10.0, 30.0] and old.train.noise_prob == 0.0
+    assert old.train.epochs == config.train.epochs

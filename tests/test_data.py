@@ -16,7 +16,10 @@ from asr.data import (
     BucketBatchSampler,
     SpeechDataset,
     Utterance,
+    add_noise,
+    change_speed,
     collate,
+    coloured_noise,
     load_utterance_audio,
     read_manifest,
     total_hours,
@@ -413,3 +416,205 @@ def test_padding_fraction_definition():
     assert sampler.epoch_batches(0) == [[0, 1, 2, 3]]
     assert sampler.padding_fraction() == pytest.approx(1 - 11.0 / 16.0)
     assert BucketBatchSampler([], 10.0).padding_fraction() == 0.0
+
+
+# --------------------------------------------------------------------------- speed perturbation
+
+
+def _peak_frequency(wave: torch.Tensor) -> float:
+    spectrum = np.abs(np.fft.rfft(wave.numpy() * np.hanning(len(wave))))
+    return float(np.argmax(spectrum)) * SR / len(wave)
+
+
+def test_change_speed_factor_one_is_identity(audio):
+    wave = torch.from_numpy(audio.chirp(seconds=0.3, sr=SR))
+    assert torch.equal(change_speed(wave, 1.0, SR), wave)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1, 0.95])
+def test_change_speed_scales_length_and_pitch(audio, factor):
+    wave = torch.from_numpy(audio.tone(1000.0, seconds=1.0, sr=SR))
+    out = change_speed(wave, factor, SR)
+    assert abs(out.shape[0] - SR / factor) <= 1
+    assert out.dtype == torch.float32
+    # Played faster, the pitch rises with the tempo (sox `speed`, not `tempo`).
+    assert _peak_frequency(out) == pytest.approx(1000.0 * factor, abs=3.0)
+    assert float(out.abs().max()) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.fixture
+def many_utts(audio, tmp_path):
+    """24 short chirps/tones with transcripts, lengths 0.2 to 0.66 s."""
+    utts = []
+    for i in range(24):
+        seconds = 0.2 + 0.02 * i
+        samples = audio.chirp(seconds=seconds, sr=SR) if i % 2 else audio.tone(200.0 + 30 * i, seconds=seconds, sr=SR)
+        path = audio.write(f"many/{i}.wav", samples, SR, subtype="FLOAT")
+        utts.append(Utterance(f"u{i}", str(path), len(samples) / SR, "abc"[: 1 + i % 3]))
+    return utts
+
+
+def test_speed_factors_are_deterministic_per_seed_epoch_and_index(many_utts):
+    factors = [0.9, 1.0, 1.1]
+    a = SpeechDataset(many_utts, CharTokenizer(), SR, speed_perturb=factors, seed=3)
+    b = SpeechDataset(many_utts, CharTokenizer(), SR, speed_perturb=factors, seed=3, preload=True)
+    other_seed = SpeechDataset(many_utts, CharTokenizer(), SR, speed_perturb=factors, seed=4)
+    by_epoch = [[a.speed_factor(i, epoch) for i in range(len(a))] for epoch in range(3)]
+    assert by_epoch[0] == [b.speed_factor(i, 0) for i in range(len(b))]
+    assert by_epoch[0] != by_epoch[1] != by_epoch[2]
+    assert by_epoch[0] != [other_seed.speed_factor(i, 0) for i in range(len(a))]
+    assert set(by_epoch[0] + by_epoch[1]) == set(factors)  # every factor gets drawn
+    # The items follow the factors, in any instance, and the labels stay as they were.
+    for ds in (a, b):
+        ds.set_epoch(1)
+    for i in range(0, len(a), 5):
+        wave_a, labels, index = a[i]
+        wave_b, _, _ = b[i]
+        clean = load_utterance_audio(many_utts[i], SR)
+        assert abs(wave_a.shape[0] - len(clean) / by_epoch[1][i]) <= 1
+        assert (wave_a - wave_b).abs().max() <= 4 * PCM16_STEP  # b was preloaded as 16-bit
+        assert labels.tolist() == CharTokenizer().encode(many_utts[i].text) and index == i
+        if by_epoch[1][i] == 1.0:
+            torch.testing.assert_close(wave_a, clean)
+
+
+def test_items_are_clean_until_an_epoch_is_set_and_without_perturbation(many_utts):
+    perturbed = SpeechDataset(many_utts, CharTokenizer(), SR, speed_perturb=[0.8], noise_prob=1.0)
+    plain = SpeechDataset(many_utts, CharTokenizer(), SR)  # as the dev set is built
+    plain.set_epoch(5)
+    for i in (0, 7):
+        clean = load_utterance_audio(many_utts[i], SR)
+        assert torch.equal(perturbed[i][0], clean)  # e.g. while normalization statistics are estimated
+        assert torch.equal(plain[i][0], clean)
+    perturbed.set_epoch(0)
+    assert abs(perturbed[0][0].shape[0] - len(load_utterance_audio(many_utts[0], SR)) / 0.8) <= 1
+
+
+def test_loader_workers_see_the_same_perturbation(many_utts):
+    ds = SpeechDataset(many_utts, CharTokenizer(), SR, speed_perturb=[0.9, 1.1], noise_prob=0.5, seed=1)
+    ds.set_epoch(2)
+    sampler = BucketBatchSampler(ds.durations, max_batch_seconds=2.0, seed=1)
+    sampler.set_epoch(2)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=1)
+    for batch in loader:
+        expected = collate([ds[i] for i in batch.indices])
+        assert torch.equal(batch.waves, expected.waves)
+        assert torch.equal(batch.wave_lengths, expected.wave_lengths)
+
+
+@pytest.mark.parametrize("max_batch_seconds", [1.0, 2.5])
+def test_batches_respect_the_budget_after_slowing_down(many_utts, max_batch_seconds):
+    ds = SpeechDataset(many_utts, CharTokenizer(), SR, speed_perturb=[0.8, 1.0, 1.2], seed=0)
+    assert ds.durations == pytest.approx([u.duration / 0.8 for u in many_utts])
+    sampler = BucketBatchSampler(ds.durations, max_batch_seconds, seed=0)
+    over_nominal = False
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for indices in sampler.epoch_batches(epoch):
+            batch = collate([ds[i] for i in indices])
+            if len(indices) > 1:
+                assert batch.waves.numel() / SR <= max_batch_seconds + len(indices) / SR  # +-1 sample each
+            nominal = max(many_utts[i].duration for i in indices) * len(indices)
+            over_nominal |= batch.waves.numel() / SR > nominal
+    assert over_nominal  # the slowed-down audio really is longer than the manifest says
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(speed_perturb=[0.9, 0.0]), "speed_perturb"),
+        (dict(speed_perturb=[-1.0]), "speed_perturb"),
+        (dict(noise_prob=1.5), "noise_prob"),
+        (dict(noise_snr_db=[10.0]), "noise_snr_db"),
+        (dict(noise_snr_db=[30.0, 10.0]), "noise_snr_db"),
+    ],
+)
+def test_bad_perturbation_settings_are_named(many_utts, kwargs, message):
+    with pytest.raises(ValueError) as info:
+        SpeechDataset(many_utts[:2], CharTokenizer(), SR, **kwargs)
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- additive noise
+
+
+def _snr_db(clean: torch.Tensor, noisy: torch.Tensor) -> float:
+    noise = (noisy - clean).double()
+    return 10 * float(torch.log10(clean.double().pow(2).mean() / noise.pow(2).mean()))
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 12.5, 30.0])
+def test_add_noise_hits_the_snr(audio, snr_db):
+    clean = torch.from_numpy(audio.chirp(seconds=0.5, sr=SR))
+    noise = torch.from_numpy(coloured_noise(len(clean), "pink", np.random.default_rng(0))) * 3.0
+    assert _snr_db(clean, add_noise(clean, noise, snr_db)) == pytest.approx(snr_db, abs=1e-3)
+    silence = torch.zeros(100)
+    assert torch.equal(add_noise(silence, noise[:100], 10.0), silence)  # no signal power: nothing to scale to
+
+
+def test_coloured_noise_spectra():
+    rng = np.random.default_rng(0)
+    for colour in ("white", "pink"):
+        noise = coloured_noise(32000, colour, rng)
+        assert noise.dtype == np.float32 and noise.shape == (32000,)
+        assert float(np.mean(noise**2)) == pytest.approx(1.0, rel=1e-4)
+        power = np.abs(np.fft.rfft(noise)) ** 2
+        low, high = power[10:1000].mean(), power[10000:11000].mean()  # bins: ~5-500 Hz vs 5-5.5 kHz at 16 kHz
+        if colour == "white":
+            assert 0.7 < low / high < 1.4
+        else:
+            assert low / high > 10.0  # 1/f: about 50x here
+    with pytest.raises(ValueError):
+        coloured_noise(10, "brown", rng)
+
+
+def test_dataset_noise_snr_in_range_and_deterministic(many_utts):
+    def noisy_set():
+        ds = SpeechDataset(many_utts, CharTokenizer(), SR, noise_prob=0.5, noise_snr_db=[5.0, 15.0], seed=2)
+        ds.set_epoch(0)
+        return ds
+
+    a, b = noisy_set(), noisy_set()
+    noisy = 0
+    for i in range(len(a)):
+        clean = load_utterance_audio(many_utts[i], SR)
+        wave = a[i][0]
+        assert torch.equal(wave, b[i][0])
+        assert wave.shape == clean.shape
+        if not torch.equal(wave, clean):
+            noisy += 1
+            assert 5.0 - 1e-3 <= _snr_db(clean, wave) <= 15.0 + 1e-3
+    assert 4 <= noisy <= 20  # about half of 24
+    a.set_epoch(1)
+    assert any(not torch.equal(a[i][0], b[i][0]) for i in range(len(a)))  # a new epoch, new noise
+
+
+def test_noise_from_a_manifest_of_recordings(many_utts, audio, tmp_path):
+    # A rising ramp as the "noise": a stretch of it is a straight line, so the residual shows that one
+    # contiguous excerpt was mixed in, scaled to the SNR.
+    ramp = np.linspace(-0.5, 0.5, 3 * SR).astype(np.float32)
+    noise_path = audio.write("noise/ramp.wav", ramp, SR, subtype="FLOAT")
+    short_path = audio.write("noise/short.wav", ramp[:100], SR, subtype="FLOAT")
+    manifest = tmp_path / "noise.jsonl"
+    write_manifest(manifest, [Utterance("ramp", str(noise_path), 3.0, "")])
+    ds = SpeechDataset(many_utts, CharTokenizer(), SR, noise_prob=1.0, noise_snr_db=[10.0, 10.0],
+                       noise_manifest=str(manifest), seed=0)
+    ds.set_epoch(0)
+    for i in (0, 11, 23):
+        clean = load_utterance_audio(many_utts[i], SR)
+        wave = ds[i][0]
+        assert _snr_db(clean, wave) == pytest.approx(10.0, abs=1e-3)
+        residual = (wave - clean).double().numpy()
+        x = np.arange(len(residual))
+        fit = np.polyval(np.polyfit(x, residual, 1), x)
+        assert np.abs(residual - fit).max() < 1e-4 * np.abs(residual).max() + 1e-6
+    # A recording shorter than the utterance is repeated to cover it.
+    write_manifest(manifest, [Utterance("short", str(short_path), 100 / SR, "")])
+    ds = SpeechDataset(many_utts, CharTokenizer(), SR, noise_prob=1.0, noise_manifest=str(manifest))
+    ds.set_epoch(0)
+    clean = load_utterance_audio(many_utts[5], SR)
+    residual = ds[5][0] - clean
+    assert residual.shape == clean.shape
+    torch.testing.assert_close(residual[:100], residual[100:200])
+    with pytest.raises(FileNotFoundError):
+        SpeechDataset(many_utts, CharTokenizer(), SR, noise_prob=1.0, noise_manifest=str(tmp_path / "none.jsonl"))

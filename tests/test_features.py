@@ -16,6 +16,7 @@ from asr.features import (
     SpecAugmentConfig,
     frame_mask,
     spec_augment,
+    time_warp,
 )
 
 SR = 16000
@@ -324,3 +325,90 @@ def test_spec_augment_generator_is_deterministic():
     second = spec_augment(feats, lengths, config, g)
     assert torch.equal(first, a)
     assert not torch.equal(first, second)
+
+
+# --------------------------------------------------------------------------- time warping
+
+
+def _ramp_batch(lengths: list[int], frames: int | None = None, dims: int = 3, padding: float = -7.0):
+    """(B, T, dims) where frame t holds the value t, and `padding` past each utterance's length."""
+    frames = frames or max(lengths)
+    feats = torch.arange(frames, dtype=torch.float32).view(1, frames, 1).repeat(len(lengths), 1, dims)
+    lengths = torch.tensor(lengths)
+    feats[~frame_mask(lengths, frames)] = padding
+    return feats, lengths
+
+
+WARP_ONLY = dict(freq_masks=0, time_masks=0)
+
+
+def test_time_warp_off_is_identity_and_draws_nothing():
+    feats, lengths = _augment_input()
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    out = spec_augment(feats, lengths, SpecAugmentConfig(time_warp=0, **WARP_ONLY), g)
+    assert torch.equal(out, feats)
+    # No draws: runs and checkpoints made before time warping existed resume on the same masks.
+    assert torch.equal(g.get_state(), before)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_time_warp_keeps_shape_ends_and_padding(seed):
+    lengths = [300, 211, 120, 40, 9, 4]
+    feats, lens = _ramp_batch(lengths)
+    out = spec_augment(feats, lens, SpecAugmentConfig(time_warp=20, **WARP_ONLY), torch.Generator().manual_seed(seed))
+    assert out.shape == feats.shape
+    assert lens.tolist() == lengths  # lengths are not touched
+    for i, n in enumerate(lengths):
+        assert torch.equal(out[i, n:], feats[i, n:]), "frames past the length must stay as they were"
+        assert float(out[i, 0, 0]) == 0.0 and float(out[i, n - 1, 0]) == pytest.approx(n - 1)
+    assert torch.equal(out[5], feats[5])  # 4 frames: too short to warp
+    assert any(not torch.equal(out[i], feats[i]) for i in range(5))  # a shift of 0 is a legal draw for one
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_time_warp_of_a_ramp_stays_monotonic_and_moves_at_most_the_warp(seed):
+    lengths = [500, 300, 101, 30, 7, 5]
+    feats, lens = _ramp_batch(lengths)
+    out = time_warp(feats, lens, 40, torch.rand(6, generator=torch.Generator().manual_seed(seed)),
+                    torch.rand(6, generator=torch.Generator().manual_seed(100 + seed)))
+    for i, n in enumerate(lengths):
+        values = out[i, :n, 0]
+        assert (values[1:] >= values[:-1]).all(), f"utterance {i}: the warp must not reorder time"
+        assert (values[1:] > values[:-1]).all()  # strictly: no frame is dropped or repeated as a plateau
+        # Each output frame t shows the input near t: by at most min(40, (n - 3) // 2) frames.
+        shift = (values - torch.arange(n)).abs().max()
+        assert float(shift) <= min(40, max(0, (n - 3) // 2)) + 1e-4
+        assert torch.equal(out[i, :n, 0], out[i, :n, 2])  # every feature bin is warped alike
+
+
+def test_time_warp_uses_the_whole_range():
+    """Over many draws the centre moves by up to W in both directions, and by less too."""
+    feats, lens = _ramp_batch([400])
+    g = torch.Generator().manual_seed(0)
+    shifts = []
+    for _ in range(200):
+        out = spec_augment(feats, lens, SpecAugmentConfig(time_warp=10, **WARP_ONLY), g)
+        displacement = out[0, :, 0] - torch.arange(400)
+        shifts.append(float(displacement[displacement.abs().argmax()]))
+    assert max(shifts) == pytest.approx(10, abs=1e-4) and min(shifts) == pytest.approx(-10, abs=1e-4)
+    assert any(0 < abs(s) < 10 for s in shifts)
+
+
+def test_time_warp_is_deterministic_for_a_seeded_generator():
+    feats, lengths = _augment_input()
+    config = SpecAugmentConfig(time_warp=5)
+    a = spec_augment(feats, lengths, config, torch.Generator().manual_seed(7))
+    b = spec_augment(feats, lengths, config, torch.Generator().manual_seed(7))
+    c = spec_augment(feats, lengths, config, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_time_warp_then_masks_still_zero_whole_bands():
+    feats, lengths = _augment_input(batch=4, frames=200, dims=20)
+    out = spec_augment(feats, lengths, SpecAugmentConfig(time_warp=5, freq_masks=1, freq_width=5, time_masks=0),
+                       torch.Generator().manual_seed(2))
+    zero = out == 0
+    assert zero.any()
+    assert torch.equal(zero.all(dim=1), zero.any(dim=1))  # masked bins are zero over all frames

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,54 @@ def test_librispeech_download_stage_fails_fast_without_network(tmp_path):
     result = _run("bash", "recipes/librispeech/run.sh", "--work-dir", str(tmp_path), "--stop-stage", "0")
     assert result.returncode != 0
     assert "--corpus-dir" in result.stderr
+
+
+def _librispeech_fixture(folder: Path) -> Path:
+    """train/ and dev/ in LibriSpeech's layout (<spk>/<chapter>/<spk>-<chapter>-<n>.flac + trans.txt),
+    holding generated 'speech' of the letters a-f (tests/synth.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synth import synth_utterance
+
+    rng = np.random.default_rng(1)
+    words = ["a", "bad", "cab", "dead", "beef", "fed", "dab", "bead", "fade", "ace", "cafe", "add", "bee", "deaf"]
+    for split, count in (("train", 24), ("dev", 4)):
+        chapter = folder / split / "11" / "22"
+        chapter.mkdir(parents=True)
+        lines = []
+        for n in range(count):
+            text = " ".join(rng.choice(words, size=int(rng.integers(2, 5))))
+            uid = f"11-22-{n:04d}"
+            soundfile.write(chapter / f"{uid}.flac", synth_utterance(text, seed=n + 100 * (split == "dev")), 16000)
+            lines.append(f"{uid} {text.upper()}")
+        (chapter / "11-22.trans.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_librispeech_recipe_lm_stages(tmp_path):
+    """Stages 1-7 on a tiny LibriSpeech-layout corpus: an n-gram LM built from text, its weights tuned
+    on dev into decode files, and beam-lm decoding scored."""
+    pytest.importorskip("flashlight.lib.text")
+    corpus = _librispeech_fixture(tmp_path / "corpus")
+    lm_text = tmp_path / "lm.txt"
+    rng = np.random.default_rng(2)
+    words = ["a", "bad", "cab", "dead", "beef", "fed", "dab", "bead", "fade", "ace", "cafe", "add", "bee", "deaf"]
+    lm_text.write_text("".join(" ".join(rng.choice(words, size=4)).upper() + "\n" for _ in range(200)))
+    work = tmp_path / "work"
+    train_args = ("model.hidden_size=32 model.num_layers=1 features.n_mels=24 train.epochs=2 train.num_workers=0 "
+                  "train.max_batch_seconds=16 train.warmup_steps=5 train.log_every=5 train.device=cpu")
+    result = _run("bash", "recipes/librispeech/run.sh", "--corpus-dir", str(corpus), "--work-dir", str(work),
+                  "--stage", "1", "--train-args", train_args, "--decode-args", "--device cpu",
+                  "--lm-text", str(lm_text), "--lm-orders", "2 3",
+                  "--tune-args", "--max-utts 4 --beam-size 5 --lm-weights 0.5 1 --word-scores 0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in range(1, 8):
+        assert f"[stage {stage}]" in result.stdout
+    exp = work / "exp" / "librispeech_small"
+    for order in (2, 3):
+        arpa = (work / "data" / "lm" / f"{order}gram.arpa").read_text()
+        assert "\\data\\" in arpa and f"\\{order}-grams:" in arpa and f"\\{order + 1}-grams:" not in arpa
+        tuned = (exp / f"decode_{order}gram.yaml").read_text()
+        assert "beam-lm" in tuned and "lm_weight" in tuned
+        assert "%WER" in (exp / f"decode_dev_{order}gram" / "wer.txt").read_text()
+    assert (exp / "decode.yaml").read_text() == (exp / "decode_3gram.yaml").read_text()
+    assert "fade" in (work / "data" / "lm" / "lexicon.txt").read_text()

@@ -32,7 +32,11 @@ from asr.decode import greedy_decode, transcribe_waves  # noqa: E402
 from asr.prepare import reason_category  # noqa: E402
 from asr.score import score  # noqa: E402
 from asr.train import train  # noqa: E402
-from asr.transcribe import FrameStitcher, chunk_layout, read_chunks, transcribe_files, transcribe_long  # noqa: E402
+from asr.align import transcribe_files_detailed  # noqa: E402
+from asr.decode import PrefixBeamDecoder  # noqa: E402
+from asr.transcribe import (  # noqa: E402
+    FrameStitcher, chunk_layout, pause_segments, read_chunks, transcribe_files, transcribe_long,
+)
 from synth import synth_utterance, write_synth_corpus  # noqa: E402
 from test_train import OVERRIDES as TRAIN_OVERRIDES  # noqa: E402  (the tiny model of the training tests)
 
@@ -358,13 +362,14 @@ def test_read_chunks_equals_slices_of_the_whole_file(tmp_path):
 @given(st.lists(st.integers(0, 4), min_size=1, max_size=400), st.integers(1, 30), st.integers(0, 10),
        st.integers(0, 2**31))
 @settings(max_examples=200, deadline=None)
-def test_frame_stitching_equals_greedy_decoding_of_the_whole(frames, hop, half_overlap, seed):
+def test_frame_stitching_takes_every_frame_once(frames, hop, half_overlap, seed):
     """Chunks agree with the whole file on the frames they contribute and hold noise elsewhere (the
-    edges a chunk sees without context): stitching gives exactly the whole file's greedy output."""
+    edges a chunk sees without context): stitching gives exactly the whole file's frames."""
     labels = torch.tensor(frames)
     overlap = 2 * half_overlap
     noise = torch.Generator().manual_seed(seed)
-    stitcher = FrameStitcher(hop, overlap, blank=0)
+    stitcher = FrameStitcher(hop, overlap)
+    taken = []
     start = 0
     while True:
         view = labels[start : start + hop + overlap].clone()
@@ -373,12 +378,11 @@ def test_frame_stitching_equals_greedy_decoding_of_the_whole(frames, hop, half_o
         lo = half_overlap if start else 0
         edge[lo : len(view) if last else hop + half_overlap] = False
         view[edge] = torch.randint(0, 5, (int(edge.sum()),), generator=noise)
-        stitcher.add(view, last=last)
+        taken.append(stitcher.take(view, last=last))
         if last:
             break
         start += hop
-    one_hot = torch.nn.functional.one_hot(labels, 5).float().unsqueeze(0)
-    assert stitcher.ids == greedy_decode(one_hot, torch.tensor([len(frames)]), blank=0)[0]
+    assert torch.equal(torch.cat(taken), labels)  # every frame exactly once, from a chunk that saw it right
 
 
 SYNTH_WORDS = "abc bad cab dead beef fed dab bead fade ace cafe add bee deaf babe face deed".split()
@@ -429,6 +433,57 @@ def test_long_synthetic_file_chunked_matches_unchunked(trained, tmp_path):
     assert chunked.error == "" and chunked.duration == pytest.approx(soundfile.info(str(path)).duration, abs=1e-3)
     assert score({"f": plain}, {"f": chunked.text}).wer <= 2.0
     assert score({"f": text}, {"f": plain}).wer < 5  # the model is not just guessing
+
+
+def test_long_file_beam_search_and_timestamps_are_chunked(trained, tmp_path):
+    """The beam/timestamp path reads a long file in chunks too and cuts it at pauses: the same words
+    as greedy decoding of the whole file, word times increasing and inside the audio."""
+    model, tokenizer = trained
+    rng = random.Random(2)
+    text = " ".join(rng.choice(SYNTH_WORDS) for _ in range(80))
+    path = tmp_path / "long.wav"
+    soundfile.write(path, synth_utterance(text, seed=4), 16000)
+    duration = soundfile.info(str(path)).duration
+    plain = transcribe_waves(model, tokenizer, [load_audio(path, 16000)], CPU)[0]
+    result = transcribe_files_detailed(model, tokenizer, [path], CPU, PrefixBeamDecoder(tokenizer, 4),
+                                       timestamps=True, chunk_seconds=10, chunk_overlap=2)[0]
+    assert result.error == "" and result.duration == pytest.approx(duration, abs=1e-3)
+    assert duration > 30  # several pieces
+    assert score({"f": plain}, {"f": result.text}).wer <= 3.0
+    assert [w.word for w in result.words] == result.text.split()
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts) and all(0 <= w.start <= w.end <= duration for w in result.words)
+
+
+def test_pause_segments_cut_in_the_middle_of_the_longest_pause():
+    """Frames: a letter (2) everywhere except blank runs; the cut for a limit of 20 frames searched
+    over the last 10 lands in the middle of the longest run inside that window, unless another run
+    lies between words."""
+    best = torch.full((50,), 2, dtype=torch.long)
+    best[12:14] = 0  # short pause inside the window [10, 20)
+    best[15:19] = 0  # longer pause: frames 15-18, middle 17
+    best[33:36] = 0
+    log_probs = torch.nn.functional.one_hot(best, 3).float().log()
+    segments = pause_segments(log_probs, blank=0, max_frames=20, search_frames=10)
+    assert segments[0] == (0, 17)
+    # The short pause holds the word separator (1): a pause between words wins over a longer one
+    # inside a word (CTC emits blanks between letters too).
+    best[13] = 1
+    between = pause_segments(torch.nn.functional.one_hot(best, 3).float().log(), 0, 20, 10, separator=1,
+                             word_start_ids={1})
+    assert between[0] == (0, 13)
+    # BPE style: no separator, but the label after the short pause starts a word.
+    best[13] = 0
+    best[14] = 3
+    bpe = pause_segments(torch.nn.functional.one_hot(best, 4).float().log(), 0, 20, 10, word_start_ids={3})
+    assert bpe[0] == (0, 13)
+    best[14] = 2
+    assert segments[0][0] == 0 and segments[-1][1] == 50
+    assert all(a == b for (_, a), (b, _) in zip(segments, segments[1:]))  # contiguous
+    assert all(0 < end - start <= 20 for start, end in segments)
+    # No pause at all: cut at the limit.
+    no_pause = torch.nn.functional.one_hot(torch.full((45,), 2, dtype=torch.long), 3).float().log()
+    assert pause_segments(no_pause, 0, 20, 10) == [(0, 20), (20, 40), (40, 45)]
 
 
 def _real_model():

@@ -1,10 +1,13 @@
-"""Training loop: checkpoint contents, exact resume, skipped non-finite batches, LR schedule, plots."""
+"""Training loop: checkpoint contents, exact resume, skipped non-finite batches (host- and
+device-side), LR schedule, metrics and plots, weight averaging (EMA), epoch checkpoints."""
 
 from __future__ import annotations
 
 import json
 
+import matplotlib.figure
 import pytest
+import soundfile
 import torch
 
 import asr.train as train_module
@@ -49,23 +52,28 @@ def test_checkpoint_holds_everything_needed(corpus, tmp_path):
     assert cfg.model.hidden_size == 32 and len(tokenizer) == 29 and not model.training
 
 
-def test_resume_mid_epoch_gives_bitwise_identical_weights(corpus, tmp_path):
-    config = load_config(None, OVERRIDES)
+@pytest.mark.parametrize("ema", ["0.0", "0.9"])
+def test_resume_mid_epoch_gives_bitwise_identical_weights(corpus, tmp_path, ema):
+    overrides = OVERRIDES + [f"train.ema_decay={ema}"]
+    config = load_config(None, overrides)
     full = train(config, corpus, corpus[:3], tmp_path / "full")
 
     # Stop in the middle of epoch 2, then resume to the end.
-    stopped = train(load_config(None, OVERRIDES + ["train.max_steps=6"]), corpus, corpus[:3], tmp_path / "cut")
+    stopped = train(load_config(None, overrides + ["train.max_steps=6"]), corpus, corpus[:3], tmp_path / "cut")
     assert stopped.step == 6 and stopped.epoch == 1 and stopped.batch_in_epoch > 0
     resumed = train(config, corpus, corpus[:3], tmp_path / "cut", resume=True)
 
-    assert resumed.step == full.step
-    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert resumed.step == full.step and resumed.clipped_total == full.clipped_total
+    a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(tmp_path / "cut" / "last.pt")
+    assert ("ema" in a) == (ema != "0.0")
+    for entry in ("model", "ema") if "ema" in a else ("model",):
+        assert a[entry].keys() == b[entry].keys()
+        for key in a[entry]:
+            assert torch.equal(a[entry][key], b[entry][key]), (entry, key)
 
 
-def test_non_finite_loss_is_skipped_not_applied(corpus, tmp_path, monkeypatch):
+def _nan_at_second_training_loss(monkeypatch) -> dict:
+    """Make the second training batch's loss NaN; returns the counter of training losses computed."""
     real_loss = train_module._ctc_loss
     calls = {"n": 0}
 
@@ -78,12 +86,47 @@ def test_non_finite_loss_is_skipped_not_applied(corpus, tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(train_module, "_ctc_loss", loss_with_a_nan)
+    return calls
+
+
+def test_non_finite_loss_is_skipped_not_applied(corpus, tmp_path, monkeypatch):
+    calls = _nan_at_second_training_loss(monkeypatch)
     state = train(load_config(None, OVERRIDES + ["train.epochs=1"]), corpus, corpus[:3], tmp_path)
     assert state.skipped_batches == 1
     assert state.step == state.batch_in_epoch - 1 or state.step == calls["n"] - 1
     for value in _weights(tmp_path / "last.pt").values():
         if value.is_floating_point():
             assert torch.isfinite(value).all()
+
+
+class FusedAdamW(torch.optim.AdamW):
+    """AdamW as on CUDA (fused), here on the CPU: the loop then takes the device-side skip path."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["fused"] = True
+        super().__init__(*args, **kwargs)
+
+
+def test_non_finite_loss_is_skipped_on_the_device_with_fused_adamw(corpus, tmp_path, monkeypatch):
+    calls = _nan_at_second_training_loss(monkeypatch)
+    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)
+    state = train(load_config(None, OVERRIDES + ["train.epochs=1", "train.log_every=1", "train.ema_decay=0.5"]),
+                  corpus, corpus[:3], tmp_path)
+    # The optimizer step ran for every batch but applied nothing for the NaN one: its step counter
+    # says one update fewer, and nothing non-finite reached the weights or their average.
+    assert state.skipped_batches == 1 and state.step == calls["n"] > 2 and state.epoch == 1
+    payload = read_checkpoint(tmp_path / "last.pt")
+    assert payload["state"]["skipped_batches"] == 1
+    steps = {float(s["step"]) for s in payload["optimizer"]["state"].values()}
+    assert steps == {state.step - 1.0}
+    for entry in ("model", "ema"):
+        for value in payload[entry].values():
+            if value.is_floating_point():
+                assert torch.isfinite(value).all()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"train"' in line]
+    assert [r["skipped_batches"] for r in rows][:3] == [0, 1, 1]
+    assert rows[1]["step"] == 2 and rows[1]["loss"] != rows[1]["loss"]  # NaN: no update in that window
+    assert all(r["loss"] == r["loss"] for r in rows[2:])
 
 
 def test_lr_schedule_warms_up_then_decays_to_final_ratio():
@@ -98,14 +141,93 @@ def test_lr_schedule_warms_up_then_decays_to_final_ratio():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
-def test_metrics_log_and_plot(corpus, tmp_path):
-    train(load_config(None, OVERRIDES + ["train.epochs=2"]), corpus, corpus[:3], tmp_path)
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+def test_metrics_log_and_plot(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv(train_module.TRACE_ENV, str(tmp_path / "trace"))  # the batches each update trained on
+    state = train(load_config(None, OVERRIDES + ["train.epochs=2"]), corpus, corpus[:3], tmp_path / "exp")
+    records = [json.loads(line) for line in open(tmp_path / "exp" / "metrics.jsonl")]
     train_rows = [r for r in records if r["type"] == "train"]
     valid_rows = [r for r in records if r["type"] == "valid"]
-    assert len(valid_rows) == 2 and train_rows
-    assert {"loss", "lr", "grad_norm", "clipped", "audio_hours_per_hour"} <= train_rows[0].keys()
+    assert len(valid_rows) == 2 and len(train_rows) >= 3
+    assert {"loss", "lr", "grad_norm", "clipped", "audio_hours_per_hour", "data_wait_share", "padding_fraction",
+            "peak_memory_mb", "clipped_total", "grad_norms"} <= train_rows[0].keys()
     assert {"loss", "wer", "cer"} <= valid_rows[0].keys()
-    assert "validation after" in (tmp_path / "train.log").read_text()
-    png = plot_training(tmp_path)
+    assert "validation after" in (tmp_path / "exp" / "train.log").read_text()
+
+    for r in train_rows:
+        assert 0.0 <= r["data_wait_share"] < 1.0 and r["peak_memory_mb"] > 10
+        assert list(r["grad_norms"]) == ["subsampler", "rnn.0", "rnn.1", "output"]
+        assert all(value > 0 for value in r["grad_norms"].values())
+    totals = [r["clipped_total"] for r in train_rows]
+    assert totals == sorted(totals) and totals[0] == train_rows[0]["clipped"]
+    assert state.clipped_total >= totals[-1] and state.clipped_total <= state.step
+    # The first window's padding, from the two batches it trained on and the files' lengths.
+    batches = [json.loads(line)["indices"] for line in open(tmp_path / "trace" / "rank0.batches.jsonl")][:2]
+    lengths = [[soundfile.info(corpus[i].audio).frames for i in b] for b in batches]
+    padded = sum(len(b) * max(b) for b in lengths)
+    assert train_rows[0]["padding_fraction"] == pytest.approx(1 - sum(map(sum, lengths)) / padded)
+    assert 0 < train_rows[0]["padding_fraction"] < 0.5
+
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (figures.append(fig),
+                                                                                     real_savefig(fig, *a, **k)))
+    png = plot_training(tmp_path / "exp")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_layer = figures[0].axes[2]
+    assert per_layer.get_yscale() == "log" and "per layer" in per_layer.get_title()
+    assert [line.get_label() for line in per_layer.get_lines()] == ["subsampler", "rnn.0", "rnn.1", "output"]
+    assert list(per_layer.get_lines()[3].get_ydata()) == [r["grad_norms"]["output"] for r in train_rows]
+
+
+def test_ema_weights_are_the_running_average_and_go_to_best_pt(corpus, tmp_path, monkeypatch):
+    decay = 0.7
+    after_each_step = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        if not after_each_step:  # the weights before the first update start the average
+            after_each_step.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        result = real_step(self, *args, **kwargs)
+        after_each_step.append([p.detach().clone() for p in self.param_groups[0]["params"]])
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    state = train(load_config(None, OVERRIDES + ["train.epochs=1", f"train.ema_decay={decay}"]),
+                  corpus, corpus[:3], tmp_path)
+    assert state.step == len(after_each_step) - 1 >= 3
+    expected = [p.double() for p in after_each_step[0]]
+    for params in after_each_step[1:]:
+        expected = [decay * e + (1 - decay) * p.double() for e, p in zip(expected, params)]
+
+    last = read_checkpoint(tmp_path / "last.pt")
+    model, _, _ = load_model(tmp_path / "best.pt")
+    names = [name for name, _ in model.named_parameters()]
+    for name, want, raw in zip(names, expected, after_each_step[-1]):
+        torch.testing.assert_close(last["ema"][name].double(), want, rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(last["model"][name], raw), name  # last.pt keeps the raw weights for resuming
+        assert not torch.equal(last["ema"][name], raw), name
+        assert torch.equal(model.state_dict()[name], last["ema"][name]), name  # best.pt decodes with the average
+    assert torch.equal(last["ema"]["normalizer.mean"], last["model"]["normalizer.mean"])
+    assert "optimizer" not in read_checkpoint(tmp_path / "best.pt")
+
+
+def test_epoch_checkpoints_keep_the_last_n(corpus, tmp_path):
+    config = load_config(None, OVERRIDES + ["train.epochs=3", "train.max_batch_seconds=8",
+                                            "train.keep_epoch_checkpoints=2"])
+    train(config, corpus, corpus[:3], tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("epoch*.pt")) == ["epoch2.pt", "epoch3.pt"]
+    epoch3 = read_checkpoint(tmp_path / "epoch3.pt")
+    assert "optimizer" not in epoch3 and epoch3["state"]["epoch"] == 3
+    final = _weights(tmp_path / "last.pt")
+    for key, value in epoch3["model"].items():
+        assert torch.equal(value, final[key]), key
+    assert not torch.equal(read_checkpoint(tmp_path / "epoch2.pt")["model"]["output.weight"], final["output.weight"])
+    model, tokenizer, _ = load_model(tmp_path / "epoch2.pt")
+    assert len(tokenizer) == 29 and not model.training
+
+
+@pytest.mark.parametrize("option, message", [("train.ema_decay=1.0", "train.ema_decay must be in [0, 1)"),
+                                             ("train.keep_epoch_checkpoints=-1", "train.keep_epoch_checkpoints")])
+def test_bad_new_options_are_named(corpus, tmp_path, option, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        train(load_config(None, OVERRIDES + [option]), corpus, corpus[:3], tmp_path)

@@ -2,6 +2,8 @@
 # LibriSpeech: download -> prepare -> train -> decode -> score, in stages.
 #   recipes/librispeech/run.sh --corpus-dir ../shared/data/libri-other      # a local copy, all stages
 #   recipes/librispeech/run.sh --stage 3 --stop-stage 4                      # only decode and score
+#   recipes/librispeech/run.sh --stage 5 --lm-text ../shared/data/lm/gutenberg-100M.txt.gz \
+#       --lm-vocab ../shared/data/lm/librispeech-vocab.txt                 # n-gram LMs, tuning, beam-lm decoding
 #   recipes/librispeech/run.sh --train-set train-960 --dev-set dev-clean     # 960 h: the three training subsets
 #   recipes/librispeech/run.sh --train-set "train-clean-100 train-clean-360"  # subsets combined into one manifest
 # With --corpus-dir holding train/ and dev/ folders, those are the sets; otherwise LibriSpeech's names:
@@ -24,12 +26,22 @@ config=""                     # default: conf/librispeech.yaml with a GPU, conf/
 exp_name=""                   # default: named after the config
 train_args=""                 # config overrides, e.g. "train.max_minutes=45 train.lr=1e-3"
 decode_args=""                # e.g. "--device cpu"
-recipe_options="stage stop_stage corpus_dir download_dir work_dir train_set dev_set lm_files config exp_name train_args decode_args"
+# Stages 5-7 (n-gram LM, beam-lm decoding): run when lm_text is given or the official ARPA files were downloaded.
+lm_text=""                    # text to build n-gram LMs from (asr lm build normalizes it), e.g.
+                              # ../shared/data/lm/gutenberg-100M.txt.gz or the downloaded librispeech-lm-norm.txt.gz.
+                              # Never put dev/test transcripts in it.
+lm_vocab=""                   # closed vocabulary for the LMs and the lexicon, e.g. librispeech-vocab.txt
+lm_orders="3 4"               # one LM per order; the last one's tuned settings become $exp/decode.yaml
+lm_prune="0 0 1 1"            # per-order count thresholds (asr lm build --prune), cut to each order
+tune_args="--max-utts 100 --beam-size 50 --lm-weights 0.5 1 1.5 2 2.5 --word-scores -1 0 1 2"
+recipe_options="stage stop_stage corpus_dir download_dir work_dir train_set dev_set lm_files config exp_name train_args decode_args lm_text lm_vocab lm_orders lm_prune tune_args"
 . "$(dirname "$0")/../parse_options.sh"
 
 # Paths given on the command line are relative to where the recipe was started.
 [ -n "$corpus_dir" ] && corpus_dir=$(realpath "$corpus_dir")
 [ -n "$config" ] && config=$(realpath "$config")
+[ -n "$lm_text" ] && lm_text=$(realpath "$lm_text")
+[ -n "$lm_vocab" ] && lm_vocab=$(realpath "$lm_vocab")
 recipe_dir=$(realpath "$(dirname "$0")")
 root=$(realpath "$recipe_dir/../..")
 mkdir -p "${work_dir:=$recipe_dir}" && cd "$work_dir"
@@ -93,3 +105,49 @@ fi
 
 train_set=$train_name dev_set=$dev_name test_set=$dev_name
 . "$recipe_dir/../stages.sh"
+
+# The LMs: built from lm_text, or else the official ARPA files if stage 0 downloaded them.
+lm_dir=data/lm
+official_lm() {
+  case $1 in 3) echo "$download_dir/lm/3-gram.pruned.1e-7.arpa.gz" ;; 4) echo "$download_dir/lm/4-gram.arpa.gz" ;; esac
+}
+have_lm() { [ -n "$lm_text" ] || [ -f "$(official_lm "${lm_orders##* }")" ]; }
+
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ] && have_lm; then
+  mkdir -p $lm_dir
+  for order in $lm_orders; do
+    if [ -n "$lm_text" ]; then
+      prune=$(echo $lm_prune | cut -d' ' -f1-$order)
+      log 5 "build a ${order}-gram from $lm_text -> $lm_dir/${order}gram.arpa"
+      # shellcheck disable=SC2086
+      asr lm build "$lm_text" --order $order --prune $prune ${lm_vocab:+--vocab "$lm_vocab"} --out $lm_dir/${order}gram.arpa
+    else
+      log 5 "unpack $(official_lm $order) -> $lm_dir/${order}gram.arpa"
+      gzip -dc "$(official_lm $order)" | tr 'A-Z' 'a-z' > $lm_dir/${order}gram.arpa  # LibriSpeech's LMs are upper case
+    fi
+  done
+  log 5 "spelling lexicon -> $lm_dir/lexicon.txt"
+  asr lm lexicon ${lm_vocab:-$lm_dir/${lm_orders%% *}gram.arpa} --out $lm_dir/lexicon.txt
+fi
+
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ] && have_lm; then
+  for order in $lm_orders; do
+    log 6 "tune lm_weight and word_score of the ${order}-gram on data/$dev_set.jsonl -> $exp/decode_${order}gram.yaml"
+    # shellcheck disable=SC2086
+    python "$root/scripts/tune_decoder.py" $exp/best.pt data/$dev_set.jsonl --lm $lm_dir/${order}gram.arpa \
+      --lexicon $lm_dir/lexicon.txt --out $exp/decode_${order}gram.yaml $tune_args
+  done
+  # `asr transcribe $exp/best.pt` and `asr decode` use the last order's settings from now on.
+  cp $exp/decode_${order}gram.yaml $exp/decode.yaml
+fi
+
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ] && have_lm; then
+  for order in $lm_orders; do
+    out=$exp/decode_${test_set}_${order}gram
+    log 7 "decode data/$test_set.jsonl with beam-lm (${order}-gram) -> $out"
+    # shellcheck disable=SC2086
+    asr decode $exp/best.pt data/$test_set.jsonl --decode-config $exp/decode_${order}gram.yaml --out $out/hyp.txt $decode_args
+    asr score data/$test_set.jsonl $out/hyp.txt --out $out/wer.txt
+    log 7 "$(grep '^%WER' $out/wer.txt) (${order}-gram)"
+  done
+fi

@@ -1,0 +1,238 @@
+"""scripts/bench_train.py (training throughput against the hardware ceiling) and
+scripts/experiments.py (a series of training runs, each scored on dev), on generated speech."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from asr import cli
+from synth import TRANSCRIPTS, write_synth_corpus
+
+torch.set_num_threads(1)
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+TINY_MODEL = [
+    "features.n_mels=24", "model.subsampling=stack", "model.subsampling_factor=2", "model.hidden_size=32",
+    "model.num_layers=2", "specaug.freq_masks=1", "specaug.freq_width=4", "specaug.time_masks=1",
+    "train.max_batch_seconds=4", "train.warmup_steps=2", "train.num_workers=0",
+]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return write_synth_corpus(tmp_path_factory.mktemp("synth"), TRANSCRIPTS * 2)
+
+
+def printed_figures(text: str) -> dict[str, str]:
+    """The report's `name: value` lines."""
+    return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith("|"))
+
+
+def test_bench_train_reports_loop_and_ceiling(manifest, tmp_path, capsys):
+    bench = load_script("bench_train")
+    out_json = tmp_path / "bench.json"
+    code = bench.main(["--train", str(manifest), "--steps", "4", "--device", "cpu", "--json", str(out_json),
+                       *TINY_MODEL, "train.log_every=25"])
+    assert code == 0
+    figures = printed_figures(capsys.readouterr().out)
+    result = json.loads(out_json.read_text())
+
+    assert figures["device"].startswith("cpu") and figures["torch"] == torch.__version__
+    assert figures["config"].startswith("defaults features.n_mels=24 model.subsampling=stack")
+    assert figures["precision"] == "float32"
+    # 16 utterances of 1.3-1.7 s in batches of at most 4 s: 2 per batch, 8 batches an epoch.
+    assert int(figures["batches per epoch"]) == result["batches_per_epoch"] == 8
+    # log_every 25 is more than 4 steps allow: lowered to 1, so update 1 is warm-up and 2-4 are timed.
+    assert figures["batches"] == "1 warm-up + 3 timed (of 4 updates)"
+    ceiling = float(figures["ceiling audio-hours per device-hour"])
+    loop = float(figures["loop audio-hours per device-hour"])
+    assert ceiling > 0 and loop > 0
+    assert float(figures["ratio loop / ceiling"]) == pytest.approx(loop / ceiling, rel=0.01)
+    assert 0 <= float(figures["padding fraction (timed batches)"]) < 1
+    assert 0 <= float(figures["loop padding fraction"]) < 1
+    assert 0 <= float(figures["loop data-wait share"]) <= 1
+    assert float(figures["ceiling peak memory MB"].split()[0]) > 0
+    assert float(figures["loop peak memory MB"]) > 0
+    assert int(figures["loop clipped updates"]) >= 0
+    assert result["timed_batches"] == 3 and result["steps"] == 4
+    assert result["ceiling_audio_hours_per_hour"] == pytest.approx(ceiling, abs=0.01)
+    assert result["loop_audio_hours_per_hour"] == pytest.approx(loop, abs=0.01)
+
+
+def test_bench_train_loop_throughput_counts_only_windows_after_the_first():
+    bench = load_script("bench_train")
+    durations = [10.0, 20.0, 30.0, 40.0]
+    batches = [[0], [1], [2], [3]]
+    records = [
+        {"type": "train", "step": 2, "audio_hours_per_hour": 1.0, "elapsed": 30.0},  # warm-up: left out
+        {"type": "valid", "step": 2, "elapsed": 31.0},
+        {"type": "train", "step": 3, "audio_hours_per_hour": 30.0, "elapsed": 31.0, "data_wait_share": 0.5},
+        {"type": "train", "step": 4, "audio_hours_per_hour": 40.0, "elapsed": 32.0, "data_wait_share": 0.0},
+    ]
+    figures = bench.loop_throughput(records, batches, durations)
+    # Update 3 trained 30 s of audio in 1 s, update 4 40 s in 1 s: 70 s in 2 s.
+    assert figures["audio_hours_per_hour"] == pytest.approx(35.0)
+    assert figures["warmup_steps"] == 2 and figures["timed_steps"] == 2
+    assert figures["data_wait_share"] == pytest.approx(0.25)
+    assert figures["padding_fraction"] is None  # not in these records
+    with pytest.raises(ValueError, match="need 2 or more"):
+        bench.loop_throughput(records[:2], batches, durations)
+
+
+def run_in_process(command: list[str], log_path: Path) -> tuple[int, str]:
+    """experiments.run_logged without a new interpreter: `python -m asr.cli ARGS` as cli.main(ARGS)."""
+    assert command[:3] == [sys.executable, "-m", "asr.cli"]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        code = cli.main(command[3:])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(output.getvalue())
+    return code, output.getvalue()
+
+
+def write_spec(folder: Path, manifest: Path, runs: list[dict], name: str = "series.yaml") -> Path:
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 2, "log_every": 1, "preload_audio": False}}))
+    spec = folder / name
+    spec.write_text(yaml.safe_dump({
+        "base_config": "tiny.yaml", "train": str(manifest), "dev": str(manifest), "out": "out",
+        "common": TINY_MODEL + ["train.max_steps=2", "train.device=cpu"], "device": "cpu", "runs": runs,
+    }))
+    return spec
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
+
+
+def test_experiments_runs_scores_tabulates_and_skips_finished_runs(manifest, tmp_path, monkeypatch, capsys):
+    experiments = load_script("experiments")
+    spec = write_spec(tmp_path, manifest, [
+        {"name": "base", "change": "nothing", "overrides": []},
+        {"name": "gru", "change": "GRU cells", "overrides": ["model.rnn_type=gru"]},
+    ])
+    monkeypatch.setattr(experiments, "run_logged", run_in_process)
+    assert experiments.main([str(spec)]) == 0
+
+    out = tmp_path / "out"
+    rows = table_rows((out / "results.md").read_text())
+    assert [r[0] for r in rows] == ["base", "gru"]
+    header = [c.strip() for c in (out / "results.md").read_text().split("\n| run |")[1].split("\n")[0].split("|")]
+    column = {name: i + 1 for i, name in enumerate(header) if name}
+    for row in rows:
+        assert row[column["status"]] == "done"
+        assert row[column["updates"]] == "2"
+        for name in ("greedy WER", "greedy CER", "epochs", "params (M)", "device min"):
+            assert re.fullmatch(r"\d+\.\d+", row[column[name]]), (name, row)
+        assert row[column["beam-lm WER"]] == "—"  # no LM in the spec
+    assert rows[1][column["overrides"]] == "`model.rnn_type=gru`"
+    assert re.fullmatch(r"[+-]\d+\.\d\d", rows[1][column["Δ greedy WER"]])
+
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in results] == ["base", "gru"]
+    for r in results:
+        assert r["epochs"] == pytest.approx(0.25)  # 2 of 8 batches
+        assert r["greedy_wer"] >= 0 and r["greedy_cer"] >= 0 and r["device_minutes"] >= 0
+        assert (out / r["name"] / "decode_dev_greedy" / "wer.txt").is_file()
+    assert results[1]["params_m"] < results[0]["params_m"]  # a GRU has 3 gates to the LSTM's 4
+
+    # A series killed after gru's training, before its scores: the re-run decodes and scores gru
+    # again without training it.
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n")
+    commands = []
+
+    def record(command, log_path):
+        commands.append(command[3])
+        return run_in_process(command, log_path)
+
+    monkeypatch.setattr(experiments, "run_logged", record)
+    assert experiments.main([str(spec)]) == 0
+    assert commands == ["decode", "score"]
+    assert [r[0] for r in table_rows((out / "results.md").read_text())] == ["base", "gru"]
+
+    # A re-run starts nothing: both runs are finished.
+    def must_not_run(command, log_path):
+        raise AssertionError(f"finished run started again: {command}")
+
+    monkeypatch.setattr(experiments, "run_logged", must_not_run)
+    capsys.readouterr()
+    assert experiments.main([str(spec)]) == 0
+    printed = capsys.readouterr().out
+    assert "[base] skipped" in printed and "[gru] skipped" in printed
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_experiments_a_crashing_run_does_not_stop_the_series(manifest, tmp_path, monkeypatch):
+    experiments = load_script("experiments")
+    # Valid options, but conv subsampling has no factor 3: `asr train` fails when it builds the model.
+    spec = write_spec(tmp_path, manifest, [
+        {"name": "broken", "change": "impossible model", "overrides": ["model.subsampling=conv", "model.subsampling_factor=3"]},
+        {"name": "base", "change": "nothing", "overrides": []},
+    ])
+    real_run_logged = experiments.run_logged
+
+    def crash_in_a_real_subprocess(command, log_path):
+        # The crashing run goes through a real interpreter; the healthy one in-process, to stay fast.
+        return (real_run_logged if "broken" in str(log_path) else run_in_process)(command, log_path)
+
+    monkeypatch.setattr(experiments, "run_logged", crash_in_a_real_subprocess)
+    assert experiments.main([str(spec)]) == 1  # a run failed
+    results = {r["name"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert results["broken"]["status"] == "train failed (exit 2)"
+    assert "subsampling" in (tmp_path / "out" / "broken" / "train.out").read_text()
+    assert results["base"]["status"] == "done"
+    rows = {r[0]: r for r in table_rows((tmp_path / "out" / "results.md").read_text())}
+    assert rows["broken"][-1] == "train failed (exit 2)" and rows["base"][-1] == "done"
+
+
+def test_experiments_dry_run_checks_the_spec_and_prints_commands(manifest, tmp_path, capsys):
+    experiments = load_script("experiments")
+    spec = write_spec(tmp_path, manifest, [
+        {"name": "base", "change": "nothing", "overrides": []},
+        {"name": "deeper", "change": "3 layers", "overrides": ["model.num_layers=3"]},
+    ])
+    assert experiments.main([str(spec), "--dry-run", "--only", "deeper"]) == 0
+    printed = capsys.readouterr().out
+    assert "asr.cli train --config" in printed and "--resume" in printed and "model.num_layers=3" in printed
+    assert "asr.cli decode" in printed and "--decoder greedy" in printed and "asr.cli score" in printed
+    assert "beam-lm" not in printed and "# base" not in printed
+    assert not (tmp_path / "out").exists()
+
+    # Every run's config is checked before anything starts: a misspelt option names the run and key.
+    bad = write_spec(tmp_path, manifest, [{"name": "typo", "change": "", "overrides": ["model.num_layer=3"]}], "bad.yaml")
+    assert experiments.main([str(bad)]) == 2
+    assert "run 'typo'" in capsys.readouterr().err
+    assert experiments.main([str(spec), "--only", "nope"]) == 2
+    assert "--only nope" in capsys.readouterr().err
+
+
+def test_bench_infer_with_an_untrained_model_of_a_config(manifest, tmp_path, capsys):
+    """Throughput of a config's model shape without a trained checkpoint: all files read, RTFx positive."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"features": {"n_mels": 24}, "model": {"subsampling": "stack", "subsampling_factor": 2,
+                                                                            "hidden_size": 32, "num_layers": 1}}))
+    load_script("bench_infer").main([str(config), str(manifest), "--device", "cpu", "--threads", "1"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert int(cells[1]) == 2 * len(TRANSCRIPTS) and float(cells[4]) > 0
