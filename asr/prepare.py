@@ -992,6 +992,27 @@ def _is_number(value: str) -> bool:
     return True
 
 
+def prepare_speechocean762(
+    corpus_dir: str | os.PathLike,
+    split: str,
+    max_duration: float | None = None,
+    num_threads: int = 8,
+    progress: bool = True,
+) -> PrepareResult:
+    """Import speechocean762 (OpenSLR 101, CC BY 4.0: read English from Mandarin-L1 speakers, about
+    40% children): `<corpus>/{train,test}/` are Kaldi data directories (`text`, `wav.scp`, `utt2spk`,
+    ...) whose wav.scp paths (`WAVE/SPEAKERnnnn/<utt>.wav`, or .opus in re-encoded copies) are
+    relative to the corpus folder. Transcripts are the prompts that were read, upper case."""
+    if split not in ("train", "test"):
+        raise ValueError(f"speechocean762 has the splits train and test, not {split!r}")
+    root = _corpus_root(corpus_dir)
+    if not (root / split / "wav.scp").is_file():
+        raise FileNotFoundError(f"{root / split}: not a speechocean762 split (no wav.scp); --corpus-dir is the "
+                                "folder holding train/, test/ and WAVE/")
+    return prepare_kaldi(root / split, audio_root=root, max_duration=max_duration, num_threads=num_threads,
+                         progress=progress)
+
+
 def export_kaldi(utts: Sequence[Utterance], data_dir: str | os.PathLike) -> Path:
     """Write manifest utterances as a Kaldi data directory: `wav.scp`, `text`, `utt2spk`,
     `spk2utt`, `utt2dur`, and `segments` plus `reco2dur` when any utterance is a segment of a

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -115,11 +115,15 @@ def distributed_setup_from_env(env: dict[str, str] | None = None) -> Distributed
 def train(
     config: Config,
     train_utts: Sequence[Utterance],
-    dev_utts: Sequence[Utterance],
+    dev_utts: Sequence[Utterance] | Mapping[str, Sequence[Utterance]],
     out_dir: str | Path,
     resume: bool = False,
 ) -> TrainState:
     """Train a model and write checkpoints under out_dir. Returns the final state.
+
+    `dev_utts` is one dev set, or several by name ({"libri-dev": [...], "so762-test": [...]}): each is
+    scored on its own after every epoch (metrics.jsonl `sets`), and best.pt is chosen by the WER
+    over all of them together (train.dev_max_utts applies to each).
 
     Under torchrun (WORLD_SIZE etc. set) this process is one rank of a DistributedDataParallel run."""
     setup = distributed_setup_from_env()
@@ -159,7 +163,9 @@ def _train(
     if not usable:
         raise ValueError("no training utterances left (all longer than train.max_duration?)")
     tokenizer = build_tokenizer(config.tokenizer, [u.text for u in usable])  # BPE: trained here, deterministically
-    dev_utts = list(dev_utts)[: tc.dev_max_utts or None]
+    dev_sets = dict(dev_utts) if isinstance(dev_utts, Mapping) else {"dev": list(dev_utts)}
+    dev_sets = {name: list(utts)[: tc.dev_max_utts or None] for name, utts in dev_sets.items()}
+    dev_utts = [u for utts in dev_sets.values() for u in utts]
     rate = config.features.sample_rate
     train_set = SpeechDataset(  # perturbed on the fly when speed_perturb / noise_prob ask for it; dev_set never
         usable, tokenizer, rate, preload=tc.preload_audio, speed_perturb=tc.speed_perturb, noise_prob=tc.noise_prob,
@@ -170,6 +176,10 @@ def _train(
              len(usable), total_hours(usable), len(dev_utts), total_hours(dev_utts))
 
     model = CTCModel(config.features, config.model, len(tokenizer)).to(device)
+    if hasattr(model.frontend, "use_cache"):  # a frozen pretrained encoder: compute each utterance once
+        model.frontend.use_cache(os.path.expanduser(tc.feature_cache) if tc.feature_cache else None)
+        log.info("frozen encoder %s; its features are cached in memory%s", config.features.encoder_id,
+                 f" and in {tc.feature_cache}" if tc.feature_cache else "")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98),
         fused=device.type == "cuda",
@@ -384,12 +394,15 @@ def _train(
                 state.epoch += 1
                 state.batch_in_epoch = 0
             if setup.is_main:
-                result = validate(eval_model, dev_set, tokenizer, device, config)
+                result = validate(eval_model, dev_set, tokenizer, device, config,
+                                  {name: [u.id for u in utts] for name, utts in dev_sets.items()})
                 result.update(type="valid", step=state.step, epoch=state.epoch, elapsed=round(state.elapsed, 1))
                 metrics.write(json.dumps(result) + "\n")
                 metrics.flush()
-                log.info("validation after %d updates (epoch %d): loss %.3f, WER %.2f%%, CER %.2f%%",
-                         state.step, state.epoch, result["loss"], result["wer"], result["cer"])
+                log.info("validation after %d updates (epoch %d): loss %.3f, WER %.2f%%, CER %.2f%%%s",
+                         state.step, state.epoch, result["loss"], result["wer"], result["cer"],
+                         "".join(f"; {name} WER {r['wer']:.2f}% CER {r['cer']:.2f}%"
+                                 for name, r in result.get("sets", {}).items()))
                 improved = (result["wer"], result["cer"]) < (state.best_wer, state.best_cer)
                 if improved:
                     state.best_wer, state.best_cer = result["wer"], result["cer"]
@@ -419,8 +432,10 @@ def _train(
     return state
 
 
-def validate(model: CTCModel, dev_set: SpeechDataset, tokenizer: Tokenizer, device: torch.device, config: Config) -> dict:
-    """Dev loss (mean per utterance) and greedy WER/CER, from one pass over length-sorted batches."""
+def validate(model: CTCModel, dev_set: SpeechDataset, tokenizer: Tokenizer, device: torch.device, config: Config,
+             sets: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """Dev loss (mean per utterance) and greedy WER/CER, from one pass over length-sorted batches;
+    with `sets` (name -> utterance ids) of more than one dev set, also each set's, under "sets"."""
     model.eval()
     total_loss = 0.0
     hyps: dict[str, str] = {}
@@ -433,9 +448,14 @@ def validate(model: CTCModel, dev_set: SpeechDataset, tokenizer: Tokenizer, devi
             total_loss += float(loss)
             for i, ids in zip(indices, greedy_decode(log_probs, out_lengths, tokenizer.blank)):
                 hyps[dev_set.utts[i].id] = tokenizer.decode(ids)
-    report = score({u.id: u.text for u in dev_set.utts}, hyps)
+    refs = {u.id: u.text for u in dev_set.utts}
+    report = score(refs, hyps)
     model.train()
-    return {"loss": total_loss / max(len(dev_set), 1), "wer": round(report.wer, 3), "cer": round(report.cer, 3)}
+    result = {"loss": total_loss / max(len(dev_set), 1), "wer": round(report.wer, 3), "cer": round(report.cer, 3)}
+    if sets and len(sets) > 1:
+        reports = {name: score({i: refs[i] for i in ids}, {i: hyps[i] for i in ids}) for name, ids in sets.items()}
+        result["sets"] = {name: {"wer": round(r.wer, 3), "cer": round(r.cer, 3)} for name, r in reports.items()}
+    return result
 
 
 class _TrainingForward(torch.nn.Module):
@@ -782,8 +802,8 @@ def _any_rank(flag: bool, setup: DistributedSetup, device: torch.device) -> bool
 
 @torch.no_grad()
 def _estimate_normalizer(model: CTCModel, dataset: SpeechDataset, device: torch.device, max_utts: int = 2000) -> None:
-    """Global mean/std of log-mel features over (up to max_utts of) the training set."""
-    stats = RunningStats(model.feature_config.n_mels)
+    """Global mean/std of the frontend's features over (up to max_utts of) the training set."""
+    stats = RunningStats(model.frontend.dim)
     indices = list(range(len(dataset)))
     random.Random(0).shuffle(indices)
     for chunk in range(0, min(len(indices), max_utts), 32):

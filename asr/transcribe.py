@@ -173,7 +173,7 @@ def chunk_layout(model: CTCModel, chunk_seconds: float, chunk_overlap: float) ->
     if chunk_overlap < 0 or chunk_seconds <= chunk_overlap:
         raise ValueError(f"chunk length ({chunk_seconds} s) must exceed the chunk overlap ({chunk_overlap} s) >= 0")
     features = model.feature_config
-    frame = features.hop_length * model.config.subsampling_factor
+    frame = model.samples_per_frame
     overlap = 2 * round(chunk_overlap * features.sample_rate / frame / 2) * frame  # even: the seam is its middle
     hop = max(1, round((chunk_seconds - chunk_overlap) * features.sample_rate / frame)) * frame
     return hop + overlap, hop, frame

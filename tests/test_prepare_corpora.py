@@ -403,3 +403,49 @@ def test_asr_prepare_prints_the_summary(corpus, an4, tedlium, ljspeech, tmp_path
     assert f" hours, {speakers} speakers, vocabulary {words} words" in first
     assert "skipped by reason:" in printed
     assert main(["prepare", *args, "--out", str(out), "--strict"]) == 1
+
+
+# --------------------------------------------------------------------------- speechocean762
+
+
+@pytest.fixture
+def speechocean762(tmp_path) -> Path:
+    """speechocean762's layout (OpenSLR 101): train/ and test/ Kaldi data directories (tab-separated
+    wav.scp and text, space-separated utt2spk, spk2utt, spk2age, spk2gender) whose wav.scp paths
+    are relative to the corpus folder, and WAVE/SPEAKERnnnn/<utt>.wav (Opus in the shared copy)."""
+    root = tmp_path / "speechocean762"
+    splits = {"train": [("000010011", "0001", "WE CALL IT BEAR", 1.2), ("000010035", "0001", "ZERO THREE FIVE ONE", 0.8)],
+              "test": [("000030012", "0003", "IT'S A FINE DAY", 1.0)]}
+    for split, rows in splits.items():
+        data = root / split
+        data.mkdir(parents=True)
+        for utt, spk, _, seconds in rows:
+            path = root / "WAVE" / f"SPEAKER{spk}" / f"{utt}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(path, _tone(seconds, 16000), 16000)
+        (data / "wav.scp").write_text("".join(f"{u}\tWAVE/SPEAKER{s}/{u}.wav\n" for u, s, _, _ in rows))
+        (data / "text").write_text("".join(f"{u}\t{t}\n" for u, _, t, _ in rows))
+        (data / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s, _, _ in rows))
+        (data / "spk2utt").write_text(f"{rows[0][1]} {' '.join(u for u, _, _, _ in rows)}\n")
+        (data / "spk2age").write_text(f"{rows[0][1]}\t10\n")
+        (data / "spk2gender").write_text(f"{rows[0][1]}\tf\n")
+    return root
+
+
+def test_speechocean762_manifest_entry_by_entry(speechocean762, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths resolve against the corpus folder, wherever asr runs
+    assert main(["prepare", "speechocean762", "--corpus-dir", str(speechocean762), "--split", "train",
+                 "--out", "train.jsonl"]) == 0
+    utts = read_manifest(tmp_path / "train.jsonl")
+    assert [(u.id, u.text, u.speaker, u.duration) for u in utts] == [
+        ("000010011", "we call it bear", "0001", 1.2), ("000010035", "zero three five one", "0001", 0.8)]
+    assert all(Path(u.audio) == speechocean762 / "WAVE" / "SPEAKER0001" / f"{u.id}.wav" for u in utts)
+    [test] = pr.prepare_speechocean762(speechocean762, "test", progress=False).kept
+    assert (test.id, test.text) == ("000030012", "it's a fine day")
+
+
+def test_speechocean762_wrong_folder_or_split_says_what_is_expected(speechocean762):
+    with pytest.raises(FileNotFoundError, match="not a speechocean762 split .*folder holding train/, test/ and WAVE/"):
+        pr.prepare_speechocean762(speechocean762 / "train", "train")
+    with pytest.raises(ValueError, match="splits train and test, not 'dev'"):
+        pr.prepare_speechocean762(speechocean762, "dev")

