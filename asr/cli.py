@@ -187,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the summary here")
     p.set_defaults(run=_score)
 
+    p = sub.add_parser("split", help="hold out the utterances of some speakers, e.g. a dev set from a training set")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--held-out-speakers", type=int, required=True, help="how many speakers to hold out")
+    p.add_argument("--seed", type=int, default=0, help="which speakers are drawn")
+    p.add_argument("--out-rest", required=True, type=Path, help="manifest of the other speakers' utterances")
+    p.add_argument("--out-held", required=True, type=Path, help="manifest of the held-out speakers' utterances")
+    p.set_defaults(run=_split)
+
     p = sub.add_parser("plot", help="plot loss, gradient norm and dev WER of an experiment to PNG")
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: EXP_DIR/training.png)")
@@ -559,6 +567,18 @@ def _score(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(summary + "\n", encoding="utf-8")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from .data import hold_out_speakers, read_manifest, total_hours, write_manifest
+
+    rest, held = hold_out_speakers(read_manifest(args.manifest), args.held_out_speakers, args.seed)
+    write_manifest(args.out_rest, rest)
+    write_manifest(args.out_held, held)
+    for path, utts in ((args.out_rest, rest), (args.out_held, held)):
+        print(f"wrote {path}: {len(utts)} utterances, {len({u.speaker for u in utts})} speakers, "
+              f"{total_hours(utts):.2f} h")
     return 0
 
 

@@ -25,6 +25,9 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int = 0  # stop after this many updates (0: no limit); the LR schedule still spans `epochs`
     max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the run is still scored
+    # stop after this much CPU time of the training process (0: no limit): a budget that stays equal
+    # between runs on a busy machine, for experiment series
+    max_cpu_minutes: float = 0.0
     max_batch_seconds: float = 120.0  # padded audio seconds per batch (longest x count)
     max_batch_size: int = 0  # 0: no limit
     max_duration: float = 40.0  # training utterances longer than this are left out (seconds)
@@ -33,6 +36,10 @@ class TrainConfig:
     final_lr_ratio: float = 0.05  # cosine decay from lr to lr * final_lr_ratio over the run
     weight_decay: float = 1e-2
     grad_clip: float = 5.0
+    # utterance: each utterance's summed CTC loss, averaged over the batch (gradient norms ~100, so
+    # grad_clip acts on every update); token: each divided by its transcript length first (~1/100)
+    loss_norm: str = "utterance"
+    short_first_epochs: int = 0  # SortaGrad: batches shortest first (not shuffled) in the first N epochs
     precision: str = "bf16"  # bf16 autocast on CUDA; CPU always runs float32
     num_workers: int = 2
     preload_audio: bool = True  # decode all audio into RAM once (fits for corpora of a few hours)

@@ -307,7 +307,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     changes between epochs), cut into batches, and the batch order is shuffled. Everything derives
     from (seed, epoch), so an epoch's batches can be rebuilt exactly on resume; `start_batch` skips
     the batches already trained on. With `num_replicas` > 1 (distributed training) each rank takes
-    every num_replicas-th batch, after dropping the tail that would leave ranks unequal.
+    every num_replicas-th batch, after dropping the tail that would leave ranks unequal. In the first
+    `short_first_epochs` epochs the batches come shortest first instead of shuffled.
     """
 
     def __init__(
@@ -320,8 +321,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         jitter: float = 0.1,
         num_replicas: int = 1,
         rank: int = 0,
+        short_first_epochs: int = 0,
     ):
         self.durations = list(durations)
+        self.short_first_epochs = short_first_epochs
         self.max_batch_seconds = max_batch_seconds
         self.max_batch_size = max_batch_size
         self.shuffle = shuffle
@@ -356,7 +359,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             longest = new_longest
         if current:
             batches.append(current)
-        if self.shuffle:
+        if epoch < self.short_first_epochs:
+            pass  # SortaGrad (Deep Speech 2): short utterances first while the model is young
+        elif self.shuffle:
             rng.shuffle(batches)
         if self.num_replicas > 1:
             usable = len(batches) - len(batches) % self.num_replicas
@@ -384,3 +389,16 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 def total_hours(utts: Sequence[Utterance]) -> float:
     return math.fsum(u.duration for u in utts) / 3600.0
+
+
+def hold_out_speakers(utts: Sequence[Utterance], count: int, seed: int = 0) -> tuple[list[Utterance], list[Utterance]]:
+    """(rest, held out): all utterances of `count` speakers drawn at random (by `seed`) go to the
+    held-out set, for a dev set of unseen speakers when a corpus has only train and test. The draw
+    depends only on the set of speaker names and the seed, not on the manifest's order."""
+    speakers = sorted({u.speaker for u in utts})
+    if "" in speakers:
+        raise ValueError("every utterance needs a speaker to hold speakers out (some have none)")
+    if not 0 < count < len(speakers):
+        raise ValueError(f"cannot hold out {count} of {len(speakers)} speakers: keep at least one on each side")
+    held = set(random.Random(seed).sample(speakers, count))
+    return [u for u in utts if u.speaker not in held], [u for u in utts if u.speaker in held]

@@ -76,6 +76,7 @@ class TrainState:
     oom_splits: int = 0  # CUDA out-of-memory events, each answered by retrying the batch in more parts
     audio_seconds: float = 0.0  # training audio seen (by all ranks), over all epochs
     clipped_total: int = 0  # updates whose gradient norm exceeded train.grad_clip, over the run
+    cpu_seconds: float = 0.0  # CPU time of the training process over all sessions of this run
     world_size: int = 1  # processes the run trains with (torchrun --nproc-per-node)
 
 
@@ -184,9 +185,11 @@ def _train(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98),
         fused=device.type == "cuda",
     )
+    if tc.loss_norm not in LOSS_NORMS:
+        raise ValueError(f"train.loss_norm must be one of {', '.join(LOSS_NORMS)}, not {tc.loss_norm!r}")
     sampler = BucketBatchSampler(
         train_set.durations, tc.max_batch_seconds, tc.max_batch_size, shuffle=True, seed=tc.seed,
-        num_replicas=setup.world_size, rank=setup.rank,
+        num_replicas=setup.world_size, rank=setup.rank, short_first_epochs=tc.short_first_epochs,
     )
     steps_per_epoch = len(sampler.epoch_batches(0)) // setup.world_size
     if steps_per_epoch == 0:
@@ -301,8 +304,8 @@ def _train(
 
     metrics = open(out_dir / "metrics.jsonl", "a", encoding="utf-8") if setup.is_main else None
     trace = _open_trace(setup.rank)
-    session_start = time.monotonic()
-    elapsed_before = state.elapsed
+    session_start, cpu_start = time.monotonic(), time.process_time()
+    elapsed_before, cpu_before = state.elapsed, state.cpu_seconds
     stop_reason = ""
     try:
         while state.epoch < tc.epochs and not stop_reason:
@@ -377,6 +380,7 @@ def _train(
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
                 state.elapsed = elapsed_before + time.monotonic() - session_start
+                state.cpu_seconds = cpu_before + time.process_time() - cpu_start
                 if updated and tc.save_every_steps and state.step % tc.save_every_steps == 0:
                     # Mid-epoch: a killed run resumes from here, at the next batch, losing < N updates.
                     save_last(window)
@@ -386,6 +390,9 @@ def _train(
                         _any_rank(state.elapsed >= 60 * tc.max_minutes, setup, device):
                     # Ranks agree on the stop (checked at log steps only, to keep collectives rare).
                     stop_reason = f"max_minutes={tc.max_minutes} reached"
+                elif tc.max_cpu_minutes and (setup.world_size == 1 or state.step % tc.log_every == 0) and \
+                        _any_rank(state.cpu_seconds >= 60 * tc.max_cpu_minutes, setup, device):
+                    stop_reason = f"max_cpu_minutes={tc.max_cpu_minutes} reached"
                 if stop_reason:
                     break
             bar.close()
@@ -497,7 +504,8 @@ def _forward_backward(
             model, batch.waves, batch.wave_lengths, config.specaug, specaug_rng, use_bf16)
     else:
         log_probs, out_lengths = model(batch.waves, batch.wave_lengths)
-    loss = _ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths, blank)
+    loss = _ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths, blank,
+                     per_token=config.train.loss_norm == "token")
     if weight != 1.0:
         loss = loss * weight
     loss.backward()
@@ -559,10 +567,20 @@ def _split_batch(batch: Batch, parts: int) -> list[Batch]:
     return pieces
 
 
-def _ctc_loss(log_probs, out_lengths, labels, label_lengths, blank: int, reduction: str = "mean") -> torch.Tensor:
+LOSS_NORMS = ("utterance", "token")
+
+
+def _ctc_loss(log_probs, out_lengths, labels, label_lengths, blank: int, reduction: str = "mean",
+              per_token: bool = False) -> torch.Tensor:
     """CTC loss in float32. 'mean' is the per-utterance sum averaged over the batch, so the gradient
-    scale does not depend on transcript length conventions. Infeasible alignments (more labels than
-    frames) give 0 rather than inf."""
+    scale does not depend on transcript length conventions; with `per_token`, each utterance's loss
+    is divided by its transcript length first (train.loss_norm: token). Infeasible alignments (more
+    labels than frames) give 0 rather than inf."""
+    if per_token:
+        losses = F.ctc_loss(log_probs.float().transpose(0, 1), labels, out_lengths, label_lengths,
+                            blank=blank, reduction="none", zero_infinity=True)
+        losses = losses / label_lengths.clamp_min(1).to(losses.dtype)
+        return losses.mean() if reduction == "mean" else losses.sum()
     loss = F.ctc_loss(
         log_probs.float().transpose(0, 1), labels, out_lengths, label_lengths,
         blank=blank, reduction="sum", zero_infinity=True,

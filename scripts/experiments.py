@@ -24,6 +24,11 @@ The spec (YAML; relative paths are relative to the spec file's folder):
       - {name: base, change: "nothing: the base config", overrides: []}
       - {name: layers4, change: "4 BiLSTM layers instead of 3", overrides: [model.num_layers=4]}
 
+`train` and `dev` may also be lists of manifests: training uses them together, and every dev set
+is decoded and scored (the first one is the table's main "dev" columns; the others get columns of
+their own). A run may name its own `train` list (a data-mixture lever). For runs compared at equal
+compute on a shared machine, bound each with `train.max_cpu_minutes` in `common`.
+
 Each run is three kinds of subprocess, so a crash in one run does not stop the series:
 `asr train --resume` into <out>/<name> (a killed series continues where it stopped), then
 `asr decode` + `asr score` of dev with --decoder greedy and, with an LM, --decoder beam-lm. The
@@ -56,7 +61,7 @@ from asr.config import ConfigError, load_config  # noqa: E402
 
 SPEC_KEYS = {"name", "base_config", "train", "dev", "out", "common", "device", "lm", "lexicon", "lm_weight",
              "word_score", "beam_size", "baseline", "runs", "notes"}
-RUN_KEYS = {"name", "change", "overrides"}
+RUN_KEYS = {"name", "change", "overrides", "train"}
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -65,6 +70,7 @@ class Run:
     name: str
     change: str  # what this run changes against the base, in words
     overrides: list[str]
+    train: list[Path] | None = None  # its own training manifests (default: the spec's)
 
 
 @dataclass
@@ -72,8 +78,8 @@ class Spec:
     path: Path
     name: str
     base_config: Path
-    train: Path
-    dev: Path
+    train: list[Path]
+    dev: list[Path]
     out: Path
     common: list[str]
     device: str
@@ -103,14 +109,20 @@ def load_spec(path: Path, out: Path | None = None) -> Spec:
             raise ValueError(f"{path}: missing key {key!r}")
     folder = path.resolve().parent
 
-    def resolve(key: str, must_exist: bool = True) -> Path:
-        value = Path(str(data[key])).expanduser()
+    def resolve(key: str, must_exist: bool = True, given: Any = None) -> Path:
+        value = Path(str(data[key] if given is None else given)).expanduser()
         value = value if value.is_absolute() else (folder / value).resolve()
         if must_exist and not value.exists():
             hint = " (build it with `asr lm build` / `asr lm lexicon`, or remove the key to score greedy only)" \
                 if key in ("lm", "lexicon") else ""
             raise ValueError(f"{path}: {key}: {value} not found{hint}")
         return value
+
+    def resolve_list(key: str, given: Any) -> list[Path]:
+        items = given if isinstance(given, list) else [given]
+        if not items:
+            raise ValueError(f"{path}: {key}: an empty list")
+        return [resolve(key, given=item) for item in items]
 
     if out is None and "out" not in data:
         raise ValueError(f"{path}: no series folder: give 'out' in the spec or --out")
@@ -129,10 +141,11 @@ def load_spec(path: Path, out: Path | None = None) -> Spec:
             raise ValueError(f"{where}: name {name!r} must be letters, digits, '_', '.', '+' or '-' (it names a folder)")
         if any(r.name == name for r in runs):
             raise ValueError(f"{where}: run name {name!r} is used twice")
-        runs.append(Run(name, str(item.get("change", "")), _string_list(item.get("overrides") or [], f"{where}: overrides")))
+        runs.append(Run(name, str(item.get("change", "")), _string_list(item.get("overrides") or [], f"{where}: overrides"),
+                        resolve_list(f"runs[{number}].train", item["train"]) if item.get("train") else None))
     spec = Spec(
         path=path, name=str(data.get("name") or path.stem), base_config=resolve("base_config"),
-        train=resolve("train"), dev=resolve("dev"), out=out if out is not None else resolve("out", must_exist=False),
+        train=resolve_list("train", data["train"]), dev=resolve_list("dev", data["dev"]), out=out if out is not None else resolve("out", must_exist=False),
         common=common, device=str(data.get("device", "auto")), runs=runs,
         baseline=str(data.get("baseline") or runs[0].name), notes=str(data.get("notes", "")),
     )
@@ -163,29 +176,42 @@ def asr_command(*args: Any) -> list[str]:
     return [sys.executable, "-m", "asr.cli", *map(str, args)]
 
 
+def train_manifests(spec: Spec, run: Run) -> list[Path]:
+    return run.train or spec.train
+
+
 def train_command(spec: Spec, run: Run) -> list[str]:
-    return asr_command("train", "--config", spec.base_config, "--train", spec.train, "--dev", spec.dev,
-                       "--out", spec.out / run.name, "--resume", *spec.common, *run.overrides)
+    return asr_command("train", "--config", spec.base_config, "--train", *train_manifests(spec, run),
+                       "--dev", *spec.dev, "--out", spec.out / run.name, "--resume", *spec.common, *run.overrides)
 
 
 def training_settings(spec: Spec, run: Run) -> dict:
     """What a trained run folder depends on (kept in its train.done)."""
-    return {"base_config": str(spec.base_config), "train": str(spec.train), "dev": str(spec.dev),
-            "overrides": spec.common + run.overrides}
+    manifests = [str(p) for p in train_manifests(spec, run)]
+    dev = [str(p) for p in spec.dev]
+    return {"base_config": str(spec.base_config), "train": manifests[0] if len(manifests) == 1 else manifests,
+            "dev": dev[0] if len(dev) == 1 else dev, "overrides": spec.common + run.overrides}
 
 
-def decode_commands(spec: Spec, run: Run, decoder: str) -> tuple[list[str], list[str], Path]:
-    """(decode command, score command, folder) for one decoder: greedy or beam-lm."""
-    folder = spec.out / run.name / f"decode_dev_{decoder.replace('-', '_')}"
+def dev_set_names(spec: Spec) -> list[str]:
+    """'dev' for the first dev manifest, then each other's file stem (folder/stem when stems repeat)."""
+    stems = [p.stem for p in spec.dev]
+    return ["dev"] + [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in spec.dev[1:]]
+
+
+def decode_commands(spec: Spec, run: Run, decoder: str, dev_index: int = 0) -> tuple[list[str], list[str], Path]:
+    """(decode command, score command, folder) for one decoder (greedy or beam-lm) on one dev set."""
+    dev = spec.dev[dev_index]
+    folder = spec.out / run.name / f"decode_{dev_set_names(spec)[dev_index]}_{decoder.replace('-', '_')}"
     hyp = folder / "hyp.txt"
-    decode = asr_command("decode", spec.out / run.name / "best.pt", spec.dev, "--out", hyp,
+    decode = asr_command("decode", spec.out / run.name / "best.pt", dev, "--out", hyp,
                          "--device", spec.device, "--decoder", decoder)
     if decoder == "beam-lm":
         decode += ["--lm", str(spec.lm), "--beam-size", str(spec.beam_size),
                    "--lm-weight", f"{spec.lm_weight:g}", "--word-score", f"{spec.word_score:g}"]
         if spec.lexicon:
             decode += ["--lexicon", str(spec.lexicon)]
-    score = asr_command("score", spec.dev, hyp, "--out", folder / "wer.txt")
+    score = asr_command("score", dev, hyp, "--out", folder / "wer.txt")
     return decode, score, folder
 
 
@@ -212,8 +238,9 @@ def parse_score(output: str) -> tuple[float, float]:
 
 
 def training_figures(spec: Spec, run: Run) -> dict:
-    """Device minutes (training wall time, metrics.jsonl `elapsed`), updates, epochs (fractional),
-    parameter count and the best greedy dev WER seen during training."""
+    """Device minutes (training wall time, metrics.jsonl `elapsed`), CPU minutes of the training
+    process, updates, epochs (fractional), parameter count and the best greedy dev WER seen during
+    training."""
     import torch
 
     from asr.checkpoint import read_checkpoint
@@ -226,7 +253,8 @@ def training_figures(spec: Spec, run: Run) -> dict:
     weights, state = state["model"], state["state"]
     config = load_config(spec.base_config, spec.common + run.overrides)
     tc = config.train
-    durations = [u.duration for u in read_manifest(spec.train) if u.duration <= tc.max_duration]
+    durations = [u.duration for path in train_manifests(spec, run) for u in read_manifest(path)
+                 if u.duration <= tc.max_duration]
     sampler = BucketBatchSampler(durations, tc.max_batch_seconds, tc.max_batch_size, seed=tc.seed)
     epochs = state["epoch"]
     if state["batch_in_epoch"]:
@@ -235,6 +263,7 @@ def training_figures(spec: Spec, run: Run) -> dict:
     valid = [r for r in records if r.get("type") == "valid"]
     return {
         "device_minutes": round(max((r.get("elapsed", 0.0) for r in records), default=0.0) / 60, 2),
+        "cpu_minutes": round(state.get("cpu_seconds", 0.0) / 60, 2),
         "updates": state["step"],
         "epochs": round(epochs, 2),
         "planned_epochs": tc.epochs,
@@ -279,9 +308,10 @@ def run_one(spec: Spec, run: Run) -> dict:
     except (OSError, ValueError, KeyError) as e:
         return _failed(row, "no training figures", f"{type(e).__name__}: {e}", run_dir / "train.out")
     decoders = ["greedy"] + (["beam-lm"] if spec.lm else [])
-    for decoder in decoders:
-        decode, score, folder = decode_commands(spec, run, decoder)
-        print(f"[{run.name}] decode dev with {decoder} -> {folder}", flush=True)
+    for dev_index, decoder in [(d, decoder) for d in range(len(spec.dev)) for decoder in decoders]:
+        decode, score, folder = decode_commands(spec, run, decoder, dev_index)
+        set_name = dev_set_names(spec)[dev_index]
+        print(f"[{run.name}] decode {set_name} with {decoder} -> {folder}", flush=True)
         code, output = run_logged(decode, folder / "decode.log")
         if code != 0:
             return _failed(row, f"{decoder} decode failed (exit {code})", output, folder / "decode.log")
@@ -292,9 +322,9 @@ def run_one(spec: Spec, run: Run) -> dict:
             wer, cer = parse_score(output)
         except ValueError as e:
             return _failed(row, f"{decoder} score unreadable", str(e), folder / "score.log")
-        key = decoder.replace("-", "_")
+        key = decoder.replace("-", "_") + ("" if dev_index == 0 else f"_{set_name}")
         row[f"{key}_wer"], row[f"{key}_cer"] = wer, cer
-        print(f"[{run.name}] {decoder}: WER {wer:.2f}% CER {cer:.2f}%", flush=True)
+        print(f"[{run.name}] {set_name} {decoder}: WER {wer:.2f}% CER {cer:.2f}%", flush=True)
     row.update(status="done", wall_minutes=round((time.time() - started) / 60, 2),
                finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     return row
@@ -329,18 +359,22 @@ def format_table(spec: Spec, rows: list[dict]) -> str:
         "",
         f"- Spec: `{spec.path}`",
         f"- Base config: `{spec.base_config}`; overrides common to every run: `{' '.join(spec.common) or 'none'}`",
-        f"- Train: `{spec.train}`; scored on dev: `{spec.dev}` (greedy and beam-lm, `asr decode` + `asr score`)",
+        f"- Train: {', '.join(f'`{p}`' for p in spec.train)} (unless a run names its own); scored on dev: "
+        f"{', '.join(f'`{p}`' for p in spec.dev)} (greedy and beam-lm, `asr decode` + `asr score`)",
         f"- beam-lm: {lm_text}",
-        "- Device min: training wall time (metrics.jsonl `elapsed`); Δ: WER points against "
-        f"`{spec.baseline}` (negative is better).",
+        "- Device min: training wall time (metrics.jsonl `elapsed`); CPU min: CPU time of the training "
+        f"process; Δ: WER points against `{spec.baseline}` (negative is better).",
     ]
+    others = dev_set_names(spec)[1:]
     if spec.notes:
         lines += [f"- Notes: {spec.notes}"]
+    extra_head = "".join(f" {name} greedy WER | {name} greedy CER |" + (f" {name} beam-lm WER |" if spec.lm else "")
+                         for name in others)
     lines += [
         "",
-        "| run | what changed | overrides | params (M) | epochs | updates | device min | greedy WER | greedy CER | "
-        "Δ greedy WER | beam-lm WER | beam-lm CER | Δ beam-lm WER | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | what changed | overrides | params (M) | epochs | updates | device min | CPU min | greedy WER | "
+        "greedy CER | Δ greedy WER | beam-lm WER | beam-lm CER | Δ beam-lm WER |" + extra_head + " status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (extra_head.count("|")) + "---|",
     ]
     for run in spec.runs:
         row = latest.get(run.name)
@@ -349,9 +383,12 @@ def format_table(spec: Spec, rows: list[dict]) -> str:
         lines.append(
             f"| {run.name} | {row.get('change', '')} | {' '.join(f'`{o}`' for o in row.get('overrides', [])) or '—'} | "
             f"{num(row.get('params_m'))} | {num(row.get('epochs'))} | {row.get('updates', '—')} | "
-            f"{num(row.get('device_minutes'), 1)} | {num(row.get('greedy_wer'))} | {num(row.get('greedy_cer'))} | "
-            f"{delta(row, 'greedy_wer')} | {num(row.get('beam_lm_wer'))} | {num(row.get('beam_lm_cer'))} | "
-            f"{delta(row, 'beam_lm_wer')} | {row.get('status', '')} |"
+            f"{num(row.get('device_minutes'), 1)} | {num(row.get('cpu_minutes'), 1)} | {num(row.get('greedy_wer'))} | "
+            f"{num(row.get('greedy_cer'))} | {delta(row, 'greedy_wer')} | {num(row.get('beam_lm_wer'))} | "
+            f"{num(row.get('beam_lm_cer'))} | {delta(row, 'beam_lm_wer')} |"
+            + "".join(f" {num(row.get(f'greedy_{n}_wer'))} | {num(row.get(f'greedy_{n}_cer'))} |"
+                      + (f" {num(row.get(f'beam_lm_{n}_wer'))} |" if spec.lm else "") for n in others)
+            + f" {row.get('status', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -393,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(f"# {run.name}: {run.change}")
             commands = [train_command(spec, run)]
-            for decoder in ["greedy"] + (["beam-lm"] if spec.lm else []):
-                commands += decode_commands(spec, run, decoder)[:2]
+            for dev_index in range(len(spec.dev)):
+                for decoder in ["greedy"] + (["beam-lm"] if spec.lm else []):
+                    commands += decode_commands(spec, run, decoder, dev_index)[:2]
             for command in commands:
                 print(shlex.join(command))
             continue

@@ -618,3 +618,33 @@ def test_noise_from_a_manifest_of_recordings(many_utts, audio, tmp_path):
     torch.testing.assert_close(residual[:100], residual[100:200])
     with pytest.raises(FileNotFoundError):
         SpeechDataset(many_utts, CharTokenizer(), SR, noise_prob=1.0, noise_manifest=str(tmp_path / "none.jsonl"))
+
+
+def test_hold_out_speakers_moves_whole_speakers_and_names_bad_counts(tmp_path, capsys):
+    from asr.cli import main
+    from asr.data import hold_out_speakers
+
+    utts = [Utterance(f"s{s}-{i}", f"/a/{s}-{i}.wav", 1.0, "x", speaker=f"s{s}") for s in range(6) for i in range(3)]
+    rest, held = hold_out_speakers(utts, 2, seed=3)
+    assert len({u.speaker for u in held}) == 2 and len(held) == 6 and len(rest) == 12
+    assert not {u.speaker for u in held} & {u.speaker for u in rest}
+    assert hold_out_speakers(list(reversed(utts)), 2, seed=3)[1] == list(reversed(held))  # order-free draw
+    with pytest.raises(ValueError, match="cannot hold out 6 of 6 speakers"):
+        hold_out_speakers(utts, 6)
+    write_manifest(tmp_path / "m.jsonl", utts)
+    assert main(["split", str(tmp_path / "m.jsonl"), "--held-out-speakers", "1", "--out-rest", str(tmp_path / "r.jsonl"),
+                 "--out-held", str(tmp_path / "h.jsonl")]) == 0
+    assert len(read_manifest(tmp_path / "h.jsonl")) == 3 and len(read_manifest(tmp_path / "r.jsonl")) == 15
+    assert "3 utterances, 1 speakers" in capsys.readouterr().out
+
+
+def test_short_first_epochs_order_batches_by_length_then_shuffle():
+    durations = [float(d) for d in range(1, 41)]
+    sampler = BucketBatchSampler(durations, max_batch_seconds=40.0, seed=1, jitter=0.0, short_first_epochs=1)
+    first, second = sampler.epoch_batches(0), sampler.epoch_batches(1)
+    longest = [max(durations[i] for i in batch) for batch in first]
+    assert longest == sorted(longest)
+    plain = BucketBatchSampler(durations, max_batch_seconds=40.0, seed=1, jitter=0.0)
+    assert plain.epoch_batches(1) == second  # later epochs as without the option
+    assert sorted(map(sorted, plain.epoch_batches(0))) == sorted(map(sorted, first))  # same batches, other order
+    assert plain.epoch_batches(0) != first

@@ -227,7 +227,30 @@ def test_epoch_checkpoints_keep_the_last_n(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("option, message", [("train.ema_decay=1.0", "train.ema_decay must be in [0, 1)"),
-                                             ("train.keep_epoch_checkpoints=-1", "train.keep_epoch_checkpoints")])
+                                             ("train.keep_epoch_checkpoints=-1", "train.keep_epoch_checkpoints"),
+                                             ("train.loss_norm=frame", "train.loss_norm must be one of utterance, token")])
 def test_bad_new_options_are_named(corpus, tmp_path, option, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
         train(load_config(None, OVERRIDES + [option]), corpus, corpus[:3], tmp_path)
+
+
+def test_per_token_loss_divides_each_utterance_by_its_transcript_length():
+    torch.manual_seed(0)
+    log_probs = torch.randn(3, 20, 6).log_softmax(-1)
+    labels = torch.tensor([[1, 2, 3, 4], [2, 0, 0, 0], [5, 1, 0, 0]])
+    label_lengths, out_lengths = torch.tensor([4, 1, 2]), torch.tensor([20, 15, 18])
+    per_utt = torch.stack([train_module._ctc_loss(log_probs[i:i + 1, :n], out_lengths[i:i + 1], labels[i:i + 1],
+                                                  label_lengths[i:i + 1], 0) for i, n in enumerate(out_lengths)])
+    assert torch.allclose(train_module._ctc_loss(log_probs, out_lengths, labels, label_lengths, 0), per_utt.mean())
+    assert torch.allclose(train_module._ctc_loss(log_probs, out_lengths, labels, label_lengths, 0, per_token=True),
+                          (per_utt / label_lengths).mean())
+
+
+def test_a_cpu_time_budget_stops_the_run_and_is_kept_across_resume(corpus, tmp_path):
+    config = load_config(None, OVERRIDES + ["train.max_cpu_minutes=0.0001"])
+    state = train(config, corpus, corpus[:3], tmp_path)
+    assert state.step == 1 and state.cpu_seconds >= 0.006  # stops after the first update past the budget
+    log = (tmp_path / "train.log").read_text()
+    assert "max_cpu_minutes=0.0001 reached" in log
+    resumed = train(config, corpus, corpus[:3], tmp_path, resume=True)  # the budget is spent: one more step
+    assert resumed.step == 2 and resumed.cpu_seconds > state.cpu_seconds
