@@ -1,12 +1,14 @@
 # Stages 2-4 shared by every corpus recipe: train on
 # data/$train_set.jsonl validating on data/$dev_set.jsonl, decode data/$test_set.jsonl with the best
 # checkpoint, score it into $exp/wer.txt. The recipe sets stage, stop_stage, config, exp, work_dir,
-# train_set, dev_set, test_set, train_args, decode_args and log() before sourcing this file.
+# train_set, dev_set, test_set, train_args, decode_args and log() before sourcing this file; it may set
+# train_manifests / dev_manifests (space-separated paths) to train or validate on several manifests.
 
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log 2 "train $config -> $exp"
   # shellcheck disable=SC2086
-  asr train --config "$config" --train data/$train_set.jsonl --dev data/$dev_set.jsonl --out $exp --resume $train_args
+  asr train --config "$config" --train ${train_manifests:-data/$train_set.jsonl} --dev ${dev_manifests:-data/$dev_set.jsonl} \
+    --out $exp --resume $train_args
   asr plot $exp || true
 fi
 

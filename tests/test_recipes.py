@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_fsdd_recipe_runs_all_stages(tmp_path):
 
 
 def test_recipe_options_are_checked():
-    for recipe in ("recipes/fsdd/run.sh", "recipes/librispeech/run.sh"):
+    for recipe in ("recipes/fsdd/run.sh", "recipes/librispeech/run.sh", "recipes/speechocean762/run.sh"):
         bad = _run("bash", recipe, "--no-such-option", "1")
         assert bad.returncode == 2 and "unknown option --no-such-option" in bad.stderr
         help_text = _run("bash", recipe, "--help")
@@ -111,7 +112,8 @@ def test_librispeech_recipe_lm_stages(tmp_path):
     train_args = ("model.hidden_size=32 model.num_layers=1 features.n_mels=24 train.epochs=2 train.num_workers=0 "
                   "train.max_batch_seconds=16 train.warmup_steps=5 train.log_every=5 train.device=cpu")
     result = _run("bash", "recipes/librispeech/run.sh", "--corpus-dir", str(corpus), "--work-dir", str(work),
-                  "--stage", "1", "--train-args", train_args, "--decode-args", "--device cpu",
+                  "--stage", "1", "--config", "conf/librispeech_small.yaml", "--train-args", train_args,
+                  "--decode-args", "--device cpu",
                   "--lm-text", str(lm_text), "--lm-orders", "2 3",
                   "--tune-args", "--max-utts 4 --beam-size 5 --lm-weights 0.5 1 --word-scores 0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -126,3 +128,70 @@ def test_librispeech_recipe_lm_stages(tmp_path):
         assert "%WER" in (exp / f"decode_dev_{order}gram" / "wer.txt").read_text()
     assert (exp / "decode.yaml").read_text() == (exp / "decode_3gram.yaml").read_text()
     assert "fade" in (work / "data" / "lm" / "lexicon.txt").read_text()
+
+
+def test_cpu_default_config_is_the_pretrained_encoder_when_installed():
+    """On a CPU the recipes train conf/whisper_bilstm_cpu.yaml when the pretrained extra is installed,
+    else the small log-mel config (with a line saying why); the GPU config is the corpus's own."""
+    result = _run("bash", "-c", f'root={ROOT}; . recipes/default_config.sh; default_config GPU.yaml LOGMEL.yaml')
+    assert result.returncode == 0, result.stderr
+    try:
+        import ctranslate2  # noqa: F401
+
+        from asr.pretrained import find_encoder
+
+        find_encoder()
+        expected = f"{ROOT}/conf/whisper_bilstm_cpu.yaml"
+    except (ImportError, FileNotFoundError):
+        expected = "LOGMEL.yaml"
+        assert "pip install" in result.stderr
+    import torch
+
+    assert result.stdout.strip() == ("GPU.yaml" if torch.cuda.is_available() else expected)
+
+
+def test_speechocean762_recipe_holds_out_dev_speakers_and_scores_test(tmp_path):
+    """Stages 1-4 on a corpus in speechocean762's layout (Kaldi dirs with paths relative to the corpus
+    folder), with an extra training manifest from another corpus: the dev speakers are held out of
+    training and both dev sets are scored while training."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synth import synth_utterance
+
+    rng = np.random.default_rng(3)
+    words = ["a", "bad", "cab", "dead", "beef", "fed", "dab", "bead", "fade", "ace"]
+    corpus = tmp_path / "speechocean762"
+    for split, speakers in (("train", ["0001", "0002", "0003"]), ("test", ["0004"])):
+        (corpus / split).mkdir(parents=True)
+        scp, text, utt2spk = [], [], []
+        for spk in speakers:
+            for n in range(4):
+                utt = f"{spk}{n:04d}"
+                sentence = " ".join(rng.choice(words, size=2))
+                path = corpus / "WAVE" / f"SPEAKER{spk}" / f"{utt}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(path, synth_utterance(sentence, seed=int(utt)), 16000)
+                scp.append(f"{utt}\tWAVE/SPEAKER{spk}/{utt}.wav")
+                text.append(f"{utt}\t{sentence.upper()}")
+                utt2spk.append(f"{utt} {spk}")
+        for name, lines in (("wav.scp", scp), ("text", text), ("utt2spk", utt2spk)):
+            (corpus / split / name).write_text("\n".join(lines) + "\n")
+    extra = tmp_path / "extra.jsonl"  # "another corpus": two more utterances under other ids
+    rows = [{"id": f"x{i}", "audio": str(corpus / "WAVE" / "SPEAKER0001" / f"0001{i:04d}.wav"), "duration": 1.0,
+             "text": "a bad"} for i in range(2)]
+    extra.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work = tmp_path / "work"
+    train_args = ("model.hidden_size=16 model.num_layers=1 features.n_mels=24 train.epochs=1 train.num_workers=0 "
+                  "train.max_batch_seconds=16 train.device=cpu")
+    result = _run("bash", "recipes/speechocean762/run.sh", "--corpus-dir", str(corpus), "--work-dir", str(work),
+                  "--dev-speakers", "1", "--config", "conf/librispeech_small.yaml", "--train-args", train_args,
+                  "--extra-train", str(extra), "--extra-dev", str(extra), "--decode-args", "--device cpu")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = work / "data"
+    dev_speakers = {json.loads(line)["speaker"] for line in (data / "dev.jsonl").read_text().splitlines()}
+    rest_speakers = {json.loads(line)["speaker"] for line in (data / "train_rest.jsonl").read_text().splitlines()}
+    assert len(dev_speakers) == 1 and len(rest_speakers) == 2 and not dev_speakers & rest_speakers
+    exp = work / "exp" / "librispeech_small"
+    valid = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines() if '"valid"' in line]
+    assert set(valid[-1]["sets"]) == {"dev", "extra"}
+    assert "%WER" in (exp / "wer.txt").read_text()
+    assert len((exp / "decode_test" / "hyp.txt").read_text().splitlines()) == 4

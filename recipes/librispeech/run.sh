@@ -22,7 +22,8 @@ train_set=""                  # default: train (local copy with train/ and dev/)
 dev_set=""                    # default: dev or dev-clean-2
 lm_files=""                   # also download these LM resources (openslr 11) into DOWNLOAD_DIR/lm, e.g.
                               # "librispeech-vocab.txt librispeech-lexicon.txt 3-gram.pruned.1e-7.arpa.gz 4-gram.arpa.gz"
-config=""                     # default: conf/librispeech.yaml with a GPU, conf/librispeech_small.yaml without
+config=""                     # default: conf/librispeech.yaml with a GPU; on a CPU conf/whisper_bilstm_cpu.yaml
+                              # (pretrained extra installed) or else conf/librispeech_small.yaml
 exp_name=""                   # default: named after the config
 train_args=""                 # config overrides, e.g. "train.max_minutes=45 train.lr=1e-3"
 decode_args=""                # e.g. "--device cpu"
@@ -51,13 +52,8 @@ if [ -n "$corpus_dir" ] && [ -d "$corpus_dir/train" ] && [ -d "$corpus_dir/dev" 
 else
   train_set=${train_set:-train-clean-5}; dev_set=${dev_set:-dev-clean-2}
 fi
-if [ -z "$config" ]; then
-  if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    config=$root/conf/librispeech.yaml
-  else
-    config=$root/conf/librispeech_small.yaml
-  fi
-fi
+. "$recipe_dir/../default_config.sh"
+config=${config:-$(default_config "$root/conf/librispeech.yaml" "$root/conf/librispeech_small.yaml")}
 exp_name=${exp_name:-$(basename "$config" .yaml)}
 # A set is one subset or several combined into one manifest, named by the words joined with '+'.
 subsets() {
