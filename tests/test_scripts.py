@@ -236,3 +236,33 @@ def test_bench_infer_with_an_untrained_model_of_a_config(manifest, tmp_path, cap
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert int(cells[1]) == 2 * len(TRANSCRIPTS) and float(cells[4]) > 0
+
+
+def test_experiments_score_every_dev_set_and_a_run_may_train_on_its_own_manifests(manifest, tmp_path, monkeypatch):
+    experiments = load_script("experiments")
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(manifest.read_text().splitlines(keepends=True)[:4]))
+    spec = write_spec(tmp_path, manifest, [
+        {"name": "base", "change": "nothing", "overrides": []},
+        {"name": "small_data", "change": "4 utterances", "overrides": [], "train": [str(other)]},
+    ])
+    data = yaml.safe_load(spec.read_text())
+    data["dev"] = [str(manifest), str(other)]
+    spec.write_text(yaml.safe_dump(data))
+    commands = []
+
+    def record(command, log_path):
+        commands.append(command)
+        return run_in_process(command, log_path)
+
+    monkeypatch.setattr(experiments, "run_logged", record)
+    assert experiments.main([str(spec)]) == 0
+    trains = [c for c in commands if c[3] == "train"]
+    assert trains[1][trains[1].index("--train") + 1:trains[1].index("--dev")] == [str(other)]
+    assert trains[0][trains[0].index("--dev") + 1:trains[0].index("--out")] == [str(manifest), str(other)]
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    for row in results:
+        assert row["greedy_wer"] >= 0 and row["greedy_other_wer"] >= 0 and row["cpu_minutes"] >= 0
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| other greedy WER | other greedy CER |" in table and "| CPU min |" in table
+    assert (tmp_path / "out" / "small_data" / "decode_other_greedy" / "wer.txt").is_file()
