@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", type=Path, default=None,
                    help="spell words in this checkpoint's units (BPE pieces, or characters + '|') instead of characters")
     c.set_defaults(run=_lm_lexicon)
+    c = lm.add_parser("perplexity", help="per-word perplexity of text under an ARPA model (KenLM's convention)")
+    c.add_argument("lm", type=Path, help="ARPA file (.arpa or .arpa.gz)")
+    c.add_argument("text", type=Path, help="a manifest (.jsonl: its transcripts) or text, one sentence per line")
+    c.set_defaults(run=_lm_perplexity)
 
     p = sub.add_parser("score", help="WER and CER of hypotheses against references")
     p.add_argument("ref", type=Path, help="manifest or 'id<TAB>text' file")
@@ -535,6 +539,20 @@ def _lm_build(args: argparse.Namespace) -> int:
     write_arpa(model, args.out)
     sizes = ", ".join(f"{n}-grams {len(t.word)}" for n, t in enumerate(model.orders, 1))
     print(f"wrote {args.out} ({sizes}) in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _lm_perplexity(args: argparse.Namespace) -> int:
+    from .data import read_manifest
+    from .lm import iter_text, perplexity
+
+    if args.text.suffix == ".jsonl":
+        sentences = [u.text for u in read_manifest(args.text)]
+    else:
+        sentences = list(iter_text(args.text))
+    result = perplexity(args.lm, sentences)
+    print(f"{args.text}: perplexity {result['perplexity']:.1f} over {result['words']} words and "
+          f"{result['sentences']} sentences (</s> counted), OOV rate {100 * result['oov_rate']:.2f}% ({args.lm})")
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import logging
 import math
 import os
@@ -126,17 +127,81 @@ def iter_text(path: str | os.PathLike, max_lines: int = 0) -> Iterator[str]:
                 yield text
 
 
+def _open_text(path: str | os.PathLike) -> io.TextIOBase:
+    """A text file for reading, gunzipped when its name ends in .gz (ARPA files ship compressed)."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_arpa(path: str | os.PathLike) -> list[dict[tuple[str, ...], tuple[float, float]]]:
+    """An ARPA file (.gz too) as one dict per order: n-gram words -> (log10 p, log10 backoff)."""
+    tables: list[dict[tuple[str, ...], tuple[float, float]]] = []
+    with _open_text(path) as f:
+        if f.readline().strip() != "\\data\\":
+            raise ValueError(f"{path}: not an ARPA file (it must start with \\data\\)")
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\") and line.endswith("-grams:"):
+                n = int(line[1:].split("-")[0])
+                tables.append({})
+            elif line and not line.startswith(("\\", "ngram ")) and tables:
+                fields = line.split()
+                if len(fields) not in (n + 1, n + 2):
+                    raise ValueError(f"{path}: malformed {n}-gram line {line[:80]!r}")
+                tables[n - 1][tuple(fields[1:n + 1])] = (float(fields[0]), float(fields[n + 1]) if len(fields) == n + 2 else 0.0)
+    if not tables:
+        raise ValueError(f"{path}: no n-grams in the ARPA file")
+    return tables
+
+
+def arpa_log10_prob(tables: list[dict[tuple[str, ...], tuple[float, float]]], history: Sequence[str], word: str) -> float:
+    """log10 p(word | history) with ARPA backoff: the longest n-gram present, plus the backoff
+    weights of the contexts that were shortened to reach it."""
+    context = tuple(history[len(history) - len(tables) + 1:]) if len(tables) > 1 else ()
+    backoff = 0.0
+    while True:
+        entry = tables[len(context)].get(context + (word,))
+        if entry is not None:
+            return backoff + entry[0]
+        if not context:
+            return backoff + tables[0][(UNK,)][0]
+        backoff += tables[len(context) - 1].get(context, (0.0, 0.0))[1]
+        context = context[1:]
+
+
+def perplexity(arpa: str | os.PathLike, sentences: Iterable[str]) -> dict[str, float]:
+    """Per-word perplexity of normalized sentences under an ARPA model, as KenLM's `query` reports it:
+    every word and each sentence's </s> counted, words outside the vocabulary scored as <unk> (their
+    share is returned as oov_rate). Returns {perplexity, words, sentences, oov_rate}."""
+    tables = read_arpa(arpa)
+    vocab = {key[0] for key in tables[0]}
+    total, tokens, oov, count = 0.0, 0, 0, 0
+    for sentence in sentences:
+        words = [w if w in vocab else UNK for w in sentence.split()] + [EOS]
+        oov += words.count(UNK)
+        history = [BOS]
+        for word in words:
+            total += arpa_log10_prob(tables, history, word)
+            history.append(word)
+        tokens += len(words)
+        count += 1
+    if not tokens:
+        raise ValueError("no sentences to score")
+    return {"perplexity": 10 ** (-total / tokens), "words": tokens - count, "sentences": count,
+            "oov_rate": oov / max(tokens - count, 1)}
+
+
 def read_vocab(path: str | os.PathLike) -> list[str]:
     """Words of a vocabulary: one per line (first column), or the unigrams of an ARPA file;
     normalized like transcripts, in first-seen order, without <s> </s> <unk>."""
     words: dict[str, None] = {}
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         first = f.readline()
-        f.seek(0)
         if first.strip() == "\\data\\":
             lines: Iterable[str] = _arpa_unigrams(f)
         else:
-            lines = (line.split()[0] for line in f if line.strip())
+            lines = itertools.chain([first.split()[0]] if first.strip() else [], (line.split()[0] for line in f if line.strip()))
         for word in lines:
             if word in (UNK, BOS, EOS):
                 continue

@@ -152,3 +152,33 @@ def test_cli_lm_build_and_lexicon(tmp_path, capsys):
     assert read_vocab(vocab) == ["the", "cat", "sat", "dog", "cat's"]
     assert write_lexicon(["ab"], tmp_path / "l2.txt", word_separator="") == 1
     assert (tmp_path / "l2.txt").read_text() == "ab\ta b\n"
+
+
+def test_perplexity_from_the_arpa_file_agrees_with_the_model_and_reads_gzip(tmp_path, capsys):
+    """asr.lm.perplexity reads the written ARPA (plain and .gz) and backs off as the model defines
+    p(w|h) (NgramModel.prob, checked above to sum to one): a hand-summed perplexity must match."""
+    import gzip
+    import shutil
+
+    from asr.lm import perplexity
+
+    model = build_ngram_model(CORPUS, order=3, prune=[0, 0, 1])
+    write_arpa(model, tmp_path / "lm.arpa")
+    with open(tmp_path / "lm.arpa", "rb") as src, gzip.open(tmp_path / "lm.arpa.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    sentences = [CORPUS[0], CORPUS[-1], "zzz " + CORPUS[1]]  # the last holds an unknown word
+    total, tokens = 0.0, 0
+    for sentence in sentences:
+        words = ["<s>"] + [w if w in model.words else "<unk>" for w in sentence.split()] + ["</s>"]
+        for i in range(1, len(words)):
+            total += math.log10(model.prob(words[max(0, i - 2):i + 1]))
+            tokens += 1
+    expected = 10 ** (-total / tokens)
+    for path in ("lm.arpa", "lm.arpa.gz"):
+        result = perplexity(tmp_path / path, sentences)
+        assert result["perplexity"] == pytest.approx(expected, rel=1e-5)
+        assert result["sentences"] == 3 and result["oov_rate"] == pytest.approx(1 / result["words"])
+    (tmp_path / "dev.txt").write_text("\n".join(sentences) + "\n")
+    assert asr_main(["lm", "perplexity", str(tmp_path / "lm.arpa.gz"), str(tmp_path / "dev.txt")]) == 0
+    assert f"perplexity {expected:.1f}" in capsys.readouterr().out
+    assert read_vocab(tmp_path / "lm.arpa.gz") == read_vocab(tmp_path / "lm.arpa")  # the lexicon reads .gz too
