@@ -123,13 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt); asr export model compacts it")
     p.set_defaults(run=_average)
 
+    p = sub.add_parser("upgrade-checkpoint", help="convert a checkpoint written by an older asr to the safe format",
+                       description="Rewrite a checkpoint whose RNG state holds numpy arrays (last.pt or best.pt "
+                       "written by asr before checkpoints became plain data) so that every command loads it. "
+                       "It is read as data only, like any checkpoint: no code from the file runs.")
+    p.add_argument("checkpoint", type=Path, help="the old checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="file to write (may be CHECKPOINT itself)")
+    p.set_defaults(run=_upgrade_checkpoint)
+
     p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
                        "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
     p.add_argument("--config", type=Path, default=None, help="YAML config (conf/*.yaml); defaults if omitted")
     p.add_argument("--train", required=True, type=Path, help="training manifest")
     p.add_argument("--dev", required=True, type=Path, help="dev manifest (validated after each epoch)")
     p.add_argument("--out", required=True, type=Path, help="experiment folder (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/last.pt; refused if the config differs beyond the keys safe to change "
+                        "(asr.train.RESUME_SAFE_KEYS: train.max_minutes, train.max_steps, train.epochs upwards, ...)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="--resume, continuing with the new values of changed train/specaug keys (never model, "
+                        "features or tokenizer ones)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(run=_train)
 
@@ -317,6 +330,14 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import upgrade_checkpoint
+
+    converted = upgrade_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {args.out}: " + (f"converted {', '.join(converted)}" if converted else "nothing to convert"))
+    return 0
+
+
 def _transcribe_model_and_paths(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """transcribe's model and audio: --model; else a first argument ending in .pt or .pth (the form
     'asr transcribe MODEL AUDIO...'); else the default model (asr.transcribe.default_model_path)."""
@@ -342,7 +363,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train import distributed_setup_from_env, train
 
     config = load_config(args.config, args.overrides)
-    state = train(config, read_manifest(args.train), read_manifest(args.dev), args.out, resume=args.resume)
+    state = train(config, read_manifest(args.train), read_manifest(args.dev), args.out,
+                  resume=args.resume or args.force_resume, force_resume=args.force_resume)
     if distributed_setup_from_env().is_main:  # under torchrun, one summary (rank 0's)
         print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
               f"checkpoints in {args.out}")
