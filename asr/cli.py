@@ -224,7 +224,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                        help="txt: 'path<TAB>text' (with --timestamps 'path<TAB>start<TAB>end<TAB>word' per word); "
                             "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
         p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
-        p.add_argument("--out-dir", type=Path, default=None, help="srt/vtt: write <name>.srt|.vtt per file here")
+        p.add_argument("--out-dir", type=Path, default=None,
+                       help="srt/vtt: write one file per input here, at the input's path relative to the folder "
+                            "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
 
 
 def _add_prepare_options(c: argparse.ArgumentParser) -> None:
@@ -482,6 +484,11 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     from .decode import decoder_from_settings
 
     timestamps = args.timestamps or output_format in ("srt", "vtt")
+    outputs = None
+    if output_format in ("srt", "vtt") and args.out_dir is not None:
+        from .transcribe import expand_paths, output_paths
+
+        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
     decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
     results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
                                         timestamps=timestamps, progress=len(args.paths) > 1,
@@ -504,7 +511,7 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
             if args.out_dir is None:
                 print(text, end="")
             else:
-                out = args.out_dir / (Path(r.path).stem + "." + output_format)
+                out = outputs[r.path]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(text, encoding="utf-8")
                 print(out)

@@ -51,6 +51,29 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def output_paths(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, suffix: str) -> dict[str, Path]:
+    """Where the per-file outputs (subtitles) of `files` (as `expand_paths` gives them) go: each
+    file's path relative to the deepest folder holding them all, below `out_dir`, with `suffix` for
+    its extension. So 'a/x.wav' and 'b/x.wav' give OUT/a/x.srt and OUT/b/x.srt, and the files of one
+    folder keep their sub-folders. Keyed by str(file). Two files that would still share an output (x.wav
+    and x.flac side by side) are a ValueError naming both, raised before anything is transcribed."""
+    files = [Path(f) for f in files]
+    if not files:
+        return {}
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    root = Path(os.path.commonpath([str(a.parent) for a in absolute]))
+    outputs: dict[str, Path] = {}
+    taken: dict[Path, tuple[Path, Path]] = {}  # output -> (input as given, its absolute path)
+    for given, full in zip(files, absolute):
+        out = Path(out_dir) / full.relative_to(root).with_suffix(suffix)
+        if out in taken and taken[out][1] != full:
+            raise ValueError(f"{taken[out][0]} and {given} would both be written to {out}; rename one, or "
+                             "transcribe them in separate runs")
+        taken[out] = (given, full)
+        outputs[str(given)] = out
+    return outputs
+
+
 def transcribe_files(
     model: CTCModel,
     tokenizer: Tokenizer,
