@@ -431,13 +431,21 @@ def _transcribe(args: argparse.Namespace) -> int:
     results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
                                chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     for r in results:
+        _report_file_warning(r)
         if r.error:
             _report_file_error(r, args.json)
         elif args.json:
-            print(_json_line({"path": r.path, "text": r.text, "duration": round(r.duration, 3)}))
+            print(_json_line({"path": r.path, "text": r.text, "duration": round(r.duration, 3),
+                              **({"warning": r.warning} if r.warning else {})}))
         else:
             print(f"{r.path}\t{r.text}")
     return _transcribe_exit_code(results)
+
+
+def _report_file_warning(result) -> None:
+    """A file read but not transcribed (too short): named on stderr; its empty transcript is still printed."""
+    if result.warning:
+        print(f"asr transcribe: warning: {result.warning}", file=sys.stderr)
 
 
 def _report_file_error(result, as_json: bool) -> None:
@@ -497,10 +505,13 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     if subtitles and args.out_dir is None and len(results) > 1:
         raise ValueError(f"--format {output_format} with several files needs --out-dir")
     for r in results:
+        _report_file_warning(r)
         if r.error:
             _report_file_error(r, output_format == "json")
         elif output_format == "json":
             obj = {"path": r.path, "text": r.text, "duration": round(r.duration, 3)}
+            if r.warning:
+                obj["warning"] = r.warning
             if r.words is not None:
                 obj["words"] = words_to_json(r.words)
             if args.nbest > 1:
