@@ -7,6 +7,11 @@ updates mid-epoch, and a resumed run continues at the exact batch with the same 
 ends with the same weights as an uninterrupted one; a batch with a non-finite loss or gradient is
 skipped and counted; on CUDA out-of-memory the batch is retried in smaller parts (same update).
 
+`--resume` continues only with the config last.pt was trained with, up to RESUME_SAFE_KEYS
+(`check_resume_config`): any other change stops with the differing keys before data is read;
+`--force-resume` continues with changed train/specaug values (lr and weight decay replace those in the
+optimizer state), never with changed features/model/tokenizer sections.
+
 Several GPUs (or CPU processes): `torchrun --nproc-per-node N -m asr.train <arguments of asr train>`.
 Each process (rank) trains on every N-th batch of the epoch with DistributedDataParallel (gradients
 averaged), so one update sees N batches; rank 0 alone estimates the feature normalizer (then sent to
@@ -238,6 +243,7 @@ def _train(
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        _apply_schedule_settings(optimizer, scheduler, tc)
         state = TrainState(**payload["state"])
         rng_state = _rng_state_of_rank(payload, setup)
         if rng_state is not None:
@@ -477,6 +483,20 @@ def check_resume_config(saved: Config, new: Config, force: bool = False, path: s
             f"recipe) to start afresh with them, or add --force-resume to continue this run with the new values. "
             f"(Safe to change when resuming: {', '.join(RESUME_SAFE_KEYS)}, and train.epochs upwards)")
     return [f"{k} {old!r} -> {value!r}" for k, old, value in changes]
+
+
+def _apply_schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                             tc: Any) -> None:
+    """After loading their states from a checkpoint: the optimizer and schedule follow this run's
+    train.lr and train.weight_decay (the states hold the values they were saved with, which would
+    silently win after --force-resume), and the current learning rate is that of this run's schedule
+    (e.g. stretched by more train.epochs) at the current step. With unchanged settings this sets the
+    very values that were loaded, so an exact resume stays exact."""
+    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = tc.lr
+        group["weight_decay"] = tc.weight_decay
+        group["lr"] = tc.lr * factor(scheduler.last_epoch)
 
 
 def _config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:

@@ -296,10 +296,16 @@ def test_resume_accepts_the_keys_safe_to_change(stopped_run, tmp_path):
 def test_force_resume_continues_with_the_new_values(stopped_run, tmp_path):
     manifest, run = stopped_run
     run = _copy_run(run, tmp_path)
-    code, err = _asr_train(manifest, run, "--force-resume", "train.lr=1e-3", "train.max_steps=3")
+    code, err = _asr_train(manifest, run, "--force-resume", "train.lr=1e-3", "train.weight_decay=0.1",
+                           "train.max_steps=3")
     assert code == 0, err
     payload = read_checkpoint(run / "last.pt")
     assert payload["state"]["step"] == 3 and payload["config"]["train"]["lr"] == 1e-3
+    # The new values are the ones in force, not those the optimizer and scheduler states were saved with.
+    assert payload["scheduler"]["base_lrs"] == [1e-3]
+    [group] = payload["optimizer"]["param_groups"]
+    assert group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.1
+    assert group["lr"] == 1e-3 * _lr_lambda(3, 12, 0.05)(3)  # warm-up 3 of 12 updates (OVERRIDES), after 3
     assert "resuming" in (run / "train.log").read_text() and "train.lr 0.003 -> 0.001" in (run / "train.log").read_text()
 
 
