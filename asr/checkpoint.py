@@ -182,7 +182,9 @@ def check_entries(payload: Any, path: str | os.PathLike, required: Sequence[str]
     raise ValueError(f"{path}: incomplete checkpoint: {'; '.join(problems)} (it holds: {held}){hint}")
 
 
-def model_from_payload(payload: dict[str, Any], source: str | os.PathLike = "checkpoint") -> tuple[CTCModel, Tokenizer, Config]:
+def model_from_payload(
+    payload: dict[str, Any], source: str | os.PathLike = "checkpoint"
+) -> tuple[CTCModel, Tokenizer, Config]:
     """(model, tokenizer, config) from a checkpoint payload; `source` names it in errors. Weights
     that do not fit the model the config describes are one ValueError listing what differs."""
     check_entries(payload, source)
