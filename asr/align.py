@@ -160,6 +160,7 @@ class DetailedTranscript:
     text: str = ""
     duration: float = 0.0
     error: str = ""
+    warning: str = ""  # read but too short to transcribe: text "" (asr.transcribe.too_short_warning)
     nbest: list | None = None  # [(text, score)], best first
     words: list[WordTiming] | None = None
 
@@ -175,9 +176,12 @@ def transcribe_files_detailed(model, tokenizer: Tokenizer, paths, device, decode
     `chunk_seconds`, each decoded and aligned on its own, so neither the search nor the alignment
     grows with the file. Their n-best list holds only the joined best hypothesis."""
     from .decode import decode_waves
-    from .transcribe import load_files, long_file_test, long_log_probs, pause_segments
+    from .transcribe import (
+        load_files, long_file_test, long_log_probs, min_audio_samples, pause_segments, too_short_warning,
+    )
 
-    results, readable, waves, long_files = load_files(paths, model.feature_config.sample_rate, DetailedTranscript,
+    rate, min_samples = model.feature_config.sample_rate, min_audio_samples(model)
+    results, readable, waves, long_files = load_files(paths, rate, DetailedTranscript, min_samples=min_samples,
                                                       defer=long_file_test(model, chunk_seconds, chunk_overlap))
     hyps, log_probs = decode_waves(model, decoder, waves, device, batch_seconds, progress, keep_log_probs=timestamps)
     for i, (result, nbest) in enumerate(zip(readable, hyps)):
@@ -190,6 +194,9 @@ def transcribe_files_detailed(model, tokenizer: Tokenizer, paths, device, decode
             frames, result.duration = long_log_probs(model, result.path, device, chunk_seconds, chunk_overlap, batch_seconds)
         except AudioError as e:
             result.error = str(e)
+            continue
+        result.warning = too_short_warning(result.path, round(result.duration * rate), min_samples, rate)
+        if result.warning:  # only when chunk_seconds is shorter than that
             continue
         max_frames = max(1, int(chunk_seconds / model.frame_shift))
         texts, score, words = [], 0.0, []
@@ -208,6 +215,9 @@ def transcribe_files_detailed(model, tokenizer: Tokenizer, paths, device, decode
         result.nbest = [(result.text, score)]
         if timestamps:
             result.words = _clip_words(words, result.duration)
+    for result in results:
+        if result.warning:  # too short: an empty transcript, like a file of silence
+            result.nbest, result.words = [("", 0.0)], [] if timestamps else None
     return results
 
 

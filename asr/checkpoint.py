@@ -4,6 +4,22 @@ scheduler, step counters and RNG states).
 
 Writes are atomic (temporary file, fsync, rename): a process killed mid-save leaves the previous
 checkpoint intact, never a truncated one.
+
+Loading runs no code. Every reader (transcribe, decode, resume, average, export, lexicon, the
+server) goes through `read_checkpoint`, which calls `torch.load(weights_only=True)`: torch's
+restricted unpickler builds only tensors and plain data (dict, list, tuple, str, bytes, int, float,
+bool, None; and TorchVersion, a str) and refuses any other Python object, so a crafted file cannot
+run what it pickles. The file format stays torch's `.pt` zip rather than safetensors + JSON: the
+resume payload (optimizer, scheduler, RNG states) is nested plain data that safetensors cannot
+hold, the safe reader comes with torch (no new dependency), and files written before mostly stay
+readable (exports, averages, epoch<N>.pt and best.pt of EMA runs). What we store is plain by
+construction: the numpy RNG state is kept as a tensor (asr.train).
+
+Checkpoints written by asr before this format hold the numpy RNG state as a numpy array (last.pt,
+and best.pt copied from it), which the safe reader refuses with a message naming the one way to
+convert them: `asr upgrade-checkpoint OLD --out NEW` (`upgrade_checkpoint`), which reads the file
+with the same restricted unpickler, allowing numpy arrays in addition, and writes it in the
+current format.
 """
 
 from __future__ import annotations
@@ -12,6 +28,7 @@ import dataclasses
 import glob
 import io
 import os
+import pickle
 import re
 import shutil
 from datetime import datetime, timezone
@@ -25,6 +42,14 @@ from .model import CTCModel
 from .text import Tokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
+# What a checkpoint must hold to build a model (best.pt, epoch<N>.pt, exports, averages) ...
+MODEL_ENTRIES = ("config", "tokenizer", "model")
+# ... and to resume training from it (last.pt).
+RESUME_ENTRIES = MODEL_ENTRIES + ("optimizer", "scheduler", "state", "rng")
+UPGRADE_COMMAND = "asr upgrade-checkpoint"
+# Beyond torch's plain types, the safe loader accepts only this: a str subclass that exports written
+# before the safe format hold in their metadata (the torch version), harmless to build.
+SAFE_EXTRA_GLOBALS = [torch.torch_version.TorchVersion]
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -70,34 +95,205 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
         os.close(dir_fd)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_data_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The contents of a file written by torch.save, read with torch's restricted unpickler
+    (weights_only=True): tensors and plain data only, so loading runs no code from the file. A file
+    that holds anything else is refused with a ValueError naming the file and what it holds."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(_refusal(path, e)) from None
     except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise ValueError(f"{path}: not an asr checkpoint (no model/config inside)")
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """Why the safe reader refused `path`: an old asr file (numpy arrays only), or one that would run code."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_EXTRA_GLOBALS}
+    found = [name for name in _unsafe_globals(path, error) if name not in allowed]
+    if found and all(_is_numpy_array_global(name) for name in found):
+        return (f"{path}: written by an older asr: it holds numpy arrays (the numpy RNG state of a training "
+                f"checkpoint), which the safe loader does not read. Convert it once with: {UPGRADE_COMMAND} "
+                f"{path} --out NEW.pt (it runs no code from the file either)")
+    what = ", ".join(found) if found else str(error).splitlines()[0]
+    return (f"{path}: refused: loading this file would run Python code or build objects that are not data "
+            f"({what}); asr reads checkpoints as tensors and plain data only. Do not use this file unless you "
+            "know why it holds that")
+
+
+def _unsafe_globals(path: Path, error: Exception) -> list[str]:
+    """The Python names (module.name) the file's pickle refers to that the safe loader refuses."""
+    lister = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if lister is not None:
+        try:
+            return list(lister(path))
+        except Exception:
+            pass
+    return re.findall(r"GLOBAL ([\w.]+)", str(error))
+
+
+def _is_numpy_array_global(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("_reconstruct", "ndarray", "dtype", "scalar") and name.startswith("numpy.") \
+        or name.startswith("numpy.dtypes.")
+
+
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", required: Sequence[str] = MODEL_ENTRIES
+) -> dict[str, Any]:
+    """A checkpoint's payload, read safely (`load_data_file`: no code runs) and checked to hold
+    `required` entries (MODEL_ENTRIES; RESUME_ENTRIES to resume training) of the right kinds;
+    otherwise one ValueError names the file and everything missing."""
+    path = Path(path)
+    payload = load_data_file(path, map_location)
+    check_entries(payload, path, required)
     return payload
 
 
-def model_from_payload(payload: dict[str, Any]) -> tuple[CTCModel, Tokenizer, Config]:
-    config = config_from_dict(payload["config"], "checkpoint config")
-    tokenizer = tokenizer_from_dict(payload["tokenizer"])
+def check_entries(payload: Any, path: str | os.PathLike, required: Sequence[str] = MODEL_ENTRIES) -> None:
+    """Raise one ValueError naming `path` and every required entry that is missing or of the wrong kind."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not an asr checkpoint (it holds a {type(payload).__name__}, not a dict of entries)")
+    missing = [key for key in required if key not in payload]
+    kinds = {"config": dict, "tokenizer": dict, "model": dict, "optimizer": dict, "scheduler": dict, "state": dict,
+             "rng": dict}
+    wrong = [f"{key} (a {type(payload[key]).__name__}, not a {kinds[key].__name__})" for key in required
+             if key in payload and key in kinds and not isinstance(payload[key], kinds[key])]
+    if isinstance(payload.get("model"), dict) and "model" in required:
+        not_tensors = sorted(k for k, v in payload["model"].items() if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            wrong.append(f"model (entries that are not tensors: {', '.join(map(str, not_tensors[:5]))})")
+    if not missing and not wrong:
+        return
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if wrong:
+        problems.append(f"malformed {'; '.join(wrong)}")
+    held = ", ".join(sorted(map(str, payload))) or "nothing"
+    hint = ""
+    if set(missing) - set(MODEL_ENTRIES):
+        hint = "; a model file (best.pt, epoch<N>.pt, an export or average) cannot be resumed from, only last.pt"
+    elif "model" in missing and "config" in missing:
+        hint = "; is it an asr checkpoint at all?"
+    raise ValueError(f"{path}: incomplete checkpoint: {'; '.join(problems)} (it holds: {held}){hint}")
+
+
+def model_from_payload(
+    payload: dict[str, Any], source: str | os.PathLike = "checkpoint"
+) -> tuple[CTCModel, Tokenizer, Config]:
+    """(model, tokenizer, config) from a checkpoint payload; `source` names it in errors. Weights
+    that do not fit the model the config describes are one ValueError listing what differs."""
+    check_entries(payload, source)
+    config = config_from_dict(payload["config"], f"{source}: config")
+    try:
+        tokenizer = tokenizer_from_dict(payload["tokenizer"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{source}: malformed tokenizer entry ({type(e).__name__}: {e})") from None
     model = CTCModel(config.features, config.model, len(tokenizer))
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    mismatch = weights_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{source}: the weights do not fit the model its config and tokenizer describe ({mismatch})")
     model.load_state_dict(state)
     return model, tokenizer, config
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """'' when `found` has the names and shapes of `expected`, else a short list of what differs
+    (instead of load_state_dict's wall of size-mismatch lines)."""
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    shapes = [f"{k} {list(found[k].shape)} where the model has {list(expected[k].shape)}"
+              for k in expected if k in found and found[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)}: {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    if extra:
+        parts.append(f"unexpected {len(extra)}: {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}")
+    if shapes:
+        parts.append(f"{len(shapes)} of other shape, e.g. {'; '.join(shapes[:2])}")
+    return "; ".join(parts)
 
 
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[CTCModel, Tokenizer, Config]:
-    """A checkpoint -> (model in eval mode on `device`, its tokenizer, its config)."""
-    model, tokenizer, config = model_from_payload(read_checkpoint(path))
+    """A checkpoint -> (model in eval mode on `device`, its tokenizer, its config). The file is read
+    by `read_checkpoint`: as data only, no code from it runs; a file that is not a complete
+    checkpoint is one ValueError naming it and what is wrong."""
+    model, tokenizer, config = model_from_payload(read_checkpoint(path), path)
     return model.to(device).eval(), tokenizer, config
+
+
+def upgrade_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> list[str]:
+    """Rewrite a checkpoint written by an older asr, whose RNG state holds numpy arrays, in the
+    current format (`out` may be `source`: replaced atomically). The file is read by the same
+    restricted unpickler as `read_checkpoint`, with numpy arrays allowed in addition, so this runs
+    no code from it either: any other object is refused. Numpy arrays become tensors (uint32 as
+    int64, which holds them exactly) and numpy scalars Python numbers, which `asr.train` reads back
+    as the same RNG state. Returns where arrays were converted (e.g. ['rng.numpy[1]']); the result
+    is checked to load with `read_checkpoint` before it is written."""
+    source, out = Path(source), Path(out)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: checkpoint not found")
+    try:
+        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS + _numpy_array_globals()):
+            payload = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(_refusal(source, e)) from None
+    except Exception as e:
+        raise ValueError(f"{source}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    converted: list[str] = []
+    payload = _plain_data(payload, "", converted)
+    check_entries(payload, source)
+    data = io.BytesIO()
+    torch.save(payload, data)
+    data.seek(0)
+    try:
+        torch.load(data, weights_only=True)  # what every reader will do
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{source}: still not plain data after the upgrade ({str(e).splitlines()[0]})") from None
+    _write_atomic(out, lambda f: f.write(data.getbuffer()))
+    return converted
+
+
+def _numpy_array_globals() -> list:
+    """What pickled numpy arrays and scalars refer to, under the module names numpy 1 and 2 give them."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    allowed: list = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # a file from either numpy version
+        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    allowed += [getattr(np.dtypes, name) for name in dir(getattr(np, "dtypes", None)) if name.endswith("DType")]
+    return allowed
+
+
+def _plain_data(value: Any, where: str, converted: list[str]) -> Any:
+    """`value` with numpy arrays replaced by tensors and numpy scalars by Python numbers, recursively."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        converted.append(where or "(top)")
+        array = value.astype(np.int64) if value.dtype == np.uint32 else np.ascontiguousarray(value)
+        return torch.from_numpy(array.copy())
+    if isinstance(value, np.generic):
+        converted.append(where or "(top)")
+        return value.item()
+    if isinstance(value, torch.torch_version.TorchVersion):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain_data(v, f"{where}.{k}" if where else str(k), converted) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain_data(v, f"{where}[{i}]", converted) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    return value
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -135,7 +331,7 @@ def inference_payload(source: str | os.PathLike, dtype: str = "float16", note: s
         raise ValueError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, not {dtype!r}")
     source = Path(source)
     payload = read_checkpoint(source)
-    model, _, config = model_from_payload(payload)
+    model, _, config = model_from_payload(payload, source)
     settings = decode_settings(config.decode, source)
     decode_note = ""
     if settings.decoder in UNPORTABLE_DECODERS or settings.lm or settings.lexicon:
@@ -171,7 +367,7 @@ def inference_payload(source: str | os.PathLike, dtype: str = "float16", note: s
         "decode_from": "decode.yaml" if os.path.isfile(_decode_yaml(source)) else "checkpoint config",
         "decode_note": decode_note,
         "trained": {k: trained[k] for k in ("epoch", "step", "best_wer", "best_cer") if k in trained},
-        "versions": {"asr": _package_version(), "torch": torch.__version__},
+        "versions": {"asr": _package_version(), "torch": str(torch.__version__)},  # a str, not a TorchVersion
     }
     averaged = (payload.get("metadata") or {}).get("averaged")
     if averaged:

@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt); asr export model compacts it")
     p.set_defaults(run=_average)
 
+    p = sub.add_parser("upgrade-checkpoint", help="convert a checkpoint written by an older asr to the safe format",
+                       description="Rewrite a checkpoint whose RNG state holds numpy arrays (last.pt or best.pt "
+                       "written by asr before checkpoints became plain data) so that every command loads it. "
+                       "It is read as data only, like any checkpoint: no code from the file runs.")
+    p.add_argument("checkpoint", type=Path, help="the old checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="file to write (may be CHECKPOINT itself)")
+    p.set_defaults(run=_upgrade_checkpoint)
+
     p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
                        "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
     p.add_argument("--config", type=Path, default=None, help="YAML config (conf/*.yaml); defaults if omitted")
@@ -134,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", required=True, type=Path, nargs="+",
                    help="dev manifest(s), each scored after every epoch; best.pt by the WER over all of them")
     p.add_argument("--out", required=True, type=Path, help="experiment folder (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/last.pt; refused if the config differs beyond the keys safe to change "
+                        "(asr.train.RESUME_SAFE_KEYS: train.max_minutes, train.max_steps, train.epochs upwards, ...)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="--resume, continuing with the new values of changed train/specaug keys (never model, "
+                        "features or tokenizer ones)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(run=_train)
 
@@ -228,7 +241,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                        help="txt: 'path<TAB>text' (with --timestamps 'path<TAB>start<TAB>end<TAB>word' per word); "
                             "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
         p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
-        p.add_argument("--out-dir", type=Path, default=None, help="srt/vtt: write <name>.srt|.vtt per file here")
+        p.add_argument("--out-dir", type=Path, default=None,
+                       help="srt/vtt: write one file per input here, at the input's path relative to the folder "
+                            "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
 
 
 def _add_prepare_options(c: argparse.ArgumentParser) -> None:
@@ -336,6 +351,14 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import upgrade_checkpoint
+
+    converted = upgrade_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {args.out}: " + (f"converted {', '.join(converted)}" if converted else "nothing to convert"))
+    return 0
+
+
 def _transcribe_model_and_paths(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """transcribe's model and audio: --model; else a first argument ending in .pt or .pth (the form
     'asr transcribe MODEL AUDIO...'); else the default model (asr.transcribe.default_model_path)."""
@@ -368,7 +391,8 @@ def _train(args: argparse.Namespace) -> int:
                 raise ValueError(f"{path}: utterance id {u.id!r} is also in {seen[u.id]}; ids must be unique "
                                  "across training manifests")
             train_utts.append(u)
-    state = train(config, train_utts, _dev_sets(args.dev), args.out, resume=args.resume)
+    state = train(config, train_utts, _dev_sets(args.dev), args.out, resume=args.resume or args.force_resume,
+                  force_resume=args.force_resume)
     if distributed_setup_from_env().is_main:  # under torchrun, one summary (rank 0's)
         print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
               f"checkpoints in {args.out}")
@@ -444,13 +468,21 @@ def _transcribe(args: argparse.Namespace) -> int:
     results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
                                chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     for r in results:
+        _report_file_warning(r)
         if r.error:
             _report_file_error(r, args.json)
         elif args.json:
-            print(_json_line({"path": r.path, "text": r.text, "duration": round(r.duration, 3)}))
+            print(_json_line({"path": r.path, "text": r.text, "duration": round(r.duration, 3),
+                              **({"warning": r.warning} if r.warning else {})}))
         else:
             print(f"{r.path}\t{r.text}")
     return _transcribe_exit_code(results)
+
+
+def _report_file_warning(result) -> None:
+    """A file read but not transcribed (too short): named on stderr; its empty transcript is still printed."""
+    if result.warning:
+        print(f"asr transcribe: warning: {result.warning}", file=sys.stderr)
 
 
 def _report_file_error(result, as_json: bool) -> None:
@@ -497,6 +529,11 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     from .decode import decoder_from_settings
 
     timestamps = args.timestamps or output_format in ("srt", "vtt")
+    outputs = None
+    if output_format in ("srt", "vtt") and args.out_dir is not None:
+        from .transcribe import expand_paths, output_paths
+
+        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
     decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
     results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
                                         timestamps=timestamps, progress=len(args.paths) > 1,
@@ -505,10 +542,13 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     if subtitles and args.out_dir is None and len(results) > 1:
         raise ValueError(f"--format {output_format} with several files needs --out-dir")
     for r in results:
+        _report_file_warning(r)
         if r.error:
             _report_file_error(r, output_format == "json")
         elif output_format == "json":
             obj = {"path": r.path, "text": r.text, "duration": round(r.duration, 3)}
+            if r.warning:
+                obj["warning"] = r.warning
             if r.words is not None:
                 obj["words"] = words_to_json(r.words)
             if args.nbest > 1:
@@ -519,7 +559,7 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
             if args.out_dir is None:
                 print(text, end="")
             else:
-                out = args.out_dir / (Path(r.path).stem + "." + output_format)
+                out = outputs[r.path]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(text, encoding="utf-8")
                 print(out)

@@ -171,6 +171,25 @@ class CTCModel(nn.Module):
             lengths = torch.div(lengths, self.config.subsampling_factor, rounding_mode="floor").clamp(min=1)
         return int(lengths)
 
+    def min_samples(self) -> int:
+        """The shortest input (samples) that gives one encoder output frame computed from the audio
+        alone: the analysis windows of all the feature frames it combines lie inside the signal, not
+        in the reflect padding at its edges or the zeros after it. Shorter input still gives output
+        frames, but built from padding, and the model emits letters from them."""
+        hop, n_fft = self.feature_config.hop_length, self.feature_config.n_fft
+        first = -(-(n_fft // 2) // hop)  # first feature frame whose window starts at sample >= 0
+        if self.config.subsampling == "conv":
+            # Each stride-2, kernel-3, padding-1 layer: output j reads inputs 2j-1 .. 2j+1.
+            stride = 2 ** (self.config.subsampling_factor // 2)
+            reach = stride - 1  # output j reads feature frames stride*j - reach .. stride*j + reach
+            j = -(-(first + reach) // stride)
+            last = stride * j + reach
+        else:
+            factor = self.config.subsampling_factor  # output j stacks feature frames factor*j .. factor*j + factor-1
+            j = -(-first // factor)
+            last = factor * j + factor - 1
+        return last * hop + (n_fft - n_fft // 2)
+
     @property
     def samples_per_frame(self) -> int:
         """Input samples per output frame."""

@@ -7,6 +7,11 @@ updates mid-epoch, and a resumed run continues at the exact batch with the same 
 ends with the same weights as an uninterrupted one; a batch with a non-finite loss or gradient is
 skipped and counted; on CUDA out-of-memory the batch is retried in smaller parts (same update).
 
+`--resume` continues only with the config last.pt was trained with, up to RESUME_SAFE_KEYS
+(`check_resume_config`): any other change stops with the differing keys before data is read;
+`--force-resume` continues with changed train/specaug values (lr and weight decay replace those in the
+optimizer state), never with changed features/model/tokenizer sections.
+
 Several GPUs (or CPU processes): `torchrun --nproc-per-node N -m asr.train <arguments of asr train>`.
 Each process (rank) trains on every N-th batch of the epoch with DistributedDataParallel (gradients
 averaged), so one update sees N batches; rank 0 alone estimates the feature normalizer (then sent to
@@ -47,8 +52,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import copy_atomic, read_checkpoint, remove_stale_temp_files, resolve_device, save_checkpoint
-from .config import Config
+from .checkpoint import (
+    RESUME_ENTRIES, copy_atomic, read_checkpoint, remove_stale_temp_files, resolve_device, save_checkpoint,
+    weights_mismatch,
+)
+from .config import Config, config_from_dict
 from .data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
 from .decode import greedy_decode
 from .features import RunningStats, SpecAugmentConfig, spec_augment
@@ -62,6 +70,20 @@ TRACE_ENV = "ASR_TRAIN_TRACE_DIR"
 # How long ranks wait for each other, e.g. while rank 0 validates and saves (torch's NCCL default
 # is 10 minutes, too short for a large dev set).
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
+
+# The resume guard (`check_resume_config`): `--resume` continues a run only with the config its
+# last.pt was trained with, except for these keys, which change when the run stops, how often it
+# logs or saves, how it loads data or where it runs, never what it learns. ("section.*": all keys.)
+RESUME_SAFE_KEYS = (
+    "train.max_minutes", "train.max_cpu_minutes", "train.max_steps", "train.log_every", "train.feature_cache", "train.save_every_steps", "train.num_workers",
+    "train.preload_audio", "train.device", "train.keep_epoch_checkpoints", "decode.*",
+)
+# train.epochs may grow (the cosine schedule then stretches to the new end from the current step);
+# fewer epochs, like any other key, needs --force-resume.
+RESUME_GROWING_KEYS = ("train.epochs",)
+# These sections fix the shape and meaning of the weights: a run cannot continue with other values,
+# not even with --force-resume.
+RESUME_FIXED_SECTIONS = ("features", "model", "tokenizer")
 
 
 @dataclass
@@ -119,12 +141,17 @@ def train(
     dev_utts: Sequence[Utterance] | Mapping[str, Sequence[Utterance]],
     out_dir: str | Path,
     resume: bool = False,
+    force_resume: bool = False,
 ) -> TrainState:
     """Train a model and write checkpoints under out_dir. Returns the final state.
 
     `dev_utts` is one dev set, or several by name ({"libri-dev": [...], "so762-test": [...]}): each is
     scored on its own after every epoch (metrics.jsonl `sets`), and best.pt is chosen by the WER
     over all of them together (train.dev_max_utts applies to each).
+
+    With `resume`, continue from out_dir/last.pt if it exists, provided `config` matches the one it
+    was trained with up to RESUME_SAFE_KEYS (`check_resume_config`); `force_resume` accepts other
+    train/specaug changes too (never features, model or tokenizer ones).
 
     Under torchrun (WORLD_SIZE etc. set) this process is one rank of a DistributedDataParallel run."""
     setup = distributed_setup_from_env()
@@ -139,7 +166,7 @@ def train(
     if started_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     try:
-        return _train(config, train_utts, dev_utts, Path(out_dir), resume, setup, device)
+        return _train(config, train_utts, dev_utts, Path(out_dir), resume, setup, device, force_resume)
     finally:
         if started_group:
             dist.destroy_process_group()
@@ -147,10 +174,19 @@ def train(
 
 def _train(
     config: Config, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance], out_dir: Path, resume: bool,
-    setup: DistributedSetup, device: torch.device,
+    setup: DistributedSetup, device: torch.device, force_resume: bool = False,
 ) -> TrainState:
     out_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(out_dir / "train.log" if setup.is_main else None)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    payload: dict[str, Any] | None = None
+    if resume and last_path.is_file():
+        # Checked before any data is read: a refused resume costs nothing.
+        payload = read_checkpoint(last_path, map_location="cpu", required=RESUME_ENTRIES)
+        accepted = check_resume_config(config_from_dict(payload["config"], f"{last_path}: config"), config,
+                                       force_resume, last_path)
+        if accepted:
+            log.warning("resuming %s with changed settings: %s", last_path, "; ".join(accepted))
     tc = config.train
     if not 0.0 <= tc.ema_decay < 1.0:
         raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {tc.ema_decay}")
@@ -206,16 +242,21 @@ def _train(
         specaug_rng.manual_seed(_rank_seed(tc.seed, setup.rank) + 1)
 
     state = TrainState(world_size=setup.world_size)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if setup.is_main:
         remove_stale_temp_files(last_path)  # left by a process killed while saving
         remove_stale_temp_files(best_path)
-    payload: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        payload = read_checkpoint(last_path, map_location="cpu")
+    if payload is not None:
+        if payload["tokenizer"] != tokenizer.to_dict():
+            raise ValueError(f"{last_path}: cannot resume: the tokenizer built from this config and training data "
+                             "differs from the run's (BPE pieces trained on other transcripts?); train in another "
+                             "folder (--out, or --exp-name in a recipe)")
+        mismatch = weights_mismatch(model.state_dict(), payload["model"])
+        if mismatch:
+            raise ValueError(f"{last_path}: cannot resume: its weights do not fit the model of this config ({mismatch})")
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        _apply_schedule_settings(optimizer, scheduler, tc)
         state = TrainState(**payload["state"])
         rng_state = _rng_state_of_rank(payload, setup)
         if rng_state is not None:
@@ -437,6 +478,62 @@ def _train(
              stop_reason or f"{tc.epochs} epochs", state.step, state.elapsed / 60, state.skipped_batches,
              state.oom_splits, state.best_wer, state.best_cer, state.audio_seconds / max(state.elapsed, 1e-9))
     return state
+
+
+def check_resume_config(saved: Config, new: Config, force: bool = False, path: str | Path = "last.pt") -> list[str]:
+    """Whether a run trained with `saved` (the config in its last.pt at `path`) may continue with
+    `new`. Returns the accepted differences as 'key old -> new' (for the log); raises a ValueError
+    naming every differing key with both values when a change is refused:
+    - a features/model/tokenizer key (RESUME_FIXED_SECTIONS): always, the weights would not fit;
+    - any other key not in RESUME_SAFE_KEYS (and train.epochs made smaller), unless `force`."""
+    if saved.features.encoder_id and not new.features.encoder_id:
+        # The run keeps the pretrained encoder it was trained on; building the model then checks that
+        # the encoder found on this machine is that one.
+        new.features.encoder_id = saved.features.encoder_id
+    changes = _config_changes(saved.to_dict(), new.to_dict())
+    fixed = [c for c in changes if c[0].split(".")[0] in RESUME_FIXED_SECTIONS]
+    guarded = [c for c in changes if c not in fixed and not _safe_to_change(*c)]
+    describe = lambda items: ", ".join(f"{k} {old!r} -> {value!r}" for k, old, value in items)  # noqa: E731
+    run = Path(path).parent
+    if fixed:
+        raise ValueError(
+            f"{run}: cannot resume: {describe(fixed)} changes the model itself (the features, model and tokenizer "
+            f"settings fix the shape and meaning of the weights in {path}), which no option can continue. Train it "
+            f"in another folder (--out, or --exp-name in a recipe), or undo the change to continue this run")
+    if guarded and not force:
+        raise ValueError(
+            f"{run}: the config differs from the one {path} was trained with: {describe(guarded)}. Resuming would "
+            f"continue the old run, mixing both settings. Train in another folder (--out, or --exp-name in a "
+            f"recipe) to start afresh with them, or add --force-resume to continue this run with the new values. "
+            f"(Safe to change when resuming: {', '.join(RESUME_SAFE_KEYS)}, and train.epochs upwards)")
+    return [f"{k} {old!r} -> {value!r}" for k, old, value in changes]
+
+
+def _apply_schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                             tc: Any) -> None:
+    """After loading their states from a checkpoint: the optimizer and schedule follow this run's
+    train.lr and train.weight_decay (the states hold the values they were saved with, which would
+    silently win after --force-resume), and the current learning rate is that of this run's schedule
+    (e.g. stretched by more train.epochs) at the current step. With unchanged settings this sets the
+    very values that were loaded, so an exact resume stays exact."""
+    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = tc.lr
+        group["weight_decay"] = tc.weight_decay
+        group["lr"] = tc.lr * factor(scheduler.last_epoch)
+
+
+def _config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """[(section.key, saved value, new value)] for every option that differs."""
+    return [(f"{section}.{key}", saved.get(section, {}).get(key), value)
+            for section, values in new.items() for key, value in values.items()
+            if saved.get(section, {}).get(key) != value]
+
+
+def _safe_to_change(key: str, old: Any, new: Any) -> bool:
+    if key in RESUME_GROWING_KEYS:
+        return new >= old
+    return key in RESUME_SAFE_KEYS or f"{key.split('.')[0]}.*" in RESUME_SAFE_KEYS
 
 
 def validate(model: CTCModel, dev_set: SpeechDataset, tokenizer: Tokenizer, device: torch.device, config: Config,
@@ -840,9 +937,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def _get_rng_state(specaug_rng: torch.Generator, device: torch.device | None = None) -> dict:
+    """The RNG states as plain data (tuples, numbers, tensors), so that checkpoints load with
+    torch.load(weights_only=True): numpy's key array (uint32) is kept as an int64 tensor."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)),
         "torch": torch.get_rng_state(),
         "specaug": specaug_rng.get_state(),
     }
@@ -853,7 +953,8 @@ def _get_rng_state(specaug_rng: torch.Generator, device: torch.device | None = N
 
 def _set_rng_state(state: dict, specaug_rng: torch.Generator, device: torch.device | None = None) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]  # keys: a tensor (or an array, in memory)
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     specaug_rng.set_state(state["specaug"])
     cuda = state.get("cuda")

@@ -28,6 +28,10 @@ from .model import CTCModel
 from .text import Tokenizer
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".opus", ".ogg", ".mp3", ".sph", ".aiff", ".aif", ".au"}
+# Audio shorter than this holds no word: the shortest recordings of FSDD (3000 single spoken digits,
+# trimmed to the word) last 0.1435 s (measured, benchmarks/RESULTS.md); a 0.1 s file was transcribed
+# as "si". Shorter files get an empty transcript and a warning (`min_audio_samples`).
+MIN_SPEECH_SECONDS = 0.12
 
 
 @dataclass
@@ -36,6 +40,21 @@ class Transcript:
     text: str = ""
     duration: float = 0.0
     error: str = ""  # non-empty when the file could not be transcribed
+    warning: str = ""  # non-empty when the file was read but not transcribed (too short): text is ""
+
+
+def min_audio_samples(model: CTCModel) -> int:
+    """The shortest audio (samples at the model's rate) that is transcribed: enough for one output
+    frame computed from audio alone (`CTCModel.min_samples`) and at least MIN_SPEECH_SECONDS."""
+    return max(model.min_samples(), math.ceil(MIN_SPEECH_SECONDS * model.feature_config.sample_rate))
+
+
+def too_short_warning(path: str | os.PathLike, samples: int, min_samples: int, sample_rate: int) -> str:
+    """'' when `samples` suffice, else the warning naming the file (its transcript is left empty)."""
+    if samples >= min_samples:
+        return ""
+    return (f"{path}: {samples} sample{'' if samples == 1 else 's'} ({samples / sample_rate:.3f} s) of audio, too short "
+            f"to transcribe (this model needs at least {min_samples / sample_rate:.3f} s); transcript left empty")
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -51,6 +70,29 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def output_paths(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, suffix: str) -> dict[str, Path]:
+    """Where the per-file outputs (subtitles) of `files` (as `expand_paths` gives them) go: each
+    file's path relative to the deepest folder holding them all, below `out_dir`, with `suffix` for
+    its extension. So 'a/x.wav' and 'b/x.wav' give OUT/a/x.srt and OUT/b/x.srt, and the files of one
+    folder keep their sub-folders. Keyed by str(file). Two files that would still share an output (x.wav
+    and x.flac side by side) are a ValueError naming both, raised before anything is transcribed."""
+    files = [Path(f) for f in files]
+    if not files:
+        return {}
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    root = Path(os.path.commonpath([str(a.parent) for a in absolute]))
+    outputs: dict[str, Path] = {}
+    taken: dict[Path, tuple[Path, Path]] = {}  # output -> (input as given, its absolute path)
+    for given, full in zip(files, absolute):
+        out = Path(out_dir) / full.relative_to(root).with_suffix(suffix)
+        if out in taken and taken[out][1] != full:
+            raise ValueError(f"{taken[out][0]} and {given} would both be written to {out}; rename one, or "
+                             "transcribe them in separate runs")
+        taken[out] = (given, full)
+        outputs[str(given)] = out
+    return outputs
+
+
 def transcribe_files(
     model: CTCModel,
     tokenizer: Tokenizer,
@@ -64,14 +106,19 @@ def transcribe_files(
     """One Transcript per file, in the order of `expand_paths(paths)`. Files longer than
     `chunk_seconds` (0: none) are transcribed chunk by chunk with `transcribe_long`."""
     rate = model.feature_config.sample_rate
+    min_samples = min_audio_samples(model)
     results, readable, waves, long_files = load_files(
-        paths, rate, Transcript, defer=long_file_test(model, chunk_seconds, chunk_overlap))
+        paths, rate, Transcript, defer=long_file_test(model, chunk_seconds, chunk_overlap), min_samples=min_samples)
     for result in long_files:
         try:
             result.text, result.duration = transcribe_long(
                 model, tokenizer, Path(result.path), device, chunk_seconds, chunk_overlap, batch_seconds)
         except AudioError as e:
             result.error = str(e)
+            continue
+        result.warning = too_short_warning(result.path, round(result.duration * rate), min_samples, rate)
+        if result.warning:  # only when chunk_seconds is shorter than that
+            result.text = ""
     for result, text in zip(readable, transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress)):
         result.text = text
     return results
@@ -91,10 +138,12 @@ def load_files(
     sample_rate: int,
     new_result: Callable[[str], Any] = Transcript,
     defer: Callable[[Path], bool] | None = None,
+    min_samples: int = 0,
 ) -> tuple[list, list, list[torch.Tensor], list]:
     """Expand `paths` and read each audio file at `sample_rate`, one result object per path
     (`new_result(path)`, with .error/.duration set here). Returns (all results in order, the results of
-    the files read, their waveforms, the results of files left unread because `defer(path)` was true)."""
+    the files read, their waveforms, the results of files left unread because `defer(path)` was true).
+    A file shorter than `min_samples` gets a .warning (`too_short_warning`) and is not among those read."""
     results, readable, waves, deferred = [], [], [], []
     for path in expand_paths(paths):
         result = new_result(str(path))
@@ -110,6 +159,9 @@ def load_files(
                 result.error = str(e)
                 continue
             result.duration = wave.shape[0] / sample_rate
+            result.warning = too_short_warning(path, wave.shape[0], min_samples, sample_rate)
+            if result.warning:
+                continue
             readable.append(result)
             waves.append(wave)
     return results, readable, waves, deferred

@@ -8,6 +8,7 @@ import io
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,37 @@ def test_cli_transcribe_formats(random_model, tmp_path, capsys):
     assert asr_main(base + [str(f) for f in files] + ["--format", "vtt", "--out-dir", str(tmp_path / "subs")]) == 0
     assert sorted(p.name for p in (tmp_path / "subs").iterdir()) == ["f0.vtt", "f1.vtt"]
     assert asr_main(base + [str(f) for f in files] + ["--format", "srt"]) == 2  # several files need --out-dir
+
+
+def test_cli_out_dir_keeps_files_of_the_same_name_apart(random_model, tmp_path, capsys):
+    """--out-dir mirrors the inputs' relative paths: a/x.wav and b/x.wav no longer share x.srt; two inputs
+    that would still share an output are refused before anything is transcribed or written."""
+    model, config = random_model
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, {"config": config.to_dict(), "tokenizer": TOKENIZER.to_dict(), "model": model.state_dict()})
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    for name, seconds in (("a/x.wav", 1.0), ("b/x.wav", 1.5), ("b/deeper/y.wav", 1.0)):
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(inputs / name, (0.2 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+    out = tmp_path / "subs"
+    base = ["transcribe", "--model", str(ckpt), "--device", "cpu", "--format", "srt", "--out-dir", str(out)]
+    capsys.readouterr()
+    assert asr_main(base + [str(inputs / "a" / "x.wav"), str(inputs / "b")]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.srt"))
+    assert written == ["a/x.srt", "b/deeper/y.srt", "b/x.srt"]
+    assert sorted(capsys.readouterr().out.split()) == sorted(str(out / w) for w in written)
+    for name in ("a/x", "b/x"):  # each output holds its own input's subtitles
+        assert asr_main(base[:5] + ["--format", "srt", str(inputs / f"{name}.wav")]) == 0
+        assert (out / f"{name}.srt").read_text() == capsys.readouterr().out
+    assert (out / "a/x.srt").read_text() != (out / "b/x.srt").read_text()  # not one file written twice
+
+    shutil.rmtree(out)
+    soundfile.write(inputs / "a" / "x.flac", np.zeros(16000, dtype=np.float32), 16000)
+    assert asr_main(base + [str(inputs / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"{inputs / 'a' / 'x.flac'} and {inputs / 'a' / 'x.wav'} would both be written to {out / 'x.srt'}" in err
+    assert not out.exists()
 
 
 # --- timestamps against known truth: FSDD digits with silences between them -----------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr.checkpoint import read_checkpoint
+from asr.checkpoint import load_data_file, read_checkpoint
 from asr.config import load_config
 from asr.data import BucketBatchSampler, read_manifest
 from asr.train import TRACE_ENV, distributed_setup_from_env, train
@@ -77,7 +77,7 @@ def test_two_ranks_split_the_epoch_and_end_with_identical_weights(two_ranks, man
         assert sorted(mine[0] + mine[1]) == sorted(map(tuple, sampler.epoch_batches(epoch)))
         assert [r["batch"] for r in ranks[0] if r["epoch"] == epoch] == [0, 1]
 
-    weights = [torch.load(two_ranks / "trace" / f"rank{rank}.weights.pt") for rank in (0, 1)]
+    weights = [load_data_file(two_ranks / "trace" / f"rank{rank}.weights.pt") for rank in (0, 1)]
     _assert_same_weights(weights[0], weights[1])
     _assert_same_weights(weights[0], read_checkpoint(two_ranks / "exp" / "last.pt")["model"])
 

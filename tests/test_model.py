@@ -212,3 +212,32 @@ def test_a_few_steps_lower_the_ctc_loss(subsampling, factor):
     assert final < 0.7 * losses[0], losses + [final]
     # Gradients reached every trained parameter (the frontend and normalizer have none).
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("subsampling, factor", [("conv", 2), ("conv", 4), ("stack", 1), ("stack", 2), ("stack", 3)])
+@pytest.mark.parametrize("features", [FeatureConfig(), FeatureConfig(8000, 200, 80, 40)])
+def test_min_samples_is_the_shortest_input_with_one_frame_from_audio_alone(subsampling, factor, features):
+    """At min_samples() some subsampler output frame depends on the audio only: it is the same when
+    audio is appended, and (one output frame later) when a frame's worth of audio is prepended. One
+    sample less, every frame reads padding."""
+    torch.manual_seed(0)
+    config = ModelConfig(subsampling=subsampling, subsampling_factor=factor, conv_channels=4, hidden_size=8, num_layers=1)
+    model = CTCModel(features, config, VOCAB).eval()
+    shift = features.hop_length * factor  # samples per output frame
+    signal = torch.randn(8 * shift + 4 * features.n_fft)
+    loud = 1e5 * torch.randn(4 * shift)  # what is added around the clip: any dependence on it shows
+
+    def frames(wave: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x, lengths = model.subsampler(*model.features(wave[None], torch.tensor([wave.shape[0]])))
+        return x[0, : int(lengths[0])]
+
+    def audio_only_frames(n: int) -> list[int]:
+        clip = signal[:n]
+        alone, longer, earlier = frames(clip), frames(torch.cat([clip, loud])), frames(torch.cat([loud[:shift], clip]))
+        return [j for j in range(alone.shape[0]) if j + 1 < earlier.shape[0]
+                and torch.allclose(alone[j], longer[j], atol=1e-4) and torch.allclose(alone[j], earlier[j + 1], atol=1e-4)]
+
+    n = model.min_samples()
+    assert audio_only_frames(n), n
+    assert not audio_only_frames(n - 1), n

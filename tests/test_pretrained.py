@@ -227,3 +227,18 @@ def test_training_manifests_with_the_same_id_are_refused(tmp_path, capsys):
                  str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "exp")]) == 2
     assert "b.jsonl: utterance id 'u1' is also in" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
+
+
+@needs_encoder
+def test_resuming_a_run_keeps_its_encoder(tmp_path):
+    """A resumed run's config names no encoder (it is identified when the model is built): the run's
+    own one is taken, and building the model checks that the installed encoder is that one."""
+    from asr.train import check_resume_config
+
+    saved = load_config(None, WHISPER)
+    CTCModel(saved.features, saved.model, 30)  # records the encoder's identity in saved.features
+    new = load_config(None, WHISPER)
+    assert check_resume_config(saved, new) == [] and new.features.encoder_id == saved.features.encoder_id
+    other = load_config(None, WHISPER + ["features.encoder_id=whisper-base.en:" + "ab" * 32])
+    with pytest.raises(ValueError, match="cannot resume: features.encoder_id"):
+        check_resume_config(saved, other)

@@ -42,10 +42,10 @@ def _fsdd_fixture(folder: Path) -> Path:
 def test_fsdd_recipe_runs_all_stages(tmp_path):
     corpus = _fsdd_fixture(tmp_path / "fsdd")
     work = tmp_path / "work"
+    train_args = "train.epochs=2 train.num_workers=0 train.device=cpu model.hidden_size=16 model.num_layers=1"
     result = _run(
         "bash", "recipes/fsdd/run.sh", "--corpus-dir", str(corpus), "--work-dir", str(work),
-        "--train-args", "train.epochs=2 train.num_workers=0 train.device=cpu model.hidden_size=16 model.num_layers=1",
-        "--decode-args", "--device cpu",
+        "--train-args", train_args, "--decode-args", "--device cpu",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in range(1, 5):
@@ -61,6 +61,18 @@ def test_fsdd_recipe_runs_all_stages(tmp_path):
                  "--stage", "4", "--stop-stage", "4")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[stage 4]" in again.stdout and "[stage 2]" not in again.stdout
+
+    # The recipe resumes only when the config matches: run again with another learning rate, it stops
+    # saying so instead of silently continuing the old run with the old one.
+    train_again = ("bash", "recipes/fsdd/run.sh", "--corpus-dir", str(corpus), "--work-dir", str(work), "--stage", "2",
+                   "--stop-stage", "2", "--train-args")
+    changed = _run(*train_again, train_args + " train.lr=1e-4")
+    assert changed.returncode != 0
+    assert "the config differs" in changed.stderr and "train.lr 0.003 -> 0.0001" in changed.stderr
+    assert "--exp-name" in changed.stderr and "--force-resume" in changed.stderr
+    assert _run(*train_again, train_args).returncode == 0  # the same config resumes (nothing left to do)
+    forced = _run(*train_again, "--force-resume train.epochs=3 " + train_args + " train.lr=1e-4")
+    assert forced.returncode == 0, forced.stderr[-3000:]
 
 
 def test_recipe_options_are_checked():

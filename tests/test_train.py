@@ -254,3 +254,89 @@ def test_a_cpu_time_budget_stops_the_run_and_is_kept_across_resume(corpus, tmp_p
     assert "max_cpu_minutes=0.0001 reached" in log
     resumed = train(config, corpus, corpus[:3], tmp_path, resume=True)  # the budget is spent: one more step
     assert resumed.step == 2 and resumed.cpu_seconds > state.cpu_seconds
+
+
+# --------------------------------------------------------------------------- the resume guard
+
+
+@pytest.fixture(scope="module")
+def stopped_run(corpus, tmp_path_factory):
+    """(manifest, run folder stopped after 2 updates of the OVERRIDES config) through `asr train`."""
+    from asr.data import write_manifest
+
+    folder = tmp_path_factory.mktemp("guard")
+    manifest = folder / "train.jsonl"
+    write_manifest(manifest, corpus)
+    assert _asr_train(manifest, folder / "run", "train.max_steps=2")[0] == 0
+    return manifest, folder / "run"
+
+
+def _asr_train(manifest, out, *argv) -> tuple[int, str]:
+    """`asr train` as a user calls it: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from asr.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--train", str(manifest), "--dev", str(manifest), "--out", str(out),
+                     *[a for a in argv if a.startswith("--")], *OVERRIDES, *[a for a in argv if not a.startswith("--")]])
+    return code, err.getvalue()
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def test_resume_with_a_changed_setting_stops_naming_it(stopped_run, tmp_path):
+    manifest, run = stopped_run
+    run = _copy_run(run, tmp_path)
+    before = (run / "last.pt").read_bytes()
+    code, err = _asr_train(manifest, run, "--resume", "train.lr=1e-3", "specaug.freq_masks=2")
+    assert code == 2
+    assert f"asr train: error: {run}: the config differs from the one {run / 'last.pt'} was trained with: " \
+           "specaug.freq_masks 1 -> 2, train.lr 0.003 -> 0.001." in err
+    assert "--exp-name" in err and "--force-resume" in err and "train.max_minutes" in err
+    assert (run / "last.pt").read_bytes() == before  # nothing trained, nothing written
+
+
+def test_resume_accepts_the_keys_safe_to_change(stopped_run, tmp_path):
+    manifest, run = stopped_run
+    run = _copy_run(run, tmp_path)
+    code, err = _asr_train(manifest, run, "--resume", "train.max_steps=3", "train.epochs=4", "train.log_every=1",
+                           "train.max_minutes=30", "decode.beam_size=4")
+    assert code == 0, err
+    payload = read_checkpoint(run / "last.pt")
+    assert payload["state"]["step"] == 3 and payload["config"]["train"]["epochs"] == 4
+    # Fewer epochs than planned is no extension: it changes the schedule, so it is refused.
+    code, err = _asr_train(manifest, run, "--resume", "train.max_steps=4", "train.epochs=2")
+    assert code == 2 and "train.epochs 4 -> 2" in err
+
+
+def test_force_resume_continues_with_the_new_values(stopped_run, tmp_path):
+    manifest, run = stopped_run
+    run = _copy_run(run, tmp_path)
+    code, err = _asr_train(manifest, run, "--force-resume", "train.lr=1e-3", "train.weight_decay=0.1",
+                           "train.max_steps=3")
+    assert code == 0, err
+    payload = read_checkpoint(run / "last.pt")
+    assert payload["state"]["step"] == 3 and payload["config"]["train"]["lr"] == 1e-3
+    # The new values are the ones in force, not those the optimizer and scheduler states were saved with.
+    assert payload["scheduler"]["base_lrs"] == [1e-3]
+    [group] = payload["optimizer"]["param_groups"]
+    assert group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.1
+    assert group["lr"] == 1e-3 * _lr_lambda(3, 12, 0.05)(3)  # warm-up 3 of 12 updates (OVERRIDES), after 3
+    assert "resuming" in (run / "train.log").read_text() and "train.lr 0.003 -> 0.001" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_resume_with_another_model_is_one_sentence_not_a_size_mismatch_wall(stopped_run, tmp_path, force):
+    manifest, run = stopped_run
+    run = _copy_run(run, tmp_path)
+    code, err = _asr_train(manifest, run, "--force-resume" if force else "--resume", "model.hidden_size=24")
+    assert code == 2
+    assert f"asr train: error: {run}: cannot resume: model.hidden_size 32 -> 24 changes the model itself" in err
+    assert "--exp-name" in err and "size mismatch" not in err and err.count("\n") == 1
