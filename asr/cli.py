@@ -182,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the summary here")
     p.set_defaults(run=_score)
 
+    p = sub.add_parser("serve", help="HTTP server: OpenAI-style /v1/audio/transcriptions, /health and a web page",
+                       description="Serve a model over HTTP (Starlette on uvicorn; pip install 'asr[serve]'): POST "
+                       "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
+                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
+    p.add_argument("-m", "--model", type=Path, default=None,
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
+    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+                   help="default: the model's decode settings (its config, then decode.yaml next to it)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests transcribed together (1: no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 over it)")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio accepted (400 over it)")
+    p.set_defaults(run=_serve)
+
     p = sub.add_parser("plot", help="plot loss, gradient norm and dev WER of an experiment to PNG")
     p.add_argument("exp_dir", type=Path)
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: EXP_DIR/training.png)")
@@ -491,6 +510,31 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
         else:
             print(f"{r.path}\t{r.text}")
     return _transcribe_exit_code(results)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"asr serve needs Starlette and uvicorn ({e}); install them with: pip install 'asr[serve]'") from None
+    import torch
+
+    from .api import load
+    from .serve import ServeConfig, serve
+    from .transcribe import default_model_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.max_batch < 1 or args.queue_size < 1:
+        raise ValueError("--max-batch and --queue-size must be at least 1")
+    model_path = args.model or default_model_path()
+    recognizer = load(model_path, args.device, decoder=args.decoder)
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
+                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size)
+    print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name)
+    return 0
 
 
 def _lm_build(args: argparse.Namespace) -> int:

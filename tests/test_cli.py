@@ -294,7 +294,7 @@ def test_subcommand_help(capsys, argv):
 
 def test_parser_knows_every_subcommand():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"prepare", "download", "train", "decode", "transcribe", "score", "plot", "lm", "export", "average"}
+    assert set(sub.choices) == {"prepare", "download", "train", "decode", "transcribe", "score", "plot", "lm", "export", "average", "serve"}
 
 
 def test_console_script_help():
