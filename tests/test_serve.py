@@ -1,0 +1,265 @@
+"""`asr serve`, tested as a real server process on a loopback port: the OpenAI-style endpoint in
+every response_format, /health and the page, each kind of bad request (with the 4xx and message it
+must get, and a good request still answered afterwards), and concurrent requests being batched.
+All traffic goes to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("multipart")
+
+from asr.data import read_manifest  # noqa: E402
+from asr.serve import ServeConfig, decode_upload, wav_truncation, RequestError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_UPLOAD_MB = 1.0
+MAX_AUDIO_SECONDS = 20.0
+
+
+# --- a small HTTP client: multipart/form-data as the openai package sends it ------------------------
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data request."""
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data, content_type) in files.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                  f"Content-Type: {content_type}\r\n\r\n".encode())
+        out.write(data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+            timeout: float = 60.0) -> tuple[int, str, bytes]:
+    """(status, content type, body). A server that answers before reading a large body may close the
+    connection while it is being sent; its answer is still read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": content_type} if content_type else {}
+        try:
+            conn.request(method, path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        conn.close()
+
+
+def transcribe(port: int, data: bytes, filename: str = "speech.wav", response_format: str | None = None,
+               field: str = "file", extra: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+    fields = {"model": "whisper-1", **(extra or {})}
+    if response_format:
+        fields["response_format"] = response_format
+    body, content_type = multipart(fields, {field: (filename, data, "audio/wav")})
+    return request(port, "POST", "/v1/audio/transcriptions", body, content_type)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: Path, log_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    """`asr serve` as a subprocess on a free loopback port, once /health answers (at most 120 s)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asr.cli", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",
+         "--port", str(port), "--threads", "1", "--max-upload-mb", str(MAX_UPLOAD_MB),
+         "--max-audio-seconds", str(MAX_AUDIO_SECONDS), *options],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"asr serve exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if request(port, "GET", "/health", timeout=2)[0] == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"asr serve did not answer /health within 120 s:\n{log_path.read_text()}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(synth_model, tmp_path_factory):
+    checkpoint, manifest = synth_model
+    process, port = start_server(checkpoint, tmp_path_factory.mktemp("serve") / "server.log")
+    yield port, read_manifest(manifest), process
+    stop_server(process)
+
+
+def wav_bytes(samples: np.ndarray, rate: int, format: str = "WAV", subtype: str | None = "PCM_16") -> bytes:
+    out = io.BytesIO()
+    soundfile.write(out, samples, rate, format=format, subtype=subtype)
+    return out.getvalue()
+
+
+# --- the endpoint ---------------------------------------------------------------------------------
+
+def test_health_and_page(server):
+    port, _, _ = server
+    status, content_type, body = request(port, "GET", "/health")
+    assert status == 200 and content_type.startswith("application/json")
+    health = json.loads(body)
+    assert health["status"] == "ok" and health["model"] == "best.pt" and health["sample_rate"] == 16000
+    status, content_type, body = request(port, "GET", "/")
+    assert status == 200 and content_type.startswith("text/html")
+    assert b"/v1/audio/transcriptions" in body and b'id="record"' in body
+
+
+@pytest.mark.parametrize("response_format", [None, "json", "text", "srt", "vtt", "verbose_json"])
+def test_every_response_format(server, response_format):
+    port, utts, _ = server
+    utt = utts[0]
+    status, content_type, body = transcribe(port, Path(utt.audio).read_bytes(), response_format=response_format)
+    assert status == 200, body
+    if response_format in (None, "json"):
+        assert json.loads(body) == {"text": utt.text}
+    elif response_format == "text":
+        assert content_type.startswith("text/plain") and body.decode() == utt.text + "\n"
+    elif response_format == "srt":
+        lines = body.decode().splitlines()
+        assert lines[0] == "1" and lines[1].startswith("00:00:00,") and " --> " in lines[1] and lines[2] == utt.text
+    elif response_format == "vtt":
+        assert content_type.startswith("text/vtt")
+        text = body.decode()
+        assert text.startswith("WEBVTT\n\n00:00:00.") and utt.text in text
+    else:
+        obj = json.loads(body)
+        assert obj["text"] == utt.text and obj["task"] == "transcribe"
+        assert obj["duration"] == pytest.approx(utt.duration, abs=1e-3)
+        assert [w["word"] for w in obj["words"]] == utt.text.split()
+        for w in obj["words"]:
+            assert 0 <= w["start"] < w["end"] <= obj["duration"] and 0 < w["confidence"] <= 1
+        assert obj["segments"][0]["text"] == utt.text
+
+
+def test_other_formats_and_rates(server):
+    """FLAC at 8 kHz and a float WAV: decoded from the upload and resampled like files."""
+    port, utts, _ = server
+    samples, rate = soundfile.read(utts[1].audio, dtype="float32")
+    for data, name in ((wav_bytes(samples, rate, "FLAC", "PCM_16"), "speech.flac"),
+                       (wav_bytes(samples, rate, "WAV", "FLOAT"), "speech.wav")):
+        status, _, body = transcribe(port, data, name)
+        assert status == 200 and json.loads(body)["text"] == utts[1].text
+
+
+def test_a_real_recording(server, shared_data):
+    """A real spoken digit (FSDD, 8 kHz) goes through; the fixture model knows no digits, so only
+    the shape of the answer is checked."""
+    port, _, _ = server
+    data = (shared_data / "fsdd" / "recordings" / "3_jackson_0.wav").read_bytes()
+    status, _, body = transcribe(port, data, "3_jackson_0.wav", "verbose_json")
+    assert status == 200, body
+    obj = json.loads(body)
+    assert isinstance(obj["text"], str) and 0.2 < obj["duration"] < 2.0
+
+
+def bad_requests(good: bytes) -> dict[str, tuple]:
+    """name -> (request arguments, expected status, a phrase the message must hold)."""
+    rate = 16000
+    short = wav_bytes(np.zeros(int(0.05 * rate), np.float32), rate)
+    long = wav_bytes(np.zeros(int((MAX_AUDIO_SECONDS + 1) * 8000), np.float32), 8000)
+    huge = wav_bytes(np.zeros(int(MAX_UPLOAD_MB * 1e6 / 2) + 8000, np.float32), rate)
+    upload = lambda data, **kw: ("upload", data, kw)  # noqa: E731
+    return {
+        "not audio": (upload(b"this is a text file, not a recording\n" * 20), 400, "not a readable audio file"),
+        "empty": (upload(b""), 400, "is empty"),
+        "truncated": (upload(good[: len(good) // 2]), 400, "is truncated"),
+        "header cut": (upload(good[:44]), 400, "declares 44160 bytes of audio but only 0"),
+        "no samples": (upload(wav_bytes(np.zeros(0, np.float32), rate)), 400, "holds no audio samples"),
+        "0.05 s": (upload(short), 400, "too short (0.050 s"),
+        "too long": (upload(long), 400, "too long (21.0 s"),
+        "over the size limit": (upload(huge), 413, "limit of 1 MB"),
+        "wrong content type": (("raw", good, "audio/wav"), 415, "Content-Type must be multipart/form-data"),
+        "json body": (("raw", b'{"file": "speech.wav"}', "application/json"), 415, "not 'application/json'"),
+        "missing field": (upload(good, field="audio"), 400, "missing form field 'file'"),
+        "file as text": (("fields", {"file": "speech.wav"}), 400, "must be a file upload"),
+        "unknown format": (upload(good, response_format="xml"), 400, "unsupported response_format 'xml'"),
+        "unknown field": (upload(good, extra={"speed": "2"}), 400, "unknown form field(s) 'speed'"),
+        "malformed multipart": (("raw", b"--x\r\ngarbage", "multipart/form-data; boundary=x"), 400, "missing form field"),
+    }
+
+
+def send(port: int, spec: tuple) -> tuple[int, str, bytes]:
+    kind = spec[0]
+    if kind == "upload":
+        return transcribe(port, spec[1], **spec[2])
+    if kind == "raw":
+        return request(port, "POST", "/v1/audio/transcriptions", spec[1], spec[2])
+    body, content_type = multipart(spec[1], {})
+    return request(port, "POST", "/v1/audio/transcriptions", body, content_type)
+
+
+def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(server):
+    port, utts, process = server
+    good = Path(utts[0].audio).read_bytes()
+    for name, (spec, expected, phrase) in bad_requests(good).items():
+        status, content_type, body = send(port, spec)
+        assert status == expected, f"{name}: {status} {body[:300]!r}"
+        assert content_type.startswith("application/json"), name
+        error = json.loads(body)["error"]
+        assert phrase in error["message"], f"{name}: {error['message']!r}"
+        assert error["type"] == "invalid_request_error"
+    assert request(port, "GET", "/nowhere")[0] == 404
+    assert request(port, "GET", "/v1/audio/transcriptions")[0] == 405
+    assert process.poll() is None
+    status, _, body = transcribe(port, good)
+    assert status == 200 and json.loads(body)["text"] == utts[0].text
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server):
+    port, utts, _ = server
+    before = json.loads(request(port, "GET", "/health")[2])
+    jobs = [utts[i % len(utts)] for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda u: transcribe(port, Path(u.audio).read_bytes()), jobs))
+    assert [json.loads(body)["text"] for _, _, body in answers] == [u.text for u in jobs]
+    after = json.loads(request(port, "GET", "/health")[2])
+    requests, batches = after["requests"] - before["requests"], after["batches"] - before["batches"]
+    assert requests == 16
+    assert batches < requests, "8 clients at once should share batches"
+
+
+# --- the checks, without a server -----------------------------------------------------------------
+
+def test_wav_truncation_is_detected_from_the_header():
+    data = wav_bytes(np.zeros(1600, np.float32), 16000)
+    assert wav_truncation(data) == ""
+    assert "declares 3200 bytes of audio but only 1000" in wav_truncation(data[:44 + 1000])
+    assert wav_truncation(b"fLaC" + data) == ""  # not a WAV: left to the decoder
+    with pytest.raises(RequestError, match="is truncated"):
+        decode_upload(data[:100], "x.wav", ServeConfig())
