@@ -5,14 +5,8 @@ All traffic goes to 127.0.0.1 only."""
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,14 +20,14 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
 from asr.data import read_manifest  # noqa: E402
-from asr.serve import ServeConfig, decode_upload, wav_truncation, RequestError  # noqa: E402
+from asr.serve import RequestError, ServeConfig, decode_upload, wav_truncation  # noqa: E402
+from server_process import request, start_server, stop_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_UPLOAD_MB = 1.0
 MAX_AUDIO_SECONDS = 20.0
 
 
-# --- a small HTTP client: multipart/form-data as the openai package sends it ------------------------
+# --- multipart/form-data as the openai package sends it ---------------------------------------------
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
     """(body, content type) of a multipart/form-data request."""
@@ -49,23 +43,6 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) 
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-            timeout: float = 60.0) -> tuple[int, str, bytes]:
-    """(status, content type, body). A server that answers before reading a large body may close the
-    connection while it is being sent; its answer is still read."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = {"Content-Type": content_type} if content_type else {}
-        try:
-            conn.request(method, path, body=body, headers=headers)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        response = conn.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read()
-    finally:
-        conn.close()
-
-
 def transcribe(port: int, data: bytes, filename: str = "speech.wav", response_format: str | None = None,
                field: str = "file", extra: dict[str, str] | None = None) -> tuple[int, str, bytes]:
     fields = {"model": "whisper-1", **(extra or {})}
@@ -75,48 +52,11 @@ def transcribe(port: int, data: bytes, filename: str = "speech.wav", response_fo
     return request(port, "POST", "/v1/audio/transcriptions", body, content_type)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(checkpoint: Path, log_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
-    """`asr serve` as a subprocess on a free loopback port, once /health answers (at most 120 s)."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "asr.cli", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",
-         "--port", str(port), "--threads", "1", "--max-upload-mb", str(MAX_UPLOAD_MB),
-         "--max-audio-seconds", str(MAX_AUDIO_SECONDS), *options],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"asr serve exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if request(port, "GET", "/health", timeout=2)[0] == 200:
-                return process, port
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"asr serve did not answer /health within 120 s:\n{log_path.read_text()}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(synth_model, tmp_path_factory):
     checkpoint, manifest = synth_model
-    process, port = start_server(checkpoint, tmp_path_factory.mktemp("serve") / "server.log")
+    process, port = start_server(checkpoint, tmp_path_factory.mktemp("serve") / "server.log",
+                                 "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-audio-seconds", str(MAX_AUDIO_SECONDS))
     yield port, read_manifest(manifest), process
     stop_server(process)
 
