@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
     c.set_defaults(run=_export_model)
 
+    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
+                           description="Export CTCModel.encode (normalized log-mel features -> log-probs) as an ONNX "
+                           "graph with dynamic batch and time, the feature settings, normalizer and tokenizer in its "
+                           "metadata. Transcribe with it without torch: python -m asr.onnx_runtime MODEL.onnx AUDIO... "
+                           "(pip install 'asr[onnx]').")
+    c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
+    c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
+    c.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    c.set_defaults(run=_export_onnx)
+
     p = sub.add_parser("average", help="average the weights of several checkpoints of one model, e.g. its last epochs",
                        description="Element-wise mean of the weights of checkpoints of one model (same config, "
                        "tokenizer and shapes), written as a checkpoint that loads like any other.")
@@ -322,6 +332,20 @@ def _export_model(args: argparse.Namespace) -> int:
           f"decode settings from {metadata['decode_from']}")
     if metadata["decode_note"]:
         print(f"decode settings {metadata['decode_note']}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"asr export onnx needs the onnx package ({e}); install it with: pip install 'asr[onnx]'") from None
+    from .onnx_export import export_onnx
+
+    metadata = export_onnx(args.checkpoint, args.out, args.opset)
+    print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {metadata['features']['n_mels']} log-mel features at "
+          f"{metadata['features']['sample_rate']} Hz -> {len(metadata['tokenizer'].get('symbols', [])) or 'BPE'} labels; "
+          f"transcribe with: python -m asr.onnx_runtime {args.out} AUDIO...")
     return 0
 
 
