@@ -190,7 +190,8 @@ def transcribe_files_detailed(model, tokenizer: Tokenizer, paths, device, decode
             result.words = _clip_words(word_timings(log_probs[i], result.text, tokenizer, model.frame_shift), result.duration)
     for result in long_files:
         try:
-            frames, result.duration = long_log_probs(model, result.path, device, chunk_seconds, chunk_overlap, batch_seconds)
+            frames, result.duration = long_log_probs(model, result.path, device, chunk_seconds, chunk_overlap,
+                                                     batch_seconds, progress)
         except AudioError as e:
             result.error = str(e)
             continue

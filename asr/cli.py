@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
     c.add_argument("--vocab", type=Path, default=None, help="word list (or ARPA); other words become <unk>")
     c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines (0: all)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
     c.set_defaults(run=_lm_build)
     c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
     c.add_argument("vocab", type=Path, help="word list, one per line, or an ARPA file (its unigrams)")
@@ -241,6 +242,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                             "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
         p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
         p.add_argument("--out-dir", type=Path, default=None, help="srt/vtt: write <name>.srt|.vtt per file here")
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
 
 
 def _add_prepare_options(c: argparse.ArgumentParser) -> None:
@@ -447,7 +449,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     if settings.decoder != "greedy" or args.timestamps or output_format in ("srt", "vtt") or args.nbest > 1:
         return _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format,
                                     chunk_seconds, chunk_overlap)
-    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
+    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=show_progress(args),
                                chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     for r in results:
         if r.error:
@@ -457,6 +459,11 @@ def _transcribe(args: argparse.Namespace) -> int:
         else:
             print(f"{r.path}\t{r.text}")
     return _transcribe_exit_code(results)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars (tqdm, on stderr) only for a person watching: stderr is a terminal and no --quiet."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
 def _report_file_error(result, as_json: bool) -> None:
@@ -505,7 +512,7 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     timestamps = args.timestamps or output_format in ("srt", "vtt")
     decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
     results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
-                                        timestamps=timestamps, progress=len(args.paths) > 1,
+                                        timestamps=timestamps, progress=show_progress(args),
                                         chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     subtitles = output_format in ("srt", "vtt")
     if subtitles and args.out_dir is None and len(results) > 1:
@@ -564,9 +571,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _lm_build(args: argparse.Namespace) -> int:
     from .lm import build_ngram_model, iter_text, read_vocab, write_arpa
 
+    from tqdm import tqdm
+
     start = time.perf_counter()
     vocab = read_vocab(args.vocab) if args.vocab else None
-    model = build_ngram_model(iter_text(args.text, args.max_lines), args.order, vocab, args.prune or ())
+    lines = tqdm(iter_text(args.text, args.max_lines), desc=f"reading {args.text.name}", unit=" lines",
+                 total=args.max_lines or None, disable=not show_progress(args), mininterval=1.0, unit_scale=True)
+    model = build_ngram_model(lines, args.order, vocab, args.prune or ())
     write_arpa(model, args.out)
     sizes = ", ".join(f"{n}-grams {len(t.word)}" for n, t in enumerate(model.orders, 1))
     print(f"wrote {args.out} ({sizes}) in {time.perf_counter() - start:.0f} s")
