@@ -22,7 +22,7 @@ from asr.text import CharTokenizer  # noqa: E402
 
 SUBCOMMANDS = [
     ["prepare"], ["prepare", "librispeech"], ["prepare", "fsdd"], ["download"], ["train"], ["decode"],
-    ["transcribe"], ["score"], ["plot"], ["lm"], ["lm", "build"], ["lm", "lexicon"],
+    ["transcribe"], ["score"], ["plot"], ["lm"], ["lm", "build"], ["lm", "lexicon"], ["serve"], ["export", "onnx"],
 ]
 
 

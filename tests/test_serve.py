@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +25,7 @@ pytest.importorskip("multipart")
 
 from asr.data import read_manifest  # noqa: E402
 from asr.serve import RequestError, ServeConfig, decode_upload, wav_truncation  # noqa: E402
-from server_process import request, start_server, stop_server  # noqa: E402
+from server_process import ROOT, request, start_server, stop_server  # noqa: E402
 
 MAX_UPLOAD_MB = 1.0
 MAX_AUDIO_SECONDS = 20.0
@@ -203,3 +207,74 @@ def test_wav_truncation_is_detected_from_the_header():
     assert wav_truncation(b"fLaC" + data) == ""  # not a WAV: left to the decoder
     with pytest.raises(RequestError, match="is truncated"):
         decode_upload(data[:100], "x.wav", ServeConfig())
+
+
+def test_serve_without_a_model_exits_with_a_clear_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ASR_MODEL": str(tmp_path / "missing.pt")}
+    run = subprocess.run([sys.executable, "-m", "asr.cli", "serve", "--port", "9"], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=120)
+    assert run.returncode == 2
+    assert "asr serve: error: ASR_MODEL=" in run.stderr and "missing.pt: no such model file" in run.stderr
+
+
+class FakeRecognizer:
+    """Stands in for asr.api.Recognizer: 'transcribes' arrays to their first sample, fails on NaN,
+    and records the batch sizes it was called with."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls: list[int] = []
+        self.delay = delay
+
+    def transcribe(self, audio):
+        items = audio if isinstance(audio, list) else [audio]
+        self.calls.append(len(items))
+        time.sleep(self.delay)
+        if any(np.isnan(samples[0]) for samples, _ in items):
+            raise ValueError("bad samples")
+        texts = [str(float(samples[0])) for samples, _ in items]
+        return texts if isinstance(audio, list) else texts[0]
+
+
+def test_worker_batches_and_isolates_a_failing_request():
+    import asyncio
+
+    from asr.serve import BatchWorker
+
+    async def scenario():
+        recognizer = FakeRecognizer(delay=0.05)
+        worker = BatchWorker(recognizer, ServeConfig(max_batch=8, batch_wait_ms=20))
+        worker.start()
+        values = [1.0, 2.0, float("nan"), 4.0]
+        outcomes = await asyncio.gather(*(worker.submit(np.array([v], np.float32), 16000) for v in values),
+                                        return_exceptions=True)
+        await worker.stop()
+        return recognizer.calls, outcomes
+
+    calls, outcomes = asyncio.run(scenario())
+    assert calls[0] == 4  # one batch of all four, then each alone after it failed
+    assert sorted(calls[1:]) == [1, 1, 1, 1]
+    assert outcomes[0] == "1.0" and outcomes[1] == "2.0" and outcomes[3] == "4.0"
+    assert isinstance(outcomes[2], ValueError)
+
+
+def test_a_full_queue_answers_503():
+    import asyncio
+
+    from asr.serve import BatchWorker
+
+    async def scenario():
+        worker = BatchWorker(FakeRecognizer(delay=0.3), ServeConfig(max_batch=1, queue_size=1))
+        worker.start()
+        first = asyncio.ensure_future(worker.submit(np.ones(1, np.float32), 16000))
+        await asyncio.sleep(0.1)  # the worker has taken the first request; the queue is empty again
+        second = asyncio.ensure_future(worker.submit(np.ones(1, np.float32), 16000))
+        await asyncio.sleep(0)
+        with pytest.raises(RequestError) as refused:
+            await worker.submit(np.ones(1, np.float32), 16000)
+        results = await asyncio.gather(first, second)
+        await worker.stop()
+        return refused.value, results
+
+    refused, results = asyncio.run(scenario())
+    assert refused.status == 503 and "busy" in refused.message
+    assert results == ["1.0", "1.0"]
