@@ -569,9 +569,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _lm_build(args: argparse.Namespace) -> int:
-    from .lm import build_ngram_model, iter_text, read_vocab, write_arpa
-
     from tqdm import tqdm
+
+    from .lm import build_ngram_model, iter_text, read_vocab, write_arpa
 
     start = time.perf_counter()
     vocab = read_vocab(args.vocab) if args.vocab else None
