@@ -278,3 +278,25 @@ def test_a_full_queue_answers_503():
     refused, results = asyncio.run(scenario())
     assert refused.status == 503 and "busy" in refused.message
     assert results == ["1.0", "1.0"]
+
+
+def test_an_oversized_chunked_upload_without_content_length_gets_413(server):
+    """The size limit holds while the body streams in, not only from the Content-Length header."""
+    import http.client
+
+    port, utts, process = server
+    body, content_type = multipart({}, {"file": ("big.wav", b"\0" * int(MAX_UPLOAD_MB * 1e6 * 1.5), "audio/wav")})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        try:
+            conn.request("POST", "/v1/audio/transcriptions", body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                         headers={"Content-Type": content_type}, encode_chunked=True)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = conn.getresponse()
+        assert response.status == 413
+        assert "larger than the limit of 1 MB" in json.loads(response.read())["error"]["message"]
+    finally:
+        conn.close()
+    assert process.poll() is None
+    assert transcribe(port, Path(utts[0].audio).read_bytes())[0] == 200
