@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,8 +122,10 @@ def wav_truncation(data: bytes) -> str:
 
 
 def _first_line(error: Exception) -> str:
+    """libsndfile's reason, without its 'Error opening <_io.BytesIO object at 0x...>: ' prefix."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    line = lines[0] if lines else type(error).__name__
+    return re.sub(r"^Error opening <[^>]*>: ", "", line).strip() or type(error).__name__
 
 
 # --- responses ------------------------------------------------------------------------------------

@@ -300,3 +300,23 @@ def test_an_oversized_chunked_upload_without_content_length_gets_413(server):
         conn.close()
     assert process.poll() is None
     assert transcribe(port, Path(utts[0].audio).read_bytes())[0] == 200
+
+
+def test_the_openai_client_works_against_the_server(server, tmp_path):
+    """With the `openai` package installed (not a dependency; checked with openai 3.57), its own
+    client reads every response_format and raises BadRequestError with our message."""
+    openai = pytest.importorskip("openai")
+    port, utts, _ = server
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    path = Path(utts[0].audio)
+    with path.open("rb") as f:
+        assert client.audio.transcriptions.create(model="whisper-1", file=f).text == utts[0].text
+    for fmt in ("text", "srt", "vtt"):
+        with path.open("rb") as f:
+            assert utts[0].text in client.audio.transcriptions.create(model="whisper-1", file=f, response_format=fmt)
+    with path.open("rb") as f:
+        verbose = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                                     timestamp_granularities=["word"])
+    assert [w.word for w in verbose.words] == utts[0].text.split() and verbose.duration == pytest.approx(utts[0].duration)
+    with pytest.raises(openai.BadRequestError, match="not a readable audio file \\(Format not recognised"):
+        client.audio.transcriptions.create(model="whisper-1", file=("x.wav", b"not audio"))
