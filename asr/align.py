@@ -9,7 +9,7 @@ shift = `CTCModel.frame_shift`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -23,7 +23,9 @@ class WordTiming:
     word: str
     start: float  # seconds
     end: float  # seconds
-    score: float  # mean per-frame probability of the word's units (characters or pieces) in the alignment (0..1)
+    # The word's confidence (0..1): the mean, over the frames the alignment gives to the word's units
+    # (characters or pieces; blank frames excluded), of the posterior of the unit aligned to the frame.
+    score: float
 
 
 def forced_align_ids(log_probs: torch.Tensor, ids: Sequence[int], blank: int = 0) -> tuple[list[int], list[float]]:
@@ -144,7 +146,8 @@ def format_vtt(words: Sequence[WordTiming]) -> str:
 
 
 def words_to_json(words: Sequence[WordTiming]) -> list[dict]:
-    return [asdict(w) for w in words]
+    """[{"word", "start", "end", "confidence"}]: the score is named for what it is in the output."""
+    return [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.score} for w in words]
 
 
 def format_word_lines(path: str, words: Sequence[WordTiming]) -> str:
@@ -191,7 +194,8 @@ def transcribe_files_detailed(model, tokenizer: Tokenizer, paths, device, decode
             result.words = _clip_words(word_timings(log_probs[i], result.text, tokenizer, model.frame_shift), result.duration)
     for result in long_files:
         try:
-            frames, result.duration = long_log_probs(model, result.path, device, chunk_seconds, chunk_overlap, batch_seconds)
+            frames, result.duration = long_log_probs(model, result.path, device, chunk_seconds, chunk_overlap,
+                                                     batch_seconds, progress)
         except AudioError as e:
             result.error = str(e)
             continue

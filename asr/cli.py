@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
     c.set_defaults(run=_export_model)
 
+    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
+                           description="Export CTCModel.encode (normalized log-mel features -> log-probs) as an ONNX "
+                           "graph with dynamic batch and time, the feature settings, normalizer and tokenizer in its "
+                           "metadata. Transcribe with it without torch: python -m asr.onnx_runtime MODEL.onnx AUDIO... "
+                           "(pip install 'asr[onnx]').")
+    c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
+    c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
+    c.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    c.set_defaults(run=_export_onnx)
+
     p = sub.add_parser("average", help="average the weights of several checkpoints of one model, e.g. its last epochs",
                        description="Element-wise mean of the weights of checkpoints of one model (same config, "
                        "tokenizer and shapes), written as a checkpoint that loads like any other.")
@@ -183,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
     c.add_argument("--vocab", type=Path, default=None, help="word list (or ARPA); other words become <unk>")
     c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines (0: all)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
     c.set_defaults(run=_lm_build)
     c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
     c.add_argument("vocab", type=Path, help="word list, one per line, or an ARPA file (its unigrams)")
@@ -211,6 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-rest", required=True, type=Path, help="manifest of the other speakers' utterances")
     p.add_argument("--out-held", required=True, type=Path, help="manifest of the held-out speakers' utterances")
     p.set_defaults(run=_split)
+
+    p = sub.add_parser("serve", help="HTTP server: OpenAI-style /v1/audio/transcriptions, /health and a web page",
+                       description="Serve a model over HTTP (Starlette on uvicorn; pip install 'asr[serve]'): POST "
+                       "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
+                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
+    p.add_argument("-m", "--model", type=Path, default=None,
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
+    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+                   help="default: the model's decode settings (its config, then decode.yaml next to it)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests transcribed together (1: no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 over it)")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio accepted (400 over it)")
+    p.set_defaults(run=_serve)
 
     p = sub.add_parser("plot", help="plot loss, gradient norm and dev WER of an experiment to PNG")
     p.add_argument("exp_dir", type=Path)
@@ -244,6 +274,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out-dir", type=Path, default=None,
                        help="srt/vtt: write one file per input here, at the input's path relative to the folder "
                             "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
 
 
 def _add_prepare_options(c: argparse.ArgumentParser) -> None:
@@ -337,6 +368,20 @@ def _export_model(args: argparse.Namespace) -> int:
           f"decode settings from {metadata['decode_from']}")
     if metadata["decode_note"]:
         print(f"decode settings {metadata['decode_note']}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"asr export onnx needs the onnx package ({e}); install it with: pip install 'asr[onnx]'") from None
+    from .onnx_export import export_onnx
+
+    metadata = export_onnx(args.checkpoint, args.out, args.opset)
+    print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {metadata['features']['n_mels']} log-mel features at "
+          f"{metadata['features']['sample_rate']} Hz -> {len(metadata['tokenizer'].get('symbols', [])) or 'BPE'} labels; "
+          f"transcribe with: python -m asr.onnx_runtime {args.out} AUDIO...")
     return 0
 
 
@@ -465,7 +510,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     if settings.decoder != "greedy" or args.timestamps or output_format in ("srt", "vtt") or args.nbest > 1:
         return _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format,
                                     chunk_seconds, chunk_overlap)
-    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=len(args.paths) > 1,
+    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=show_progress(args),
                                chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     for r in results:
         _report_file_warning(r)
@@ -483,6 +528,11 @@ def _report_file_warning(result) -> None:
     """A file read but not transcribed (too short): named on stderr; its empty transcript is still printed."""
     if result.warning:
         print(f"asr transcribe: warning: {result.warning}", file=sys.stderr)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars (tqdm, on stderr) only for a person watching: stderr is a terminal and no --quiet."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
 def _report_file_error(result, as_json: bool) -> None:
@@ -536,7 +586,7 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
         outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
     decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
     results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
-                                        timestamps=timestamps, progress=len(args.paths) > 1,
+                                        timestamps=timestamps, progress=show_progress(args),
                                         chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
     subtitles = output_format in ("srt", "vtt")
     if subtitles and args.out_dir is None and len(results) > 1:
@@ -570,12 +620,41 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     return _transcribe_exit_code(results)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"asr serve needs Starlette and uvicorn ({e}); install them with: pip install 'asr[serve]'") from None
+    import torch
+
+    from .api import load
+    from .serve import ServeConfig, serve
+    from .transcribe import default_model_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.max_batch < 1 or args.queue_size < 1:
+        raise ValueError("--max-batch and --queue-size must be at least 1")
+    model_path = args.model or default_model_path()
+    recognizer = load(model_path, args.device, decoder=args.decoder)
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
+                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size)
+    print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name)
+    return 0
+
+
 def _lm_build(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .lm import build_ngram_model, iter_text, read_vocab, write_arpa
 
     start = time.perf_counter()
     vocab = read_vocab(args.vocab) if args.vocab else None
-    model = build_ngram_model(iter_text(args.text, args.max_lines), args.order, vocab, args.prune or ())
+    lines = tqdm(iter_text(args.text, args.max_lines), desc=f"reading {args.text.name}", unit=" lines",
+                 total=args.max_lines or None, disable=not show_progress(args), mininterval=1.0, unit_scale=True)
+    model = build_ngram_model(lines, args.order, vocab, args.prune or ())
     write_arpa(model, args.out)
     sizes = ", ".join(f"{n}-grams {len(t.word)}" for n, t in enumerate(model.orders, 1))
     print(f"wrote {args.out} ({sizes}) in {time.perf_counter() - start:.0f} s")

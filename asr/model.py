@@ -145,17 +145,17 @@ class CTCModel(nn.Module):
         return out
 
     def _one_direction(self, x: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
-        """One layer, one direction of self.rnn as a unidirectional single-layer RNN on (B, T, D)."""
-        cells = self.__dict__.setdefault("_cells", {})  # not submodules: they hold no weights of their own
-        if x.shape[-1] not in cells:
-            # On the meta device: building the cell must not draw from the RNG (its own weights are
-            # never used), or a resumed run would see other dropout masks than an uninterrupted one.
-            cells[x.shape[-1]] = type(self.rnn)(x.shape[-1], self.rnn.hidden_size, batch_first=True, device="meta")
-        weights = {
-            f"{name}_l0": getattr(self.rnn, f"{name}_l{layer}{suffix}")
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        }
-        return torch.func.functional_call(cells[x.shape[-1]], weights, (x,))[0]
+        """One layer, one direction of self.rnn as a unidirectional single-layer RNN on (B, T, D):
+        the ATen op that nn.LSTM/GRU/RNN call, given this layer's and direction's weights. Calling
+        it directly (not through a module) keeps it traceable, for the ONNX export."""
+        rnn = self.rnn
+        weights = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h0 = x.new_zeros(1, x.shape[0], rnn.hidden_size)
+        # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        if self.config.rnn_type == "lstm":
+            return torch.lstm(x, (h0, h0), weights, True, 1, 0.0, False, False, True)[0]
+        op = torch.gru if self.config.rnn_type == "gru" else torch.rnn_tanh
+        return op(x, h0, weights, True, 1, 0.0, False, False, True)[0]
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S), (B,) -> log-probs (B, T', vocab), (B,) output frames."""

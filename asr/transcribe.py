@@ -21,6 +21,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 import numpy as np
 import soundfile
 import torch
+from tqdm import tqdm
 
 from .audio import AudioError, load_audio, to_mono_and_rate, unreadable
 from .decode import greedy_decode, transcribe_waves
@@ -112,7 +113,7 @@ def transcribe_files(
     for result in long_files:
         try:
             result.text, result.duration = transcribe_long(
-                model, tokenizer, Path(result.path), device, chunk_seconds, chunk_overlap, batch_seconds)
+                model, tokenizer, Path(result.path), device, chunk_seconds, chunk_overlap, batch_seconds, progress)
         except AudioError as e:
             result.error = str(e)
             continue
@@ -175,10 +176,11 @@ def transcribe_long(
     chunk_seconds: float = 30.0,
     chunk_overlap: float = 4.0,
     batch_seconds: float = 300.0,
+    progress: bool = False,
 ) -> tuple[str, float]:
     """(greedy transcript, duration in seconds) of one audio file of any length, read and decoded in
     chunks (see `long_log_probs`). Raises AudioError for a file that cannot be read."""
-    log_probs, duration = long_log_probs(model, path, device, chunk_seconds, chunk_overlap, batch_seconds)
+    log_probs, duration = long_log_probs(model, path, device, chunk_seconds, chunk_overlap, batch_seconds, progress)
     ids = greedy_decode(log_probs.unsqueeze(0), torch.tensor([log_probs.shape[0]]), tokenizer.blank)[0]
     return tokenizer.decode(ids), duration
 
@@ -190,21 +192,27 @@ def long_log_probs(
     chunk_seconds: float = 30.0,
     chunk_overlap: float = 4.0,
     batch_seconds: float = 300.0,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """((T, V) log-probs of the whole file on the CPU, its duration in seconds) for an audio file of
     any length, read in chunks of `chunk_seconds` overlapping by `chunk_overlap` and run through the
     model a batch of chunks (at most `batch_seconds` of audio) at a time. Only the log-probs grow
     with the file (about 14 MB per hour for 29 characters at 33 frames/s), never the audio or
-    the activations. Raises AudioError for a file that cannot be read."""
+    the activations. Raises AudioError for a file that cannot be read. With `progress`, a bar on
+    stderr counts the seconds of audio done."""
     chunk, hop, frame = chunk_layout(model, chunk_seconds, chunk_overlap)
     stitcher = FrameStitcher(hop // frame, (chunk - hop) // frame)
     per_batch = max(1, int(batch_seconds // chunk_seconds))
     pending: list[torch.Tensor] = []
     pieces: list[torch.Tensor] = []
     samples = 0
-    with torch.inference_mode():
-        for k, (wave, last) in enumerate(read_chunks(path, model.feature_config.sample_rate, chunk, hop)):
+    rate = model.feature_config.sample_rate
+    bar = tqdm(total=round(_header_seconds(path)) or None, desc=Path(path).name, unit="s", disable=not progress,
+               leave=False, mininterval=1.0)
+    with torch.inference_mode(), bar:
+        for k, (wave, last) in enumerate(read_chunks(path, rate, chunk, hop)):
             pending.append(wave)
+            bar.update(round((k * hop + wave.shape[0]) / rate) - round(samples / rate))
             samples = k * hop + wave.shape[0]
             if len(pending) < per_batch and not last:
                 continue
@@ -346,6 +354,15 @@ def _read_block(f: soundfile.SoundFile, path: Path, frames: int) -> np.ndarray:
     if not np.isfinite(block).all():
         raise AudioError(f"{path}: the audio holds NaN or infinite samples")
     return block
+
+
+def _header_seconds(path: str | os.PathLike) -> float:
+    """The length the file's header states, in seconds (0 when it states none or cannot be read)."""
+    try:
+        info = soundfile.info(str(path))
+    except Exception:
+        return 0.0
+    return info.frames / info.samplerate if 0 < info.frames < 2**62 else 0.0
 
 
 def shorter_than(path: Path, seconds: float) -> bool:

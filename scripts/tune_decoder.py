@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="decode config to update (default: decode.yaml next to MODEL)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
     args = p.parse_args(argv)
 
     if args.threads:
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     lengths = torch.tensor([lp.shape[0] for lp in log_probs])
     padded = torch.nn.utils.rnn.pad_sequence(log_probs, batch_first=True)
     results = []
-    for lm_weight, word_score in settings:
+    bar = tqdm(settings, desc="tuning", unit="setting", disable=args.quiet or not sys.stderr.isatty())
+    for lm_weight, word_score in bar:
         decoder = FlashlightDecoder(tokenizer, lm, args.lexicon, args.beam_size, lm_weight, word_score,
                                     beam_threshold=args.beam_threshold)
         start = time.perf_counter()
@@ -97,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         report = score(refs, {u.id: h[0].text for u, h in zip(utts, hyps)})
         results.append((report.wer, report.cer, lm_weight, word_score))
-        print(f"lm_weight {lm_weight:g} word_score {word_score:g}: WER {report.wer:.2f} CER {report.cer:.2f} "
-              f"({seconds:.1f} s)", flush=True)
+        bar.write(f"lm_weight {lm_weight:g} word_score {word_score:g}: WER {report.wer:.2f} CER {report.cer:.2f} "
+                  f"({seconds:.1f} s)", file=sys.stdout)
+        bar.set_postfix_str(f"best WER {min(results)[0]:.2f}")
     wer, cer, lm_weight, word_score = min(results)
     print(f"best: lm_weight {lm_weight:g} word_score {word_score:g}: WER {wer:.2f} CER {cer:.2f} "
           f"(greedy {greedy_report.wer:.2f})")

@@ -97,3 +97,33 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, manifest): a small model trained on the generated corpus of tests/synth.py, once
+    per session (about 20 s of one CPU thread). It transcribes those eight files exactly (dev WER 0
+    in training), so tests through the API, the server and the web page can check real transcripts."""
+    import torch
+
+    from asr.config import load_config
+    from asr.data import read_manifest
+    from asr.train import train
+    from synth import write_synth_corpus
+
+    folder = tmp_path_factory.mktemp("synth_model")
+    manifest = write_synth_corpus(folder / "corpus")
+    utts = read_manifest(manifest)
+    config = load_config(None, [
+        "model.subsampling=stack", "model.subsampling_factor=2", "model.hidden_size=96", "model.num_layers=2",
+        "model.dropout=0.0", "specaug.freq_masks=0", "specaug.time_masks=0", "features.n_mels=40",
+        "train.epochs=40", "train.max_batch_seconds=4", "train.lr=5e-3", "train.warmup_steps=10",
+        "train.num_workers=0", "train.log_every=10", "train.device=cpu", "train.seed=0"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        state = train(config, utts, utts, folder / "exp")
+    finally:
+        torch.set_num_threads(threads)
+    assert state.best_wer == 0.0, f"the synthetic fixture model did not learn its corpus (WER {state.best_wer}%)"
+    return folder / "exp" / "best.pt", manifest

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 
-from asr.align import WordTiming, format_srt, format_vtt, group_cues, word_timings
+from asr.align import WordTiming, format_srt, format_vtt, group_cues, word_timings, words_to_json
 from asr.checkpoint import load_model, save_checkpoint
 from asr.cli import main as asr_main
 from asr.config import load_config
@@ -280,3 +280,28 @@ def test_fsdd_word_timestamps_within_100_ms(tmp_path):
     mean_ms = 1000 * float(np.mean(errors))
     print(f"mean absolute word boundary error: {mean_ms:.0f} ms over {len(errors)} boundaries")
     assert mean_ms < 100.0
+
+
+def _posterior_log_probs(frames: list[tuple[int, float]], vocab: int) -> torch.Tensor:
+    """(T, V) log-probs where frame t gives label frames[t][0] the posterior frames[t][1] and
+    spreads the rest evenly over the other labels."""
+    probs = torch.zeros(len(frames), vocab)
+    for t, (label, p) in enumerate(frames):
+        probs[t] = (1.0 - p) / (vocab - 1)
+        probs[t, label] = p
+    return probs.log()
+
+
+def test_word_confidence_is_the_mean_posterior_of_the_words_aligned_frames():
+    """'ab' is spoken with certainty (posterior 1.0 on each of its frames), 'cab' with posterior 0.5
+    on two frames and 0.8 on the third: confidences 1.0 and 0.6. Blank and separator frames do not count."""
+    ids = TOKENIZER.encode
+    blank, space = TOKENIZER.blank, TOKENIZER.word_separator
+    frames = [(blank, 0.9), (ids("a")[0], 1.0), (ids("b")[0], 1.0), (blank, 0.3), (space, 0.7),
+              (ids("c")[0], 0.5), (blank, 0.9), (ids("a")[0], 0.5), (ids("b")[0], 0.8), (blank, 0.9)]
+    log_probs = _posterior_log_probs([(label, min(p, 1.0 - 1e-6)) for label, p in frames], len(TOKENIZER))
+    timings = word_timings(log_probs, "ab cab", TOKENIZER, 0.04)
+    assert [t.word for t in timings] == ["ab", "cab"]
+    assert timings[0].score == pytest.approx(1.0, abs=1e-3)
+    assert timings[1].score == pytest.approx(0.6, abs=1e-3)
+    assert words_to_json(timings)[1] == {"word": "cab", "start": 0.2, "end": 0.36, "confidence": timings[1].score}

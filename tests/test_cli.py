@@ -22,7 +22,8 @@ from asr.text import CharTokenizer  # noqa: E402
 
 SUBCOMMANDS = [
     ["prepare"], ["prepare", "librispeech"], ["prepare", "fsdd"], ["download"], ["train"], ["decode"],
-    ["transcribe"], ["score"], ["plot"], ["lm"], ["lm", "build"], ["lm", "lexicon"], ["upgrade-checkpoint"],
+    ["transcribe"], ["score"], ["plot"], ["lm"], ["lm", "build"], ["lm", "lexicon"], ["lm", "perplexity"],
+    ["upgrade-checkpoint"], ["serve"], ["export", "onnx"], ["split"], ["prepare", "speechocean762"],
 ]
 
 
@@ -320,7 +321,7 @@ def test_subcommand_help(capsys, argv):
 def test_parser_knows_every_subcommand():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"prepare", "download", "train", "decode", "transcribe", "score", "plot", "lm", "export", "average",
-                                "upgrade-checkpoint"}
+                                "upgrade-checkpoint", "serve", "split"}
 
 
 def test_console_script_help():

@@ -207,3 +207,30 @@ def test_transcribe_files_empty_audio_file(loaded, audio):
     results = transcribe_files(model, tokenizer, [empty, good], CPU)
     assert results[0].error and str(empty) in results[0].error
     assert results[1].error == "" and isinstance(results[1].text, str)
+
+
+def test_long_file_progress_bar_only_when_asked(loaded, audio, capsys):
+    """A long file's chunks advance a progress bar on stderr (seconds of audio done) when asked, and
+    nothing is written otherwise; the transcript is the same."""
+    from asr.transcribe import long_log_probs
+
+    model, _ = loaded
+    path = audio.write("long.wav", chirp(70.0, 16000), 16000)
+    quiet, duration = long_log_probs(model, path, CPU, chunk_seconds=30.0, chunk_overlap=4.0)
+    assert capsys.readouterr().err == ""
+    shown, _ = long_log_probs(model, path, CPU, chunk_seconds=30.0, chunk_overlap=4.0, progress=True)
+    err = capsys.readouterr().err
+    assert "long.wav" in err and "/70" in err
+    assert torch.equal(quiet, shown) and duration == pytest.approx(70.0)
+
+
+def test_cli_progress_only_on_a_terminal_without_quiet(monkeypatch):
+    import argparse
+
+    from asr.cli import show_progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert show_progress(argparse.Namespace(quiet=False))
+    assert not show_progress(argparse.Namespace(quiet=True))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert not show_progress(argparse.Namespace(quiet=False))

@@ -1,0 +1,167 @@
+"""Transcribing with a model exported by `asr export onnx`, without torch: onnxruntime runs the graph,
+numpy computes the features, soundfile reads audio, librosa gives the mel filterbank (and resamples
+files at another rate than the model's).
+
+    python -m asr.onnx_runtime model.onnx speech.wav more.flac      # path<TAB>text per file
+
+Features are computed as asr.features.LogMel computes them: each utterance reflect-padded by n_fft/2
+at its own ends, periodic Hann window, power spectrum, librosa's Slaney mel filterbank, natural log
+clamped at 1e-10; then the checkpoint's global mean/variance normalization (stored in the ONNX file's
+metadata). Greedy CTC decoding; the tokenizer comes from the metadata (asr.text imports no torch).
+
+Differences from torch, measured in benchmarks/RESULTS.md: log-probs agree to about 1e-4 (float32
+rounding of a different STFT and LSTM implementation), so transcripts agree except where two labels
+are within that margin in some frame. Audio at another rate than the model's is resampled with
+librosa (soxr) rather than torchaudio's sinc resampler, a further small difference. Whole files are
+run at once (no chunking of long files, unlike asr transcribe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import soundfile
+
+METADATA_KEY = "asr"
+
+
+@dataclass
+class OnnxTranscript:
+    path: str
+    text: str = ""
+    duration: float = 0.0
+    error: str = ""
+
+
+class OnnxRecognizer:
+    """An exported model: `transcribe_waves(waves)` -> texts; `log_probs(waves)` -> per-utterance (T, V)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0):
+        import onnxruntime
+
+        from .text import tokenizer_from_dict
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if meta is None:
+            raise ValueError(f"{path}: no '{METADATA_KEY}' metadata; export the model with asr export onnx")
+        self.meta: dict[str, Any] = json.loads(meta)
+        features = self.meta["features"]
+        self.sample_rate, self.n_fft = int(features["sample_rate"]), int(features["n_fft"])
+        self.hop_length, self.n_mels = int(features["hop_length"]), int(features["n_mels"])
+        self.mean = np.asarray(self.meta["normalizer"]["mean"], dtype=np.float32)
+        self.std = np.asarray(self.meta["normalizer"]["std"], dtype=np.float32)
+        self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
+        self.window = hann_window(self.n_fft)
+        self.filterbank = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels)
+
+    def features(self, wave: np.ndarray) -> np.ndarray:
+        """(samples,) float32 at the model's rate -> (frames, n_mels) normalized log-mel."""
+        return (log_mel(wave, self.window, self.filterbank, self.n_fft, self.hop_length) - self.mean) / self.std
+
+    def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Mono waveforms at the model's rate -> each one's (T', V) log-probs, run as one padded batch."""
+        feats = [self.features(w) for w in waves]
+        lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
+        batch = np.zeros((len(feats), int(lengths.max()), self.n_mels), dtype=np.float32)
+        for i, f in enumerate(feats):
+            batch[i, : f.shape[0]] = f
+        log_probs, out_lengths = self.session.run(None, {"features": batch, "lengths": lengths})
+        return [log_probs[i, : int(out_lengths[i])] for i in range(len(feats))]
+
+    def transcribe_waves(self, waves: Sequence[np.ndarray]) -> list[str]:
+        return [self.tokenizer.decode(greedy_ids(lp, self.tokenizer.blank)) for lp in self.log_probs(waves)]
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """An audio file as a mono float32 waveform at the model's rate. Raises ValueError naming the file."""
+        try:
+            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            raise ValueError(f"{path}: not a readable audio file ({lines[0] if lines else type(e).__name__})") from None
+        if samples.size == 0:
+            raise ValueError(f"{path}: the file holds no audio samples")
+        wave = samples.mean(axis=1)
+        if rate != self.sample_rate:
+            import librosa
+
+            wave = librosa.resample(wave, orig_sr=rate, target_sr=self.sample_rate)
+        return np.ascontiguousarray(wave, dtype=np.float32)
+
+    def transcribe_files(self, paths: Sequence[str | os.PathLike]) -> list[OnnxTranscript]:
+        """One OnnxTranscript per file, each run on its own (batch of one); errors are kept per file."""
+        results = []
+        for path in paths:
+            result = OnnxTranscript(str(path))
+            try:
+                wave = self.load(path)
+            except ValueError as e:
+                result.error = str(e)
+            else:
+                result.duration = wave.shape[0] / self.sample_rate
+                result.text = self.transcribe_waves([wave])[0]
+            results.append(result)
+        return results
+
+
+def hann_window(n_fft: int) -> np.ndarray:
+    """torch.hann_window(n_fft) (periodic)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """(n_fft // 2 + 1, n_mels): librosa's Slaney-scale, area-normalized filters, as LogMel uses."""
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, norm="slaney", htk=False).T.astype(np.float32)
+
+
+def log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """(samples,) -> (samples // hop + 1, n_mels) log-mel: reflect-padded by n_fft // 2 at both ends,
+    frames every hop_length samples, |rfft|^2 through the filterbank, log clamped at 1e-10."""
+    pad = n_fft // 2
+    padded = np.pad(wave, pad, mode="reflect") if wave.shape[0] > pad else np.pad(wave, pad, mode="symmetric")
+    frames = 1 + (padded.shape[0] - n_fft) // hop_length
+    index = np.arange(n_fft)[None, :] + hop_length * np.arange(frames)[:, None]
+    spectrum = np.fft.rfft(padded[index] * window, axis=1)
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    return np.log(np.maximum(power.astype(np.float32) @ filterbank, 1e-10))
+
+
+def greedy_ids(log_probs: np.ndarray, blank: int) -> list[int]:
+    """(T, V) -> best path with repeats merged and blanks dropped."""
+    best = log_probs.argmax(axis=1)
+    keep = (best != blank) & np.r_[True, best[1:] != best[:-1]]
+    return best[keep].tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m asr.onnx_runtime", description="Transcribe audio files with a "
+                                     "model from asr export onnx, without torch; prints path<TAB>text per file.")
+    parser.add_argument("model", help="the .onnx file")
+    parser.add_argument("paths", nargs="+", help="audio files")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+    args = parser.parse_args(argv)
+    failed = 0
+    for r in OnnxRecognizer(args.model, args.threads).transcribe_files(args.paths):
+        if r.error:
+            failed += 1
+            print(f"error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.path}\t{r.text}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""ONNX (asr.onnx_runtime, no torch) against torch on a manifest: transcripts equal or not, the largest
+log-prob difference, and CPU RTFx of each, one file at a time (batch of one, as a service would run
+a request), from the waveform in memory to the greedy transcript (features included).
+
+    python scripts/bench_onnx.py exp/fsdd/best.pt data/test.jsonl --threads 1 [--onnx model.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asr.checkpoint import load_model  # noqa: E402
+from asr.data import load_utterance_audio, read_manifest  # noqa: E402
+from asr.decode import greedy_decode  # noqa: E402
+from asr.onnx_export import export_onnx  # noqa: E402
+from asr.onnx_runtime import OnnxRecognizer, greedy_ids  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--onnx", type=Path, default=None, help="exported model (default: export to a temporary file)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer, _ = load_model(args.checkpoint)
+    utts = read_manifest(args.manifest)[: args.limit or None]
+    rate = model.feature_config.sample_rate
+    waves = [load_utterance_audio(u, rate) for u in utts]
+    audio_seconds = sum(w.shape[0] for w in waves) / rate
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.onnx or Path(tmp) / "model.onnx"
+        if args.onnx is None:
+            export_onnx(args.checkpoint, path)
+        onnx = OnnxRecognizer(path, threads=args.threads)
+
+        torch_texts, torch_lp = [], []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for w in waves:
+                lp, n = model(w[None], torch.tensor([w.shape[0]]))
+                torch_texts.append(tokenizer.decode(greedy_decode(lp, n, tokenizer.blank)[0]))
+                torch_lp.append(lp[0, : int(n[0])].numpy())
+        torch_seconds = time.perf_counter() - start
+
+        numpy_waves = [w.numpy() for w in waves]
+        onnx_texts, onnx_lp = [], []
+        start = time.perf_counter()
+        for w in numpy_waves:
+            lp = onnx.log_probs([w])[0]
+            onnx_texts.append(tokenizer.decode(greedy_ids(lp, tokenizer.blank)))
+            onnx_lp.append(lp)
+        onnx_seconds = time.perf_counter() - start
+
+    same = sum(a == b for a, b in zip(torch_texts, onnx_texts))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(torch_lp, onnx_lp))
+    print(f"{len(utts)} utterances, {audio_seconds / 60:.1f} min of audio, {args.threads} thread(s)")
+    print(f"transcripts equal: {same}/{len(utts)}; max |log-prob difference| {diff:.2e}")
+    for a, b, u in zip(torch_texts, onnx_texts, utts):
+        if a != b:
+            print(f"  differs: {u.id}: torch {a!r} onnx {b!r}")
+    print("| runtime | seconds | RTFx |")
+    print("|---|---|---|")
+    print(f"| torch {torch.__version__} | {torch_seconds:.2f} | {audio_seconds / torch_seconds:.0f} |")
+    import onnxruntime
+
+    print(f"| onnxruntime {onnxruntime.__version__} (numpy features) | {onnx_seconds:.2f} | {audio_seconds / onnx_seconds:.0f} |")
+    return 0 if same == len(utts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
