@@ -34,6 +34,7 @@ Writes into --out: `<system>.<set>.txt` (id<TAB>raw output), `<system>.<set>.sco
 text that was scored), `peers.md` (the table) and `peers.json` (the figures, rewritten after each
 system and set, so an interrupted run keeps what it finished; with --append the rows of earlier
 runs into the same folder are kept, so systems and sets can be run separately, even at once).
+`--rescore` scores hypothesis files already in --out again on a (sub)set, without transcribing.
 """
 
 from __future__ import annotations
@@ -300,9 +301,17 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
         return [h[0].text if h else "" for h in decode_waves(model, decoder, tensors, device, batch_seconds)[0]]
 
     note = "checkpoint" + (" + LM + lexicon" if mode == "lm" else "")
-    name = f"asr:{path.name}:{mode}"
+    name = system_name(spec)
     return System(name, model.feature_config.sample_rate, disk_size(*files), note,
                   f"{described}, torch threads {threads}, batches of {batch_seconds:g} s", transcribe)
+
+
+def system_name(spec: str) -> str:
+    """The name a system's rows and files carry: 'asr:exp/x/best.pt' -> 'asr:best.pt:greedy'."""
+    if spec.startswith("asr:"):
+        path, mode = parse_asr_system(spec)
+        return f"asr:{path.name}:{mode}"
+    return spec
 
 
 def load_system(spec: str, args: argparse.Namespace) -> System:
@@ -379,6 +388,27 @@ def run_system(system: System, set_name: str, utts, waves: Sequence[np.ndarray],
                round(system.size_bytes / 1e6, 1), round(audio / max(seconds, 1e-9), 1), threads, round(seconds, 1),
                round(cpu_seconds, 1), round(audio / max(cpu_seconds, 1e-9), 1), system.settings, system.size_note,
                load_start, load_end)
+
+
+def rescore(out_dir: Path, names: Sequence[str], sets: dict) -> str:
+    """Score hypothesis files an earlier run wrote into `out_dir` on the utterances of `sets` (set name
+    -> (utterances, subset note)), e.g. a system run on a whole set scored on the subset another system
+    was run on. Returns a markdown table; nothing is transcribed or timed."""
+    from asr.score import read_texts, score
+
+    lines = ["| system | set | utterances | words | WER % | CER % |", "|---|---|---|---:|---:|---:|"]
+    for name in names:
+        for set_name, (utts, subset) in sets.items():
+            path = out_dir / f"{slug(name)}.{set_name}.scored.txt"
+            if not path.is_file():
+                raise SystemExit(f"peers.py: {path}: no hypotheses of {name} on {set_name} (run it first)")
+            hyps = read_texts(path)
+            missing = [u.id for u in utts if u.id not in hyps]
+            if missing:
+                raise SystemExit(f"peers.py: {path}: no hypothesis for {len(missing)} of the utterances, e.g. {missing[0]}")
+            report = score({u.id: u.text for u in utts}, {u.id: hyps[u.id] for u in utts})
+            lines.append(f"| {name} | {set_name} | {subset} | {report.words.units} | {report.wer:.2f} | {report.cer:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def slug(name: str) -> str:
@@ -469,6 +499,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for every engine (default 1)")
     p.add_argument("--max-utts", type=int, default=0,
                    help="at most N utterances of each manifest, evenly spaced over it (0: all)")
+    p.add_argument("--rescore", action="store_true",
+                   help="transcribe nothing: score the hypothesis files already in --out on these manifests "
+                        "(and --max-utts subset), e.g. one system's full run on the subset another ran on")
     p.add_argument("--append", action="store_true",
                    help="keep the rows of an existing OUT/peers.json (a row of the same system and set is replaced)")
     p.add_argument("--whisper-beam-size", type=int, default=5, help="faster-whisper's beam (its default 5; 1 is greedy)")
@@ -495,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"peers.py: two manifests named {path.stem!r}: the set names must differ")
         sets[path.stem] = select_utts(read_manifest(path), args.max_utts)
     command = " ".join(["python", "scripts/peers.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.rescore:
+        print(rescore(args.out, [system_name(s) for s in args.systems], sets), end="")
+        return 0
     cpu = cpu_model()
     rows: list[Row] = []
     for spec in args.systems:

@@ -196,6 +196,23 @@ def test_asr_greedy_end_to_end(checkpoint, synthetic_manifest, tmp_path, capsys)
     assert "| asr:model.pt:greedy | synth | 3 |" in (out / "peers.md").read_text()
 
 
+def test_rescore_scores_a_full_run_on_a_subset(checkpoint, synthetic_manifest, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--manifests", str(synthetic_manifest), "--systems", f"asr:{checkpoint}", "--out", str(out)]
+    assert peers.main(args) == 0
+    capsys.readouterr()
+    hyps = dict(line.split("\t", 1) for line in (out / "asr-model.pt-greedy.synth.scored.txt").read_text().splitlines())
+    assert peers.main([*args, "--rescore", "--max-utts", "2"]) == 0
+    table = capsys.readouterr().out
+    utts = read_manifest(synthetic_manifest)
+    subset = [utts[0], utts[2]]  # two of three, evenly spaced: the first and the last
+    report = score({u.id: u.text for u in subset}, {u.id: hyps[u.id] for u in subset})
+    assert f"| asr:model.pt:greedy | synth | 2 of 3, evenly spaced" in table
+    assert table.rstrip().endswith(f"| {report.words.units} | {report.wer:.2f} | {report.cer:.2f} |")
+    with pytest.raises(SystemExit, match="no hypotheses of pocketsphinx on synth"):
+        peers.main(["--manifests", str(synthetic_manifest), "--systems", "pocketsphinx", "--out", str(out), "--rescore"])
+
+
 def test_asr_lm_end_to_end_uses_the_lexicon(checkpoint, synthetic_manifest, tmp_path):
     pytest.importorskip("flashlight.lib.text")
     words = ["the", "cat", "sat", "ran", "a", "dog"]
