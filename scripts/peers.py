@@ -207,7 +207,7 @@ def _import_peer(module: str):
         raise SystemExit(f"peers.py: {module} is not installed ({e}); {PEERS_EXTRA_HINT}") from None
 
 
-def load_pocketsphinx(threads: int) -> System:
+def load_pocketsphinx() -> System:
     """PocketSphinx 5's default US-English model: Decoder() with its default acoustic model, LM and dictionary."""
     ps = _import_peer("pocketsphinx")
     decoder = ps.Decoder()
@@ -316,7 +316,7 @@ def system_name(spec: str) -> str:
 
 def load_system(spec: str, args: argparse.Namespace) -> System:
     if spec == POCKETSPHINX_NAME:
-        return load_pocketsphinx(args.threads)
+        return load_pocketsphinx()
     if spec == WHISPER_NAME:
         return load_whisper(args.threads, args.whisper_beam_size)
     if spec.startswith("asr:"):
@@ -356,7 +356,7 @@ class Row:
     loadavg_start: list[float] = field(default_factory=list)  # 1, 5, 15 min, before transcription
     loadavg_end: list[float] = field(default_factory=list)
     subset: str = "all"  # which utterances of the manifest (see select_utts)
-    date: str = ""
+    date: str = ""  # when the run finished (UTC)
     command: str = ""
 
 
