@@ -1,8 +1,11 @@
 """`asr export onnx`: the model from its frontend's normalized features to CTC log-probs as an ONNX
 graph (`CTCModel.encode`), with everything the torch-free runtime (asr.onnx_runtime) needs stored in
-the file's metadata: the feature settings and normalizer statistics, the tokenizer, the frame shift.
+the file's metadata: the feature settings and normalizer statistics, the tokenizer, the frame shift,
+and for the whisper frontend the encoder's identity (the encoder itself is not in the graph: the
+runtime runs it with CTranslate2, as training did, and refuses another encoder).
 
-Graph: inputs `features` (B, T, n_mels) float32 normalized log-mel and `lengths` (B,) int64 frames;
+Graph: inputs `features` (B, T, D) float32 normalized features (log-mel, D = n_mels; or, for the
+whisper frontend, the frozen encoder's outputs, D = its width, 384 for tiny) and `lengths` (B,) int64 frames;
 outputs `log_probs` (B, T', V) float32 and `out_lengths` (B,) int64. Batch and time are dynamic.
 Written with torch's TorchScript-based exporter (dynamo=False), which maps the recurrent layers to
 ONNX's LSTM/GRU/RNN operators; torch 2.14's default dynamo exporter did not finish decomposing the
@@ -41,16 +44,24 @@ class _Encoder(nn.Module):
 def onnx_metadata(model: Any, tokenizer: Any, source: str) -> dict[str, Any]:
     """What the runtime needs besides the graph (JSON-serializable)."""
     features = model.feature_config
-    return {
+    metadata = {
         "format": 1,
         "source": source,
-        "frontend": "logmel",
+        "frontend": features.frontend,
         "features": {"sample_rate": features.sample_rate, "n_fft": features.n_fft,
                      "hop_length": features.hop_length, "n_mels": features.n_mels},
         "normalizer": {"mean": model.normalizer.mean.tolist(), "std": model.normalizer.std.tolist()},
         "tokenizer": tokenizer.to_dict(),
         "frame_shift": model.frame_shift,
     }
+    if features.frontend == "whisper":
+        from .encoder_files import HOP_LENGTH, N_FFT, SAMPLE_RATE
+
+        # Whisper's own log-mel settings (the encoder's input), and the encoder's output width (the graph's input).
+        metadata["features"] = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
+                                "n_mels": model.frontend.n_mels, "dim": model.frontend.dim}
+        metadata["encoder_id"] = features.encoder_id
+    return metadata
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = OPSET) -> dict[str, Any]:
@@ -59,12 +70,12 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: in
     import onnx
 
     model, tokenizer, _ = load_model(checkpoint, "cpu")
-    if not isinstance(model.frontend, LogMel):
-        raise ValueError(f"{checkpoint}: asr export onnx supports models with the log-mel frontend, not "
-                         f"{type(model.frontend).__name__}")
+    frontend = model.feature_config.frontend
+    if frontend not in ("logmel", "whisper") or (frontend == "logmel" and not isinstance(model.frontend, LogMel)):
+        raise ValueError(f"{checkpoint}: asr export onnx supports the logmel and whisper frontends, not "
+                         f"{frontend!r} ({type(model.frontend).__name__})")
     model = model.float().eval()
-    n_mels = model.feature_config.n_mels
-    example = (torch.randn(2, 120, n_mels), torch.tensor([120, 90], dtype=torch.int64))
+    example = (torch.randn(2, 120, model.frontend.dim), torch.tensor([120, 90], dtype=torch.int64))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

