@@ -293,10 +293,17 @@ def test_cuda_oom_splits_batch_and_gives_the_same_update(synth_manifest, tmp_pat
     assert plain_state.step == split_state.step == 1
     assert plain_state.oom_splits == 0 and split_state.oom_splits >= 1
     assert "CUDA out of memory in epoch 0 batch 0" in (tmp_path / "split" / "train.log").read_text()
-    # AdamW's first step is about lr * sign(gradient), so float rounding in near-zero gradient
-    # entries moves a weight by up to ~lr; the gradients themselves are compared in the next test.
+    # AdamW's first step moves each weight by lr * g / (|g| + eps), about lr * sign(g): a weight
+    # whose gradient is within float rounding of zero may move anywhere in [-lr, lr] in either run,
+    # and how many such weights there are depends on the CPU's rounding. So every weight agrees
+    # within 2 lr, and all but a few within 1e-5 (measured: 1 of 50,709 weights beyond 1e-5, 5
+    # beyond 1e-6; AMD EPYC); the gradients themselves are compared in the next test.
+    lr, beyond = 3e-3, 0
     for key in plain:
-        torch.testing.assert_close(plain[key], split[key], rtol=0, atol=0.05 * 3e-3, msg=key)
+        diff = (plain[key].double() - split[key].double()).abs()
+        assert diff.max() <= 2 * lr + 1e-6, key
+        beyond += int((diff > 1e-5).sum())
+    assert beyond <= 50, f"{beyond} weights differ by more than 1e-5"
     assert read_checkpoint(tmp_path / "split" / "last.pt")["state"]["oom_splits"] == split_state.oom_splits
 
 
