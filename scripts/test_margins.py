@@ -7,6 +7,7 @@ weights and batch order) and prints, one Markdown table row per run, the quantit
 tests/README.md records the results and the margins chosen from them.
 
     python scripts/test_margins.py exact-transcripts --seeds 0        # tests/test_decode.py, tests/test_export.py
+    python scripts/test_margins.py oom-split --seeds 0                # tests/test_reliability.py (OOM split)
     python scripts/test_margins.py fixed-chunks --seeds 0             # tests/test_reliability.py (fixed model)
     python scripts/test_margins.py letters --seeds 0 1 2 3 4 5 6     # tests/test_reliability.py (`trained`)
     python scripts/test_margins.py synth-e2e --seeds 0 1 2 3          # tests/test_e2e.py (generated audio)
@@ -168,6 +169,31 @@ def fsdd_timestamps(seed: int, work: Path) -> dict:
     return timestamp_errors(work / "exp" / "best.pt", work)
 
 
+def oom_split(seed: int, work: Path) -> dict:
+    """tests/test_reliability.py's OOM-split update: how many weights differ after one AdamW step
+    on the whole batch and on its parts (no training path involved: `seed` is unused)."""
+    import test_reliability
+    from synth import write_synth_corpus
+
+    class Patch:  # the part of pytest's monkeypatch that _train_one_step uses
+        def setattr(self, obj, name, value):
+            setattr(obj, name, value)
+
+    manifest = write_synth_corpus(work / "synth")
+    real_loss = test_reliability.train_module._ctc_loss
+    _, plain = test_reliability._train_one_step(manifest, work / "plain")
+    row = {}
+    for oom_above in (4, 1):
+        _, split = test_reliability._train_one_step(manifest, work / f"split{oom_above}", Patch(), oom_above)
+        test_reliability.train_module._ctc_loss = real_loss
+        diff = torch.cat([(plain[k].double() - split[k].double()).abs().flatten() for k in plain])
+        row[f"split above {oom_above}: weights"] = diff.numel()
+        row[f"{oom_above}: beyond 1e-5"] = int((diff > 1e-5).sum())
+        row[f"{oom_above}: beyond 1e-6"] = int((diff > 1e-6).sum())
+        row[f"{oom_above}: max"] = f"{diff.max().item():.2e}"
+    return row
+
+
 def exact_transcripts(seed: int, work: Path) -> dict:
     """How far the best label leads the next in the untrained models whose greedy transcripts
     tests/test_decode.py and tests/test_export.py compare exactly (no training: `seed` is unused)."""
@@ -198,7 +224,7 @@ def exact_transcripts(seed: int, work: Path) -> dict:
             "test_export: largest float16 change": f"{(log_probs - log_probs16).abs()[valid].max().item():.2e}"}
 
 
-MEASURES = {"exact-transcripts": exact_transcripts, "fixed-chunks": fixed_chunks, "letters": letters, "synth-e2e": synth_e2e, "fsdd-timestamps": fsdd_timestamps}
+MEASURES = {"exact-transcripts": exact_transcripts, "oom-split": oom_split, "fixed-chunks": fixed_chunks, "letters": letters, "synth-e2e": synth_e2e, "fsdd-timestamps": fsdd_timestamps}
 
 
 def main() -> None:

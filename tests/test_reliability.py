@@ -296,8 +296,8 @@ def test_cuda_oom_splits_batch_and_gives_the_same_update(synth_manifest, tmp_pat
     # AdamW's first step moves each weight by lr * g / (|g| + eps), about lr * sign(g): a weight
     # whose gradient is within float rounding of zero may move anywhere in [-lr, lr] in either run,
     # and how many such weights there are depends on the CPU's rounding. So every weight agrees
-    # within 2 lr, and all but a few within 1e-5 (measured: 1 of 50,709 weights beyond 1e-5, 5
-    # beyond 1e-6; AMD EPYC); the gradients themselves are compared in the next test.
+    # within 2 lr, and all but a few within 1e-5 (measured: 1 of 50,709 weights beyond 1e-5;
+    # tests/README.md); the gradients themselves are compared in the next test.
     lr, beyond = 3e-3, 0
     for key in plain:
         diff = (plain[key].double() - split[key].double()).abs()
