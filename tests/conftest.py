@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def audio(tmp_path) -> AudioFactory:
     return AudioFactory(tmp_path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data relative to the repository root; skips the test when it is absent."""
     path = (REPO_ROOT / ".." / "shared" / "data").resolve()
@@ -127,3 +128,18 @@ def synth_model(tmp_path_factory) -> tuple[Path, Path]:
         torch.set_num_threads(threads)
     assert state.best_wer == 0.0, f"the synthetic fixture model did not learn its corpus (WER {state.best_wer}%)"
     return folder / "exp" / "best.pt", manifest
+
+
+def tracked_models() -> list[Path]:
+    """The model files committed to the repository (`models/*.pt` that git tracks), sorted; [] when
+    there are none or git cannot say. A test that wants a real model uses these and nothing else:
+    a checkpoint lying in an exp/ folder, or an untracked file in models/, exists only on the machine
+    that made it, and a test that used it would pass or fail depending on where it runs."""
+    try:
+        listed = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--", "models/*.pt"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if listed.returncode != 0:
+        return []
+    return sorted(REPO_ROOT / name for name in listed.stdout.split("\0") if name and (REPO_ROOT / name).is_file())

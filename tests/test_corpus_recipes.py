@@ -32,8 +32,10 @@ def test_options_help_and_config(recipe):
     for option in ("--stage", "--stop-stage", "--corpus-dir", "--config", "--train-args"):
         assert option in help_text.stdout
     assert (ROOT / "conf" / f"{recipe}.yaml").is_file()
+    # The README says what the corpus is (its licence and size); what it says about results changes
+    # as runs are recorded, so it is not checked here.
     readme = (ROOT / "recipes" / recipe / "README.md").read_text()
-    assert "Licence" in readme and "Size" in readme and "not measured yet" in readme
+    assert "Licence" in readme and "Size" in readme
     assert f"recipes/{recipe}/run.sh" in (ROOT / "README.md").read_text()
 
 

@@ -113,9 +113,8 @@ def test_malformed_line_names_file_and_line(tmp_path, bad_line):
 
 @pytest.mark.parametrize("key, value", [("start", '"abc"'), ("end", '"late"'), ("start", "[1]")])
 def test_malformed_segment_bounds_name_file_and_line(tmp_path, key, value):
-    # BUG (asr/data.py, read_manifest): "start" and "end" are stored as given (no float() conversion
-    # as for "duration"), so a malformed value is accepted and only fails later, with a TypeError and
-    # no file:line, when the audio is loaded (`(utt.start or 0.0) * rate`).
+    # "start" and "end" are numbers like "duration": a malformed one is reported at read time with
+    # file:line, not later as a TypeError when the audio is loaded.
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text(f'{{"id": "x", "audio": "/a.wav", "duration": 1.0, "{key}": {value}}}\n', encoding="utf-8")
     with pytest.raises(ValueError) as info:

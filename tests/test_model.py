@@ -127,11 +127,9 @@ def test_invalid_configurations():
 
 @pytest.mark.parametrize("subsampling, factor", SUBSAMPLINGS)
 def test_padding_does_not_change_outputs(subsampling, factor):
-    # BUG (asr/features.py LogMel.forward, see tests/test_features.py::
-    # test_logmel_batched_equals_single_on_all_valid_frames): the last valid feature frames of a
-    # shorter utterance see the batch's zero padding, so its log-probs change with its batch mates
-    # (differences of ~1e-3 to 4e-2 here). For "conv" the ConvSubsampler leaks padding as well
-    # (see test_encode_ignores_padding_content).
+    # Nothing of the batch's padding reaches a shorter utterance's outputs: the features are padded
+    # per utterance (tests/test_features.py::test_logmel_batched_equals_single_on_all_valid_frames)
+    # and the subsamplers and RNN ignore frames past each length (test_encode_ignores_padding_content).
     model = make_model(subsampling, factor).eval()
     waves, batch, lengths = make_batch()
     with torch.no_grad():
@@ -155,11 +153,10 @@ def test_encode_ignores_padding_content(subsampling, factor, rnn_type, pad_value
     """Features computed per utterance, then padded: encode() must give each utterance the output it
     gets alone, whatever the padding holds (packing hides it from the RNN in both directions).
 
-    BUG (asr/model.py, ConvSubsampler.forward): the strided convolutions do not zero the frames past
-    each utterance's length, so when an utterance's frame count (or the first layer's output length)
-    is odd, the last output frame's 3x3 kernel reads padding: with factor 4 even zero-padded features
-    leak (layer 1 turns zero padding into GELU(bias) != 0), with factor 2 any non-zero padding does
-    (the frontend pads with log(1e-10) normalized). Affected: conv-2 with pad_value 3.0 and conv-4.
+    The cases that would catch a leak: the strided convolutions must zero the frames past each
+    utterance's length before each layer, or with an odd frame count the last output frame's 3x3
+    kernel reads padding (with factor 4 even zero padding, which layer 1 turns into GELU(bias) != 0;
+    with factor 2 any non-zero padding).
     """
     model = make_model(subsampling, factor, rnn_type).eval()
     waves, _, lengths = make_batch()

@@ -35,8 +35,9 @@ from asr.train import train  # noqa: E402
 from asr.align import transcribe_files_detailed  # noqa: E402
 from asr.decode import PrefixBeamDecoder  # noqa: E402
 from asr.transcribe import (  # noqa: E402
-    FrameStitcher, chunk_layout, pause_segments, read_chunks, transcribe_files, transcribe_long,
+    FrameStitcher, long_log_probs, pause_segments, read_chunks, transcribe_files, transcribe_long,
 )
+from conftest import tracked_models  # noqa: E402
 from synth import synth_utterance, write_synth_corpus  # noqa: E402
 from test_train import OVERRIDES as TRAIN_OVERRIDES  # noqa: E402  (the tiny model of the training tests)
 
@@ -292,10 +293,17 @@ def test_cuda_oom_splits_batch_and_gives_the_same_update(synth_manifest, tmp_pat
     assert plain_state.step == split_state.step == 1
     assert plain_state.oom_splits == 0 and split_state.oom_splits >= 1
     assert "CUDA out of memory in epoch 0 batch 0" in (tmp_path / "split" / "train.log").read_text()
-    # AdamW's first step is about lr * sign(gradient), so float rounding in near-zero gradient
-    # entries moves a weight by up to ~lr; the gradients themselves are compared in the next test.
+    # AdamW's first step moves each weight by lr * g / (|g| + eps), about lr * sign(g): a weight
+    # whose gradient is within float rounding of zero may move anywhere in [-lr, lr] in either run,
+    # and how many such weights there are depends on the CPU's rounding. So every weight agrees
+    # within 2 lr, and all but a few within 1e-5 (measured: 1 of 50,709 weights beyond 1e-5;
+    # tests/README.md); the gradients themselves are compared in the next test.
+    lr, beyond = 3e-3, 0
     for key in plain:
-        torch.testing.assert_close(plain[key], split[key], rtol=0, atol=0.05 * 3e-3, msg=key)
+        diff = (plain[key].double() - split[key].double()).abs()
+        assert diff.max() <= 2 * lr + 1e-6, key
+        beyond += int((diff > 1e-5).sum())
+    assert beyond <= 50, f"{beyond} weights differ by more than 1e-5"
     assert read_checkpoint(tmp_path / "split" / "last.pt")["state"]["oom_splits"] == split_state.oom_splits
 
 
@@ -388,25 +396,39 @@ def test_frame_stitching_takes_every_frame_once(frames, hop, half_overlap, seed)
 SYNTH_WORDS = "abc bad cab dead beef fed dab bead fade ace cafe add bee deaf babe face deed".split()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small model trained on 24 sentences of the synthetic letters (about 20 s on one CPU
-    thread): it transcribes unseen sentences of them without error."""
-    out = tmp_path_factory.mktemp("trained")
+LETTERS_MODEL = [
+    "model.subsampling=stack", "model.subsampling_factor=2", "model.hidden_size=64", "model.num_layers=2",
+    "model.dropout=0.0", "specaug.freq_masks=0", "specaug.time_masks=0", "features.n_mels=24",
+    "train.epochs=30", "train.max_batch_seconds=8", "train.lr=5e-3", "train.warmup_steps=10",
+    "train.num_workers=0", "train.log_every=50", "train.device=cpu", "train.dev_max_utts=4"]
+
+
+def train_letters_model(out: Path, seed: int = 0):
+    """(model, tokenizer) trained with train.seed=`seed` on 24 sentences of the synthetic letters in
+    `out` (scripts/test_margins.py trains it with other seeds to measure the spread of the tests)."""
     rng = random.Random(0)
     sentences = [" ".join(rng.choice(SYNTH_WORDS) for _ in range(rng.randint(2, 4))) for _ in range(24)]
     utts = read_manifest(write_synth_corpus(out / "corpus", sentences))
-    config = load_config(None, [
-        "model.subsampling=stack", "model.subsampling_factor=2", "model.hidden_size=64", "model.num_layers=2",
-        "model.dropout=0.0", "specaug.freq_masks=0", "specaug.time_masks=0", "features.n_mels=24",
-        "train.epochs=30", "train.max_batch_seconds=8", "train.lr=5e-3", "train.warmup_steps=10",
-        "train.num_workers=0", "train.log_every=50", "train.device=cpu", "train.dev_max_utts=4"])
-    train(config, utts, utts, out / "exp")
+    train(load_config(None, LETTERS_MODEL + [f"train.seed={seed}"]), utts, utts, out / "exp")
     model, tokenizer, _ = load_model(out / "exp" / "last.pt")
     return model, tokenizer
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model trained on 24 sentences of the synthetic letters (about 20 s on one CPU
+    thread): it transcribes unseen sentences of them without error.
+
+    Its weights follow the training run's random path, which differs between CPU vendors and
+    thread counts. The tests below that use it were measured on 8 such paths (train.seed 0-6 on one
+    thread, 0 on two; AMD EPYC, 2026-11-29; tests/README.md): every one had 0% WER on the
+    long generated files, the exact short transcripts, and empty transcripts of silence."""
+    return train_letters_model(tmp_path_factory.mktemp("trained"))
+
+
 def test_short_files_identical_with_and_without_chunking(trained, tmp_path):
+    """Files shorter than a chunk take the same path with and without chunking. The "bad cab"
+    check holds on all 8 measured training paths (see `trained`)."""
     model, tokenizer = trained
     paths = []
     for i, text in enumerate(["bad cab", "dead beef fed dab", "ace cafe"]):
@@ -422,7 +444,8 @@ def test_short_files_identical_with_and_without_chunking(trained, tmp_path):
 
 def test_long_synthetic_file_chunked_matches_unchunked(trained, tmp_path):
     """2 minutes of the synthetic letters in 10 s chunks (12 seams): the same words as decoding the
-    file in one piece."""
+    file in one piece. On all 8 measured training paths (see `trained`) both WERs were 0.00%; the
+    bounds allow 3 (chunked vs whole) and 7 (whole vs truth) of the 150 words."""
     model, tokenizer = trained
     rng = random.Random(1)
     text = " ".join(rng.choice(SYNTH_WORDS) for _ in range(150))
@@ -437,7 +460,9 @@ def test_long_synthetic_file_chunked_matches_unchunked(trained, tmp_path):
 
 def test_long_file_beam_search_and_timestamps_are_chunked(trained, tmp_path):
     """The beam/timestamp path reads a long file in chunks too and cuts it at pauses: the same words
-    as greedy decoding of the whole file, word times increasing and inside the audio."""
+    as greedy decoding of the whole file, word times increasing and inside the audio. On all 8
+    measured training paths (see `trained`) the beam transcript equalled the greedy one (0.00%; the
+    bound allows 2 of the 80 words)."""
     model, tokenizer = trained
     rng = random.Random(2)
     text = " ".join(rng.choice(SYNTH_WORDS) for _ in range(80))
@@ -486,50 +511,133 @@ def test_pause_segments_cut_in_the_middle_of_the_longest_pause():
     assert pause_segments(no_pause, 0, 20, 10) == [(0, 20), (20, 40), (40, 45)]
 
 
-def _real_model():
-    path = REPO / "recipes" / "librispeech" / "exp" / "librispeech_small" / "best.pt"
-    if not path.is_file():
-        return None
-    for _ in range(3):  # a training run may be replacing it
-        try:
-            return load_model(path)[:2]
-        except ValueError:
-            time.sleep(5)
-    return None
+def write_ten_minutes(dev: Path, path: Path) -> Path:
+    """The first >= 10 minutes of utterances below `dev` (sorted) joined into one 16 kHz FLAC file."""
+    waves, seconds = [], 0.0
+    for audio_path in sorted(p for p in dev.rglob("*") if p.suffix in (".flac", ".opus", ".wav")):
+        waves.append(load_audio(audio_path, 16000))
+        seconds += waves[-1].shape[0] / 16000
+        if seconds >= 600:
+            break
+    assert seconds >= 600, f"{dev} holds only {seconds:.0f} s of audio"
+    soundfile.write(path, torch.cat(waves).numpy(), 16000)
+    return path
 
 
-def test_ten_minutes_of_real_speech_chunked_matches_unchunked(shared_data, request, tmp_path):
-    """>= 10 minutes of LibriSpeech dev utterances in one file: chunked (30 s, 4 s overlap) and
-    unchunked transcripts agree up to 2% WER. Uses the recipe's checkpoint when there is one."""
+@pytest.fixture(scope="module")
+def ten_minutes(shared_data, tmp_path_factory) -> Path:
+    """>= 10 minutes of LibriSpeech dev utterances (16 kHz) joined into one FLAC file."""
     dev = shared_data / "libri-other" / "dev"
     if not dev.is_dir():
         pytest.skip(f"{dev} not present")
-    real = _real_model()
-    model, tokenizer = real or request.getfixturevalue("trained")
+    return write_ten_minutes(dev, tmp_path_factory.mktemp("ten_minutes") / "ten_minutes.flac")
+
+
+def whole_and_chunked(model, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, V) log-probs of the file run through the model in one piece, and as `asr transcribe`
+    joins them from 30 s chunks overlapping by 4 s (every kept frame has >= 2 s of context on each
+    side within its chunk)."""
     rate = model.feature_config.sample_rate
-    waves, seconds = [], 0.0
-    for path in sorted(p for p in dev.rglob("*") if p.suffix in (".flac", ".opus", ".wav")):
-        waves.append(load_audio(path, rate))
-        seconds += waves[-1].shape[0] / rate
-        if seconds >= 600:
-            break
-    assert seconds >= 600
-    long_file = tmp_path / "ten_minutes.flac"
-    wave = torch.cat(waves)
-    soundfile.write(long_file, wave.numpy(), rate)
-    plain = transcribe_waves(model, tokenizer, [load_audio(long_file, rate)], CPU)[0]
-    chunked = transcribe_files(model, tokenizer, [long_file], CPU, chunk_seconds=30, chunk_overlap=4)[0]
-    assert chunked.error == ""
-    assert chunked.duration == pytest.approx(wave.shape[0] / rate)
-    if real:
-        assert len(plain.split()) > 200  # a real model says something over 10 minutes
-    wer = score({"f": plain}, {"f": chunked.text}).wer
-    print(f"chunked vs unchunked WER {wer:.2f}% over {len(plain.split())} words, {seconds / 60:.1f} min")
+    wave = load_audio(path, rate)
+    with torch.inference_mode():
+        log_probs, frames = model(wave[None], torch.tensor([wave.shape[0]]))
+    chunked, duration = long_log_probs(model, path, CPU, chunk_seconds=30, chunk_overlap=4)
+    assert duration == pytest.approx(wave.shape[0] / rate)
+    whole = log_probs[0, : frames[0]].float()
+    assert chunked.shape == whole.shape  # the same frame grid: nothing lost or doubled at the seams
+    return whole, chunked
+
+
+def frame_agreement(whole: torch.Tensor, chunked: torch.Tensor) -> tuple[float, float]:
+    """(share of frames whose best label is the same, mean over frames of the largest difference
+    of a label's probability)."""
+    agree = (whole.argmax(-1) == chunked.argmax(-1)).double().mean().item()
+    prob_diff = (whole.exp() - chunked.exp()).abs().amax(-1).double().mean().item()
+    return agree, prob_diff
+
+
+def fixed_model():
+    """A BiLSTM-CTC model with untrained weights from torch.manual_seed(0) (the same numbers on every
+    machine), normalizer statistics near those of log-mel speech and a scaled-up output layer, so
+    that its outputs change from frame to frame."""
+    from asr.model import CTCModel
+    from asr.text import CharTokenizer
+
+    config = load_config(None, ["model.subsampling=stack", "model.subsampling_factor=2", "model.hidden_size=64",
+                                "model.num_layers=2", "features.n_mels=24"])
+    tokenizer = CharTokenizer()
+    torch.manual_seed(0)
+    model = CTCModel(config.features, config.model, len(tokenizer)).eval()
+    with torch.no_grad():
+        model.normalizer.set_stats(torch.full((24,), -6.0), torch.full((24,), 2.5))
+        model.output.weight.mul_(8)
+    return model
+
+
+def test_ten_minutes_chunked_log_probs_equal_the_whole_file_for_a_fixed_model(ten_minutes):
+    """Reading, frame grid, context and stitching of the chunked path, on real speech, with a model
+    whose weights need no training: every stitched frame equals the whole file's up to float rounding.
+
+    Why it holds on any CPU and thread count: the weights come from torch's CPU generator (the same
+    numbers on every machine), and both sides run on the same machine, so only rounding differs
+    between them: max |d log-prob| 9.5e-7 over 30,281 frames (AMD EPYC, 1 and 2 threads) against a
+    bound of 1e-4. Why it is not vacuous: this BiLSTM's state lasts about half a second, so the
+    2 s of context the 4 s overlap gives each kept frame are needed (chunk_overlap=1 gives 0.057,
+    no overlap 0.93), and neighbouring frames differ by 0.13 on average, so a frame slip at a seam
+    fails (the 0.05 floor is asserted)."""
+    model = fixed_model()
+    whole, chunked = whole_and_chunked(model, ten_minutes)
+    print(f"fixed model: max |d log-prob| {(chunked - whole).abs().max().item():.2e} over {whole.shape[0]} frames")
+    assert whole.shape[0] > 30000
+    assert (whole[1:] - whole[:-1]).abs().amax(-1).mean().item() > 0.05
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
+
+
+def test_ten_minutes_chunked_log_probs_agree_with_the_whole_file_for_a_trained_model(ten_minutes, trained):
+    """The same with the module's trained model, bounded rather than equal: on LibriSpeech it is far
+    out of its domain (letters of the generated speech), where its LSTM state carries context over
+    many seconds, so 2 s of context do not make the frames equal.
+
+    Why it holds on any CPU: its weights depend on the training run's random path, which a CPU
+    vendor or thread count changes, so the bounds come from the spread over such paths: 8 runs
+    (train.seed 0-6 on one thread, 0 on two; AMD EPYC, tests/README.md) gave the same best label on 99.84
+    to 100% of frames and a mean largest probability difference of 4.5e-5 to 1.5e-3; the bounds
+    (99%, 1e-2) leave six times the worst. The words are not compared: this model says a few dozen
+    nonsense words over ten minutes, where one changed frame is a few percent WER (seed 0 on 2
+    threads: 4 of 39 words differ). The fixed-model test above checks the context exactly."""
+    model, _ = trained
+    agree, prob_diff = frame_agreement(*whole_and_chunked(model, ten_minutes))
+    print(f"trained fixture: best label agrees on {100 * agree:.3f}% of frames, mean max |dp| {prob_diff:.2e}")
+    assert agree >= 0.99 and prob_diff <= 1e-2
+
+
+@pytest.mark.parametrize("checkpoint", tracked_models() or [
+    pytest.param(None, marks=pytest.mark.skip(reason="no model is committed under models/"))], ids=lambda p: p.name if p else "none")
+def test_ten_minutes_chunked_transcript_equals_the_whole_file_with_a_real_model(ten_minutes, checkpoint):
+    """With a real model committed under models/ (none yet: skipped), the chunked transcript of
+    ten minutes of speech is the whole-file transcript: frames agree as for the trained model above,
+    and the words differ by at most 2% of more than 200 (a real model's BiLSTM context is well
+    inside the 2 s each kept frame sees on both sides). Not measured yet, as no model is committed:
+    the frame bounds are those of the trained model above, and 2% of 200 words is four words."""
+    model, tokenizer, _ = load_model(checkpoint)
+    whole, chunked = whole_and_chunked(model, ten_minutes)
+    agree, prob_diff = frame_agreement(whole, chunked)
+    decode = lambda lp: tokenizer.decode(greedy_decode(lp[None], torch.tensor([lp.shape[0]]), tokenizer.blank)[0])
+    plain, stitched = decode(whole), decode(chunked)
+    wer = score({"f": plain}, {"f": stitched}).wer
+    print(f"{checkpoint.name}: frames agree {100 * agree:.3f}%, mean max |dp| {prob_diff:.2e}, "
+          f"chunked vs whole WER {wer:.2f}% over {len(plain.split())} words")
+    assert agree >= 0.99 and prob_diff <= 1e-2
+    assert len(plain.split()) > 200  # a real model says something over 10 minutes
     assert wer <= 2.0
+    [result] = transcribe_files(model, tokenizer, [ten_minutes], CPU, chunk_seconds=30, chunk_overlap=4)
+    assert (result.error, result.text) == ("", stitched)  # what `asr transcribe` prints
 
 
 def test_silence_gives_empty_transcripts(trained, tmp_path):
-    """Digital silence and a quiet noise floor, in one piece and chunked (40 s > one 30 s chunk)."""
+    """Digital silence and a quiet noise floor, in one piece and chunked (40 s > one 30 s chunk).
+    On the 8 measured training paths (see `trained`), on every frame of these files blank-or-space
+    was at least e^5 (150) times as likely as the likeliest letter, so no letter is near the top."""
     model, tokenizer = trained
     rng = np.random.default_rng(0)
     soundfile.write(tmp_path / "zeros.wav", np.zeros(16000 * 40, dtype=np.float32), 16000)

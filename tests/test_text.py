@@ -93,9 +93,8 @@ def test_normalize_examples(raw, expected):
 
 
 def test_normalize_acute_accent_as_apostrophe():
-    # BUG (asr/text.py, normalize): "\u00b4" (ACUTE ACCENT, a common stand-in for an apostrophe) is in
-    # _APOSTROPHES, but NFKD runs first and decomposes it into " " + a combining acute, so the mapping
-    # never applies and "don\u00b4t" becomes "don t" (two words) instead of "don't".
+    # "\u00b4" (ACUTE ACCENT, a common stand-in for an apostrophe) must be mapped before NFKD, which
+    # would decompose it into " " + a combining acute and split "don\u00b4t" into two words.
     assert normalize("don\u00b4t") == "don't"
 
 
