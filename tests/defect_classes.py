@@ -122,6 +122,21 @@ DEFECT_CLASSES: dict[str, list[str]] = {
         "test_beam.py::test_unknown_decoder",
         "test_beam.py::test_gpu_beam_needs_cuda",
     ],
+    "HTTP requests (asr serve)": [
+        "test_serve.py::test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving",
+        "test_serve.py::test_wav_truncation_is_detected_from_the_header",
+        "test_serve.py::test_serve_without_a_model_exits_with_a_clear_error",
+        "test_serve.py::test_worker_batches_and_isolates_a_failing_request",
+        "test_serve.py::test_a_full_queue_answers_503",
+        "test_serve.py::test_an_oversized_chunked_upload_without_content_length_gets_413",
+    ],
+    "pretrained encoders": [
+        "test_pretrained.py::test_no_encoder_gives_a_message_saying_how_to_get_one",
+        "test_pretrained.py::test_a_checkpoint_names_its_encoder_and_refuses_another",
+        "test_pretrained.py::test_resuming_a_run_keeps_its_encoder",
+        "test_pretrained.py::test_an_unknown_frontend_is_named_in_the_error",
+        "test_pretrained.py::test_training_manifests_with_the_same_id_are_refused",
+    ],
 }
 
 
