@@ -188,13 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lm", help="word n-gram language models for beam-lm decoding")
     lm = p.add_subparsers(dest="lm_command", metavar="LM_COMMAND", required=True)
     c = lm.add_parser("build", help="interpolated modified Kneser-Ney n-gram from text, written as ARPA")
-    c.add_argument("text", type=Path, help="text, one sentence per line (.gz read as gzip); normalized like transcripts")
+    c.add_argument("text", type=Path, nargs="+",
+                   help="text files, one sentence per line (.gz read as gzip), or manifests (.jsonl: their "
+                        "transcripts), used together; normalized like transcripts")
     c.add_argument("--order", type=int, default=3, help="n-gram order, e.g. 3 or 4")
     c.add_argument("--out", required=True, type=Path, help="ARPA file to write")
     c.add_argument("--prune", type=int, nargs="+", default=None, metavar="COUNT",
                    help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
-    c.add_argument("--vocab", type=Path, default=None, help="word list (or ARPA); other words become <unk>")
-    c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines (0: all)")
+    c.add_argument("--vocab", type=Path, nargs="+", default=None,
+                   help="word lists (or ARPA files, or manifests: their words), joined; other words become <unk>")
+    c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines of each text (0: all)")
     c.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
     c.set_defaults(run=_lm_build)
     c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
@@ -656,9 +659,10 @@ def _lm_build(args: argparse.Namespace) -> int:
     from .lm import build_ngram_model, iter_text, read_vocab, write_arpa
 
     start = time.perf_counter()
-    vocab = read_vocab(args.vocab) if args.vocab else None
-    lines = tqdm(iter_text(args.text, args.max_lines), desc=f"reading {args.text.name}", unit=" lines",
-                 total=args.max_lines or None, disable=not show_progress(args), mininterval=1.0, unit_scale=True)
+    vocab = list(dict.fromkeys(w for path in args.vocab for w in read_vocab(path))) if args.vocab else None
+    names = ", ".join(path.name for path in args.text)
+    lines = tqdm((line for path in args.text for line in iter_text(path, args.max_lines)), desc=f"reading {names}",
+                 unit=" lines", disable=not show_progress(args), mininterval=1.0, unit_scale=True)
     model = build_ngram_model(lines, args.order, vocab, args.prune or ())
     write_arpa(model, args.out)
     sizes = ", ".join(f"{n}-grams {len(t.word)}" for n, t in enumerate(model.orders, 1))

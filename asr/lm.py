@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import io
 import itertools
+import json
 import logging
 import math
 import os
@@ -116,13 +117,34 @@ def _word_bits(table: NgramOrder) -> int:
 
 
 def iter_text(path: str | os.PathLike, max_lines: int = 0) -> Iterator[str]:
-    """Lines of a text file (.gz read as gzip), normalized like transcripts (lower case a-z ' and space)."""
+    """Lines of a text file (.gz read as gzip), normalized like transcripts (lower case a-z ' and space);
+    for a manifest (.jsonl), its transcripts."""
+    if str(path).endswith(".jsonl"):
+        yield from _manifest_texts(path, max_lines)
+        return
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f):
             if max_lines and i >= max_lines:
                 break
             text = normalize(line)
+            if text:
+                yield text
+
+
+def _manifest_texts(path: str | os.PathLike, max_lines: int = 0) -> Iterator[str]:
+    """The normalized `text` of each line of a JSON Lines manifest (read without asr.data, which
+    needs torch: the LM tools do not)."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if max_lines and number > max_lines:
+                break
+            if not line.strip():
+                continue
+            try:
+                text = normalize(json.loads(line)["text"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{path}:{number}: not a manifest line with a text field") from None
             if text:
                 yield text
 
@@ -193,9 +215,13 @@ def perplexity(arpa: str | os.PathLike, sentences: Iterable[str]) -> dict[str, f
 
 
 def read_vocab(path: str | os.PathLike) -> list[str]:
-    """Words of a vocabulary: one per line (first column), or the unigrams of an ARPA file;
-    normalized like transcripts, in first-seen order, without <s> </s> <unk>."""
+    """Words of a vocabulary: one per line (first column), the unigrams of an ARPA file (.gz too),
+    or the words of a manifest's transcripts (.jsonl); normalized like transcripts, in first-seen order, without <s> </s> <unk>."""
     words: dict[str, None] = {}
+    if str(path).endswith(".jsonl"):  # a manifest: the words of its transcripts
+        for text in _manifest_texts(path):
+            words.update(dict.fromkeys(text.split()))
+        return list(words)
     with _open_text(path) as f:
         first = f.readline()
         if first.strip() == "\\data\\":

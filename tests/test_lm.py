@@ -182,3 +182,26 @@ def test_perplexity_from_the_arpa_file_agrees_with_the_model_and_reads_gzip(tmp_
     assert asr_main(["lm", "perplexity", str(tmp_path / "lm.arpa.gz"), str(tmp_path / "dev.txt")]) == 0
     assert f"perplexity {expected:.1f}" in capsys.readouterr().out
     assert read_vocab(tmp_path / "lm.arpa.gz") == read_vocab(tmp_path / "lm.arpa")  # the lexicon reads .gz too
+
+
+def test_lm_build_takes_several_texts_and_manifests_with_their_words(tmp_path):
+    """An LM from a book text plus a corpus's training transcripts, its vocabulary a word list plus
+    those transcripts' words (how the shipped LM is built: recipes/librispeech/RESULTS.md)."""
+    import json
+
+    book = tmp_path / "book.txt"
+    book.write_text("THE CAT SAT\nTHE DOG SAT\n")
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"u{i}", "audio": "x.wav", "duration": 1.0, "text": t}) + "\n"
+                                for i, t in enumerate(["the zebu sat", "A Zebu's hat!"])))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("THE\nCAT\nSAT\n")
+    assert read_vocab(manifest) == ["the", "zebu", "sat", "a", "zebu's", "hat"]
+    arpa = tmp_path / "lm.arpa"
+    assert asr_main(["lm", "build", str(book), str(manifest), "--order", "2", "--out", str(arpa),
+                     "--vocab", str(vocab), str(manifest)]) == 0
+    unigrams = {k[0] for k in read_arpa(arpa) if len(k) == 1}
+    assert {"zebu", "zebu's", "cat"} <= unigrams and "dog" not in unigrams  # dog: in the text, not the vocabulary
+    assert ("the", "zebu") in read_arpa(arpa)
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    assert asr_main(["lm", "build", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x.arpa")]) == 2
