@@ -39,67 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="BiLSTM-CTC speech recognition: prepare, train, decode, score.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="import a corpus into a JSON Lines manifest")
-    corpora = p.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
-    c = corpora.add_parser("librispeech", help="LibriSpeech layout: <spk>/<chapter>/<spk>-<chapter>.trans.txt + audio")
-    c.add_argument("--corpus-dir", required=True, type=Path, nargs="+",
-                   help="folder with the split (searched recursively); several are combined into one manifest")
-    c.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
-    c.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
-    c.add_argument("--strict", action="store_true", help="exit non-zero if any entry was skipped")
-    c.set_defaults(run=_prepare)
-    c = corpora.add_parser("fsdd", help="Free Spoken Digit Dataset: recordings/{digit}_{speaker}_{index}.wav")
-    c.add_argument("--corpus-dir", required=True, type=Path)
-    c.add_argument("--split", required=True, choices=["train", "test", "all"], help="official split: index 0-4 is test")
-    c.add_argument("--out", required=True, type=Path)
-    c.add_argument("--strict", action="store_true", help="exit non-zero if any entry was skipped")
-    c.set_defaults(run=_prepare)
-    c = corpora.add_parser("an4", help="CMU AN4: etc/an4_{train,test}.transcription + wav/*/<spk>/<id>.sph")
-    c.add_argument("--corpus-dir", required=True, type=Path, help="the an4 folder (holding etc/ and wav/)")
-    c.add_argument("--split", required=True, choices=["train", "test"])
-    _add_prepare_options(c)
-    c = corpora.add_parser("commonvoice", help="Mozilla Common Voice: <split>.tsv + clips/*.mp3 of one language")
-    c.add_argument("--corpus-dir", required=True, type=Path, help="the language folder, e.g. cv-corpus-17.0-2024-03-15/en")
-    c.add_argument("--split", required=True, choices=["train", "dev", "test", "validated", "invalidated", "other"])
-    c.add_argument("--keep-script", action="store_true",
-                   help="keep letters of any script (default: map text to the English a-z alphabet)")
-    _add_prepare_options(c)
-    c = corpora.add_parser("tedlium", help="TED-LIUM release 3: stm/<talk>.stm segments of sph/<talk>.sph")
-    c.add_argument("--corpus-dir", required=True, type=Path, help="TEDLIUM_release-3 (or a folder with stm/ and sph/)")
-    c.add_argument("--split", required=True, choices=["train", "dev", "test"])
-    c.add_argument("--layout", default="default", choices=["default", "legacy", "speaker-adaptation"],
-                   help="default: train from data/, dev and test from legacy/")
-    _add_prepare_options(c)
-    c = corpora.add_parser("ljspeech", help="LJSpeech: metadata.csv (id|text|normalized text) + wavs/<id>.wav")
-    c.add_argument("--corpus-dir", required=True, type=Path, help="the LJSpeech-1.1 folder")
-    c.add_argument("--split", default="all", choices=["train", "dev", "test", "all"],
-                   help="dev/test: 250 utterances each from the end of the id order")
-    _add_prepare_options(c)
-    c = corpora.add_parser("speechocean762", help="speechocean762 (OpenSLR 101): Kaldi dirs train/, test/ + WAVE/")
-    c.add_argument("--corpus-dir", required=True, type=Path, help="the folder holding train/, test/ and WAVE/")
-    c.add_argument("--split", required=True, choices=["train", "test"])
-    _add_prepare_options(c)
-    c = corpora.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, optional segments")
-    c.add_argument("--data-dir", required=True, type=Path)
-    c.add_argument("--audio-root", type=Path, default=None,
-                   help="folder relative wav.scp paths start from (default: here, then the data dir's grandparent)")
-    _add_prepare_options(c)
-    c = corpora.add_parser("folder", help="your own data: a folder of audio files plus a CSV/TSV of path and transcript")
-    c.add_argument("--csv", required=True, type=Path, help="CSV or TSV with a header row")
-    c.add_argument("--audio-dir", required=True, type=Path, help="folder the paths in the table are relative to")
-    c.add_argument("--path-column", default=None, help="default: path, audio, file, filename, wav, ...")
-    c.add_argument("--text-column", default=None, help="default: text, transcript, transcription, sentence, ...")
-    c.add_argument("--speaker-column", default=None, help="default: speaker, speaker_id or client_id if present")
-    _add_prepare_options(c)
-
-    p = sub.add_parser("download", help="download and extract a public corpus")
-    p.add_argument("corpus", choices=["librispeech", "mini-librispeech", "librispeech-lm", "fsdd", "an4", "tedlium",
-                                      "ljspeech", "commonvoice"])
-    p.add_argument("--subsets", nargs="*", default=None,
-                   help="LibriSpeech subsets, e.g. dev-clean train-clean-100; librispeech-lm: file names, e.g. 4-gram.arpa.gz")
-    p.add_argument("--archive", default=None, help="commonvoice: the downloaded .tar.gz, or its download link")
-    p.add_argument("--dest", required=True, type=Path, help="folder for archives and extracted data")
-    p.set_defaults(run=_download)
+    add_prepare(sub)
+    add_download(sub)
 
     p = sub.add_parser("export", help="write a manifest in another toolkit's format, or a model for inference")
     formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -282,42 +223,25 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
 
 
-def _add_prepare_options(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
-    c.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
-    c.add_argument("--strict", action="store_true", help="exit non-zero if any entry was skipped")
-    c.set_defaults(run=_prepare)
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    """`asr prepare CORPUS`: one subparser per corpus in asr.corpora.CORPORA, with that corpus's options."""
+    from .corpora import CORPORA
+
+    p = sub.add_parser("prepare", help="import a corpus into a JSON Lines manifest")
+    corpora = p.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+    for corpus in CORPORA.values():
+        if corpus.prepare is None:
+            continue
+        c = corpora.add_parser(corpus.name, help=corpus.help)
+        corpus.add_arguments(c)
+        c.set_defaults(run=_prepare)
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from . import prepare as pr
+    from .corpora import CORPORA
     from .data import write_manifest
 
-    common = {"max_duration": args.max_duration} if args.corpus != "fsdd" else {}
-    if args.corpus == "librispeech":
-        result = pr.PrepareResult()
-        for folder in args.corpus_dir:  # several subsets (train-clean-100 + 360 + other-500) make one set
-            part = pr.prepare_librispeech(folder, **common)
-            result.kept.extend(part.kept)
-            result.skipped.extend(part.skipped)
-        result.kept.sort(key=lambda u: u.id)
-    elif args.corpus == "fsdd":
-        result = pr.prepare_fsdd(args.corpus_dir, args.split)
-    elif args.corpus == "an4":
-        result = pr.prepare_an4(args.corpus_dir, args.split, **common)
-    elif args.corpus == "commonvoice":
-        result = pr.prepare_commonvoice(args.corpus_dir, args.split, keep_script=args.keep_script, **common)
-    elif args.corpus == "tedlium":
-        result = pr.prepare_tedlium(args.corpus_dir, args.split, layout=args.layout, **common)
-    elif args.corpus == "ljspeech":
-        result = pr.prepare_ljspeech(args.corpus_dir, args.split, **common)
-    elif args.corpus == "speechocean762":
-        result = pr.prepare_speechocean762(args.corpus_dir, args.split, **common)
-    elif args.corpus == "kaldi":
-        result = pr.prepare_kaldi(args.data_dir, audio_root=args.audio_root, **common)
-    else:
-        result = pr.prepare_folder(args.csv, args.audio_dir, path_column=args.path_column, text_column=args.text_column,
-                                   speaker_column=args.speaker_column, **common)
+    result = CORPORA[args.corpus].prepare(args)
     source = getattr(args, "corpus_dir", None) or getattr(args, "data_dir", None) or args.csv
     source = " ".join(map(str, source)) if isinstance(source, list) else source
     rejects = _write_rejects(args.out, result.skipped)
@@ -336,7 +260,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _write_rejects(manifest: Path, skipped: list[tuple[str, str]]) -> Path:
     """X.jsonl -> X.rejects.jsonl: one {"entry", "category", "reason"} object per skipped entry
     (written, possibly empty, on every run, so that it never describes an older run)."""
-    from .prepare import reason_category
+    from .corpora import reason_category
 
     stem = manifest.name[: -len(".jsonl")] if manifest.name.endswith(".jsonl") else manifest.name
     path = manifest.with_name(f"{stem}.rejects.jsonl")
@@ -347,8 +271,21 @@ def _write_rejects(manifest: Path, skipped: list[tuple[str, str]]) -> Path:
     return path
 
 
+def add_download(sub: argparse._SubParsersAction) -> None:
+    """`asr download CORPUS`: the corpora of asr.corpora.CORPORA that have a download."""
+    from .corpora import downloadable
+
+    p = sub.add_parser("download", help="download and extract a public corpus")
+    p.add_argument("corpus", choices=downloadable())
+    p.add_argument("--subsets", nargs="*", default=None,
+                   help="LibriSpeech subsets, e.g. dev-clean train-clean-100; librispeech-lm: file names, e.g. 4-gram.arpa.gz")
+    p.add_argument("--archive", default=None, help="commonvoice: the downloaded .tar.gz, or its download link")
+    p.add_argument("--dest", required=True, type=Path, help="folder for archives and extracted data")
+    p.set_defaults(run=_download)
+
+
 def _download(args: argparse.Namespace) -> int:
-    from .download import download_corpus
+    from .corpora import download_corpus
 
     path = download_corpus(args.corpus, args.dest, args.subsets, archive=args.archive)
     print(path)
@@ -357,7 +294,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .data import read_manifest
-    from .prepare import export_kaldi
+    from .corpora.kaldi import export_kaldi
 
     utts = read_manifest(args.manifest)
     export_kaldi(utts, args.data_dir)

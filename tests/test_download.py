@@ -1,4 +1,5 @@
-"""asr.download: resumable downloads with checksums, one-time safe extraction, corpus helpers.
+"""asr.download and the corpora's downloads: resumable downloads with checksums, one-time safe extraction,
+corpus helpers.
 
 Everything runs against a throwaway HTTP server on 127.0.0.1 that supports Range requests and
 can cut a response short to simulate a dropped connection; no test touches the network.
@@ -21,19 +22,18 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr import download as dl
-from asr.download import (
+from asr.corpora import an4, download_corpus, ljspeech, tedlium
+from asr.corpora import fsdd as fsdd_module
+from asr.corpora import librispeech as ls
+from asr.corpora.fsdd import download_fsdd, prepare_fsdd
+from asr.corpora.librispeech import (
     LIBRISPEECH_SUBSETS,
     LIBRISPEECH_URL,
     MINI_LIBRISPEECH_SUBSETS,
-    DownloadError,
-    download,
-    download_corpus,
-    download_fsdd,
     download_librispeech,
-    extract,
+    prepare_librispeech,
 )
-from asr.prepare import prepare_fsdd, prepare_librispeech
+from asr.download import CorpusArchive, DownloadError, download, extract
 
 TIMEOUT = 5.0
 
@@ -397,7 +397,7 @@ def test_official_tables():
     for subset, (archive, md5) in {**LIBRISPEECH_SUBSETS, **MINI_LIBRISPEECH_SUBSETS}.items():
         assert archive == f"{subset}.tar.gz"
         assert md5 is None or re.fullmatch(r"[0-9a-f]{32}", md5)
-    assert dl.FSDD_URL.startswith("https://github.com/Jakobovski/free-spoken-digit-dataset/")
+    assert fsdd_module.FSDD_URL.startswith("https://github.com/Jakobovski/free-spoken-digit-dataset/")
 
 
 # --------------------------------------------------------------------------- more corpora (issue 6)
@@ -420,11 +420,11 @@ def test_download_librispeech_lm_resources(server, tmp_path, monkeypatch):
              "3-gram.pruned.1e-7.arpa.gz": b"\x1f\x8b fake arpa"}
     for name, data in files.items():
         server.add(f"/11/{name}", data)
-        monkeypatch.setitem(dl.LIBRISPEECH_LM_FILES, name, len(data))
-    folder = dl.download_librispeech_lm(None, tmp_path / "lm", base_url=server.url + "/11", progress=False)
+        monkeypatch.setitem(ls.LIBRISPEECH_LM_FILES, name, len(data))
+    folder = ls.download_librispeech_lm(None, tmp_path / "lm", base_url=server.url + "/11", progress=False)
     assert folder == tmp_path / "lm"
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files  # the .arpa.gz stays compressed
-    dl.download_librispeech_lm(list(files), tmp_path / "lm", base_url=server.url + "/11", progress=False)
+    ls.download_librispeech_lm(list(files), tmp_path / "lm", base_url=server.url + "/11", progress=False)
     assert len(server.requests) == 3  # complete files are not fetched again
     with pytest.raises(ValueError, match="unknown LibriSpeech LM file '5-gram.arpa.gz'"):
         download_corpus("librispeech-lm", tmp_path, ["5-gram.arpa.gz"])
@@ -438,7 +438,7 @@ def _sphere_bytes(seconds: float) -> bytes:
 
 
 def test_download_an4_archive_once_then_prepare(server, tmp_path, monkeypatch):
-    from asr.prepare import prepare_an4
+    from asr.corpora.an4 import prepare_an4
 
     archive = _tar_gz({
         "an4/etc/an4_test.transcription": b"<s> YES </s> (an1-fash-b)\n",
@@ -447,14 +447,14 @@ def test_download_an4_archive_once_then_prepare(server, tmp_path, monkeypatch):
     })
     url = server.add("/an4/an4_sphere.tar.gz", archive)
     sha256, _ = _digests(archive)
-    monkeypatch.setitem(dl.ARCHIVES, "an4", dl.CorpusArchive(url, sha256, None, "an4"))
+    monkeypatch.setattr(an4, "ARCHIVE", CorpusArchive(url, sha256, None, "an4"))
     folder = download_corpus("an4", tmp_path)
     assert folder == tmp_path / "an4"
     result = prepare_an4(folder, "test", progress=False)
     assert [(u.id, u.text, u.speaker, u.duration) for u in result.kept] == [("an1-fash-b", "yes", "fash", 0.5)]
     assert download_corpus("an4", tmp_path) == folder and len(server.requests) == 1  # extracted once
 
-    monkeypatch.setitem(dl.ARCHIVES, "an4", dl.CorpusArchive(url, "0" * 64, None, "an4"))
+    monkeypatch.setattr(an4, "ARCHIVE", CorpusArchive(url, "0" * 64, None, "an4"))
     with pytest.raises(DownloadError, match="sha256 expected 0000"):
         download_corpus("an4", tmp_path / "again")
 
@@ -480,13 +480,13 @@ def test_unpack_commonvoice_from_a_local_archive(tmp_path):
 
 
 def test_official_tables_of_the_other_corpora():
-    assert dl.LIBRISPEECH_LM_URL == "https://www.openslr.org/resources/11"
-    assert set(dl.LIBRISPEECH_LM_FILES) == {"librispeech-vocab.txt", "librispeech-lexicon.txt", "3-gram.arpa.gz",
+    assert ls.LIBRISPEECH_LM_URL == "https://www.openslr.org/resources/11"
+    assert set(ls.LIBRISPEECH_LM_FILES) == {"librispeech-vocab.txt", "librispeech-lexicon.txt", "3-gram.arpa.gz",
                                             "3-gram.pruned.1e-7.arpa.gz", "3-gram.pruned.3e-7.arpa.gz", "4-gram.arpa.gz"}
-    assert set(dl.LIBRISPEECH_LM_DEFAULT) <= set(dl.LIBRISPEECH_LM_FILES)
-    assert dl.ARCHIVES["an4"].url == "http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz"
-    assert dl.ARCHIVES["tedlium"].name == "TEDLIUM_release-3.tgz" and dl.ARCHIVES["tedlium"].top == "TEDLIUM_release-3"
-    assert dl.ARCHIVES["ljspeech"].name == "LJSpeech-1.1.tar.bz2" and dl.ARCHIVES["ljspeech"].top == "LJSpeech-1.1"
-    for archive in dl.ARCHIVES.values():
+    assert set(ls.LIBRISPEECH_LM_DEFAULT) <= set(ls.LIBRISPEECH_LM_FILES)
+    assert an4.ARCHIVE.url == "http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz"
+    assert tedlium.ARCHIVE.name == "TEDLIUM_release-3.tgz" and tedlium.ARCHIVE.top == "TEDLIUM_release-3"
+    assert ljspeech.ARCHIVE.name == "LJSpeech-1.1.tar.bz2" and ljspeech.ARCHIVE.top == "LJSpeech-1.1"
+    for archive in (an4.ARCHIVE, tedlium.ARCHIVE, ljspeech.ARCHIVE):
         assert archive.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", archive.sha256)
         assert archive.md5 is None or re.fullmatch(r"[0-9a-f]{32}", archive.md5)

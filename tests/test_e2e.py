@@ -64,7 +64,7 @@ def test_generated_audio_loss_falls_and_greedy_recovers_transcripts(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (FSDD / "recordings").is_dir(), reason="../shared/data/fsdd not present")
 def test_fsdd_trains_below_20_percent_wer(tmp_path):
-    from asr.prepare import prepare_fsdd
+    from asr.corpora.fsdd import prepare_fsdd
 
     train_utts = prepare_fsdd(FSDD, "train").kept
     test_utts = prepare_fsdd(FSDD, "test").kept

@@ -10,7 +10,8 @@ import soundfile
 
 from asr.cli import main
 from asr.data import Utterance, read_manifest, write_manifest
-from asr.prepare import export_kaldi, prepare_kaldi, reason_category
+from asr.corpora.common import reason_category
+from asr.corpora.kaldi import export_kaldi, prepare_kaldi
 
 
 def _wav(path: Path, seconds: float, sr: int = 16000) -> Path:

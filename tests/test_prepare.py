@@ -1,4 +1,4 @@
-"""asr.prepare: LibriSpeech and FSDD importers, their validation and the summary."""
+"""asr.corpora: LibriSpeech and FSDD importers, their validation and the summary."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import soundfile
 
 from asr.data import read_manifest, write_manifest
-from asr.prepare import PrepareResult, prepare_fsdd, prepare_librispeech, reason_category
+from asr.corpora.common import PrepareResult, reason_category
+from asr.corpora.fsdd import prepare_fsdd
+from asr.corpora.librispeech import prepare_librispeech
 from asr.text import BLANK, CharTokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

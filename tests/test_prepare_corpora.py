@@ -1,4 +1,4 @@
-"""asr.prepare importers for AN4, Common Voice, TED-LIUM 3, LJSpeech and a folder plus CSV/TSV.
+"""asr.corpora importers for AN4, Common Voice, TED-LIUM 3, LJSpeech and a folder plus CSV/TSV.
 
 Every fixture is written in the corpus's own on-disk format (folder layout, file names, metadata
 headers and separators, NIST SPHERE headers, MP3 clips) and every manifest entry is checked."""
@@ -11,20 +11,16 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr import prepare as pr
+from asr.corpora import ljspeech as ljspeech_module
 from asr.cli import main
 from asr.data import read_manifest
-from asr.prepare import (
-    normalize_commonvoice,
-    normalize_tedlium,
-    prepare_an4,
-    prepare_commonvoice,
-    prepare_folder,
-    prepare_ljspeech,
-    prepare_tedlium,
-    read_sphere_header,
-    reason_category,
-)
+from asr.corpora.an4 import prepare_an4
+from asr.corpora.common import read_sphere_header, reason_category
+from asr.corpora.commonvoice import normalize_commonvoice, prepare_commonvoice
+from asr.corpora.folder import prepare_folder
+from asr.corpora.ljspeech import prepare_ljspeech
+from asr.corpora.speechocean762 import prepare_speechocean762
+from asr.corpora.tedlium import normalize_tedlium, prepare_tedlium
 from asr.text import BLANK, CharTokenizer
 
 
@@ -334,7 +330,7 @@ def test_ljspeech_uses_the_normalized_column(ljspeech):
 
 
 def test_ljspeech_held_out_split(ljspeech, monkeypatch):
-    monkeypatch.setattr(pr, "LJSPEECH_HELD_OUT", 1)
+    monkeypatch.setattr(ljspeech_module, "LJSPEECH_HELD_OUT", 1)
     ids = {s: [u.id for u in prepare_ljspeech(ljspeech, s, progress=False).kept] for s in ("train", "dev", "test")}
     assert ids == {"train": ["LJ001-0001", "LJ001-0003", "LJ001-0010"], "dev": [], "test": ["LJ050-0278"]}
     # dev is LJ002-0001, whose audio is missing
@@ -440,12 +436,12 @@ def test_speechocean762_manifest_entry_by_entry(speechocean762, tmp_path, monkey
     assert [(u.id, u.text, u.speaker, u.duration) for u in utts] == [
         ("000010011", "we call it bear", "0001", 1.2), ("000010035", "zero three five one", "0001", 0.8)]
     assert all(Path(u.audio) == speechocean762 / "WAVE" / "SPEAKER0001" / f"{u.id}.wav" for u in utts)
-    [test] = pr.prepare_speechocean762(speechocean762, "test", progress=False).kept
+    [test] = prepare_speechocean762(speechocean762, "test", progress=False).kept
     assert (test.id, test.text) == ("000030012", "it's a fine day")
 
 
 def test_speechocean762_wrong_folder_or_split_says_what_is_expected(speechocean762):
     with pytest.raises(FileNotFoundError, match="not a speechocean762 split .*folder holding train/, test/ and WAVE/"):
-        pr.prepare_speechocean762(speechocean762 / "train", "train")
+        prepare_speechocean762(speechocean762 / "train", "train")
     with pytest.raises(ValueError, match="splits train and test, not 'dev'"):
-        pr.prepare_speechocean762(speechocean762, "dev")
+        prepare_speechocean762(speechocean762, "dev")

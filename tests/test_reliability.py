@@ -29,7 +29,7 @@ from asr.cli import main  # noqa: E402
 from asr.config import load_config  # noqa: E402
 from asr.data import read_manifest  # noqa: E402
 from asr.decode import greedy_decode, transcribe_waves  # noqa: E402
-from asr.prepare import reason_category  # noqa: E402
+from asr.corpora import reason_category  # noqa: E402
 from asr.score import score  # noqa: E402
 from asr.train import train  # noqa: E402
 from asr.align import transcribe_files_detailed  # noqa: E402
@@ -136,7 +136,7 @@ def test_prepare_rejects_file_empty_when_nothing_skipped(tmp_path, audio, capsys
 
 
 def test_prepare_rejects_truncated_flac(tmp_path, audio):
-    from asr.prepare import prepare_librispeech
+    from asr.corpora.librispeech import prepare_librispeech
 
     flac = audio.write("c/1/2/1-2-0000.flac", audio.tone(330.0, 2.0), 16000)
     (tmp_path / "c" / "1" / "2" / "1-2.trans.txt").write_text("1-2-0000 CUT SHORT\n")
