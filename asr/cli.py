@@ -1,6 +1,9 @@
 """The `asr` command: prepare, train, decode, transcribe, score, plot.
 
 Each subcommand parses its arguments and calls one function of the stage module that does the work.
+A subcommand is an `add_X(subparsers)` function, which declares its arguments and sets its handler,
+next to that handler `_X(args)`; `COMMANDS` lists them and `build_parser` runs each. `asr prepare` and
+`asr download` take their corpora, and each corpus its options, from the registry in `asr.corpora`.
 """
 
 from __future__ import annotations
@@ -39,188 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="BiLSTM-CTC speech recognition: prepare, train, decode, score.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    add_prepare(sub)
-    add_download(sub)
-
-    p = sub.add_parser("export", help="write a manifest in another toolkit's format, or a model for inference")
-    formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
-    c = formats.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, spk2utt, utt2dur[, segments]")
-    c.add_argument("manifest", type=Path)
-    c.add_argument("data_dir", type=Path)
-    c.set_defaults(run=_export)
-    c = formats.add_parser("model", help="a compact inference checkpoint: fp16 weights, config, tokenizer, decode settings",
-                           description="Write a checkpoint for inference only: learned weights in float16 (buffers "
-                           "such as the feature normalizer stay float32), config, tokenizer, and the decode settings "
-                           "(its config's, then decode.yaml next to CHECKPOINT, without LM/lexicon paths); no "
-                           "optimizer or training state. It loads wherever a checkpoint does (asr transcribe -m FILE).")
-    c.add_argument("checkpoint", type=Path, help="checkpoint to export: exp/<name>/best.pt, or one from asr average")
-    c.add_argument("--out", required=True, type=Path, help="file to write (.pt)")
-    c.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage type of the learned weights")
-    c.add_argument("--note", default="", help="free text kept in the file's metadata (training data, WER, licence)")
-    c.add_argument("--max-mb", type=float, default=0.0,
-                   help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
-    c.set_defaults(run=_export_model)
-
-    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
-                           description="Export CTCModel.encode (normalized log-mel features, or the frozen Whisper "
-                           "encoder's for features.frontend=whisper -> log-probs) as an ONNX "
-                           "graph with dynamic batch and time, the feature settings, normalizer and tokenizer (and the "
-                           "encoder's identity) in its metadata. Transcribe with it without torch: python -m "
-                           "asr.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
-                           "'asr[pretrained]').")
-    c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
-    c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
-    c.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    c.set_defaults(run=_export_onnx)
-
-    p = sub.add_parser("average", help="average the weights of several checkpoints of one model, e.g. its last epochs",
-                       description="Element-wise mean of the weights of checkpoints of one model (same config, "
-                       "tokenizer and shapes), written as a checkpoint that loads like any other.")
-    p.add_argument("checkpoints", nargs="+", help="checkpoints, or a quoted glob such as 'exp/x/epoch*.pt'")
-    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt); asr export model compacts it")
-    p.set_defaults(run=_average)
-
-    p = sub.add_parser("upgrade-checkpoint", help="convert a checkpoint written by an older asr to the safe format",
-                       description="Rewrite a checkpoint whose RNG state holds numpy arrays (last.pt or best.pt "
-                       "written by asr before checkpoints became plain data) so that every command loads it. "
-                       "It is read as data only, like any checkpoint: no code from the file runs.")
-    p.add_argument("checkpoint", type=Path, help="the old checkpoint")
-    p.add_argument("--out", required=True, type=Path, help="file to write (may be CHECKPOINT itself)")
-    p.set_defaults(run=_upgrade_checkpoint)
-
-    p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
-                       "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
-    p.add_argument("--config", type=Path, default=None, help="YAML config (conf/*.yaml); defaults if omitted")
-    p.add_argument("--train", required=True, type=Path, nargs="+", help="training manifest(s), used together")
-    p.add_argument("--dev", required=True, type=Path, nargs="+",
-                   help="dev manifest(s), each scored after every epoch; best.pt by the WER over all of them")
-    p.add_argument("--out", required=True, type=Path, help="experiment folder (checkpoints, logs)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/last.pt; refused if the config differs beyond the keys safe to change "
-                        "(asr.train.RESUME_SAFE_KEYS: train.max_minutes, train.max_steps, train.epochs upwards, ...)")
-    p.add_argument("--force-resume", action="store_true",
-                   help="--resume, continuing with the new values of changed train/specaug keys (never model, "
-                        "features or tokenizer ones)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p.set_defaults(run=_train)
-
-    p = sub.add_parser("decode", help="decode a manifest with a trained model")
-    p.add_argument("model", type=Path, help="checkpoint (.pt): exp/<name>/best.pt, or a file from asr export model / asr average")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--out", required=True, type=Path, help="hypotheses, one 'id<TAB>text' per line")
-    _add_inference_options(p)
-    p.set_defaults(run=_decode)
-
-    p = sub.add_parser("transcribe", help="transcribe audio files or folders",
-                       description="Transcribe audio files or folders with --model, or with the default model: "
-                       "$ASR_MODEL, else models/en-libri4h-bilstm-ctc.pt of the repository. The older form "
-                       "'asr transcribe MODEL.pt AUDIO...' still works.")
-    p.add_argument("paths", nargs="+", metavar="AUDIO",
-                   help="audio files or folders (a first argument ending in .pt is the model)")
-    p.add_argument("-m", "--model", type=Path, default=None,
-                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
-    p.add_argument("--json", action="store_true", help="one JSON object per file instead of 'path<TAB>text'")
-    p.add_argument("--chunk-seconds", type=float, default=None,
-                   help="decode files longer than this in overlapping chunks, in bounded memory (default 30; 0: never)")
-    p.add_argument("--chunk-overlap", type=float, default=None, help="seconds shared by consecutive chunks (default 4)")
-    _add_inference_options(p)
-    p.set_defaults(run=_transcribe)
-
-    p = sub.add_parser("lm", help="word n-gram language models for beam-lm decoding")
-    lm = p.add_subparsers(dest="lm_command", metavar="LM_COMMAND", required=True)
-    c = lm.add_parser("build", help="interpolated modified Kneser-Ney n-gram from text, written as ARPA")
-    c.add_argument("text", type=Path, nargs="+",
-                   help="text files, one sentence per line (.gz read as gzip), or manifests (.jsonl: their "
-                        "transcripts), used together; normalized like transcripts")
-    c.add_argument("--order", type=int, default=3, help="n-gram order, e.g. 3 or 4")
-    c.add_argument("--out", required=True, type=Path, help="ARPA file to write")
-    c.add_argument("--prune", type=int, nargs="+", default=None, metavar="COUNT",
-                   help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
-    c.add_argument("--vocab", type=Path, nargs="+", default=None,
-                   help="word lists (or ARPA files, or manifests: their words), joined; other words become <unk>")
-    c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines of each text (0: all)")
-    c.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
-    c.set_defaults(run=_lm_build)
-    c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
-    c.add_argument("vocab", type=Path, help="word list, one per line, or an ARPA file (its unigrams)")
-    c.add_argument("--out", required=True, type=Path)
-    c.add_argument("--word-separator", default=None,
-                   help="token ending each spelling (default '|'; '' for models that never emit a space, e.g. isolated words)")
-    c.add_argument("--model", type=Path, default=None,
-                   help="spell words in this checkpoint's units (BPE pieces, or characters + '|') instead of characters")
-    c.set_defaults(run=_lm_lexicon)
-    c = lm.add_parser("perplexity", help="per-word perplexity of text under an ARPA model (KenLM's convention)")
-    c.add_argument("lm", type=Path, help="ARPA file (.arpa or .arpa.gz)")
-    c.add_argument("text", type=Path, help="a manifest (.jsonl: its transcripts) or text, one sentence per line")
-    c.set_defaults(run=_lm_perplexity)
-
-    p = sub.add_parser("score", help="WER and CER of hypotheses against references")
-    p.add_argument("ref", type=Path, help="manifest or 'id<TAB>text' file")
-    p.add_argument("hyp", type=Path, help="manifest or 'id<TAB>text' file")
-    p.add_argument("--alignments", type=Path, default=None, help="per-utterance alignments (default: HYP.align)")
-    p.add_argument("--out", type=Path, default=None, help="also write the summary here")
-    p.set_defaults(run=_score)
-
-    p = sub.add_parser("split", help="hold out the utterances of some speakers, e.g. a dev set from a training set")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--held-out-speakers", type=int, required=True, help="how many speakers to hold out")
-    p.add_argument("--seed", type=int, default=0, help="which speakers are drawn")
-    p.add_argument("--out-rest", required=True, type=Path, help="manifest of the other speakers' utterances")
-    p.add_argument("--out-held", required=True, type=Path, help="manifest of the held-out speakers' utterances")
-    p.set_defaults(run=_split)
-
-    p = sub.add_parser("serve", help="HTTP server: OpenAI-style /v1/audio/transcriptions, /health and a web page",
-                       description="Serve a model over HTTP (Starlette on uvicorn; pip install 'asr[serve]'): POST "
-                       "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
-                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
-    p.add_argument("-m", "--model", type=Path, default=None,
-                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
-    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
-                   help="default: the model's decode settings (its config, then decode.yaml next to it)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests transcribed together (1: no batching)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
-    p.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model; more get 503")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 over it)")
-    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio accepted (400 over it)")
-    p.set_defaults(run=_serve)
-
-    p = sub.add_parser("plot", help="plot loss, gradient norm and dev WER of an experiment to PNG")
-    p.add_argument("exp_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="PNG path (default: EXP_DIR/training.png)")
-    p.set_defaults(run=_plot)
+    for add in COMMANDS:
+        add(sub)
     return parser
-
-
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per batch (default: from the model's config)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    # Decoding; None means: from decode.yaml next to the checkpoint if present, else the checkpoint's config.
-    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
-                   help="greedy; beam: CTC prefix beam search without LM; beam-lm: flashlight beam search with a "
-                        "KenLM n-gram (pip install 'asr[lm]'); gpu-beam: torchaudio's CUDA beam search (no LM)")
-    p.add_argument("--beam-size", type=int, default=None, help="hypotheses kept per frame (beam, beam-lm, gpu-beam)")
-    p.add_argument("--lm", default=None, help="beam-lm: KenLM model, ARPA or binary (asr lm build)")
-    p.add_argument("--lexicon", default=None, help="beam-lm: spelling lexicon (asr lm lexicon); omitted: lexicon-free")
-    p.add_argument("--lm-weight", type=float, default=None, help="beam-lm: weight of the LM log-probability")
-    p.add_argument("--word-score", type=float, default=None, help="beam-lm: score added per word")
-    p.add_argument("--decode-config", type=Path, default=None, dest="decode_config_file",
-                   help="decode options (YAML, e.g. written by scripts/tune_decoder.py --out) instead of the "
-                        "decode.yaml next to the checkpoint; options given here still win")
-    if p.prog.split()[-1] == "transcribe":
-        p.add_argument("--timestamps", action="store_true", help="word start/end seconds from a CTC forced alignment")
-        p.add_argument("--format", default=None, choices=["txt", "json", "srt", "vtt"],
-                       help="txt: 'path<TAB>text' (with --timestamps 'path<TAB>start<TAB>end<TAB>word' per word); "
-                            "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
-        p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
-        p.add_argument("--out-dir", type=Path, default=None,
-                       help="srt/vtt: write one file per input here, at the input's path relative to the folder "
-                            "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
 
 
 def add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -292,6 +116,40 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(sub: argparse._SubParsersAction) -> None:
+    """`asr export kaldi|model|onnx`: a manifest as a Kaldi data directory, a compact checkpoint, an ONNX model."""
+    p = sub.add_parser("export", help="write a manifest in another toolkit's format, or a model for inference")
+    formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    c = formats.add_parser("kaldi", help="a Kaldi data directory: wav.scp, text, utt2spk, spk2utt, utt2dur[, segments]")
+    c.add_argument("manifest", type=Path)
+    c.add_argument("data_dir", type=Path)
+    c.set_defaults(run=_export)
+    c = formats.add_parser("model", help="a compact inference checkpoint: fp16 weights, config, tokenizer, decode settings",
+                           description="Write a checkpoint for inference only: learned weights in float16 (buffers "
+                           "such as the feature normalizer stay float32), config, tokenizer, and the decode settings "
+                           "(its config's, then decode.yaml next to CHECKPOINT, without LM/lexicon paths); no "
+                           "optimizer or training state. It loads wherever a checkpoint does (asr transcribe -m FILE).")
+    c.add_argument("checkpoint", type=Path, help="checkpoint to export: exp/<name>/best.pt, or one from asr average")
+    c.add_argument("--out", required=True, type=Path, help="file to write (.pt)")
+    c.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage type of the learned weights")
+    c.add_argument("--note", default="", help="free text kept in the file's metadata (training data, WER, licence)")
+    c.add_argument("--max-mb", type=float, default=0.0,
+                   help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
+    c.set_defaults(run=_export_model)
+
+    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
+                           description="Export CTCModel.encode (normalized log-mel features, or the frozen Whisper "
+                           "encoder's for features.frontend=whisper -> log-probs) as an ONNX "
+                           "graph with dynamic batch and time, the feature settings, normalizer and tokenizer (and the "
+                           "encoder's identity) in its metadata. Transcribe with it without torch: python -m "
+                           "asr.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
+                           "'asr[pretrained]').")
+    c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
+    c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
+    c.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    c.set_defaults(run=_export_onnx)
+
+
 def _export(args: argparse.Namespace) -> int:
     from .data import read_manifest
     from .corpora.kaldi import export_kaldi
@@ -330,6 +188,16 @@ def _export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_average(sub: argparse._SubParsersAction) -> None:
+    """`asr average`: the mean of several checkpoints' weights."""
+    p = sub.add_parser("average", help="average the weights of several checkpoints of one model, e.g. its last epochs",
+                       description="Element-wise mean of the weights of checkpoints of one model (same config, "
+                       "tokenizer and shapes), written as a checkpoint that loads like any other.")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints, or a quoted glob such as 'exp/x/epoch*.pt'")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt); asr export model compacts it")
+    p.set_defaults(run=_average)
+
+
 def _average(args: argparse.Namespace) -> int:
     from .checkpoint import average_checkpoints, expand_checkpoint_paths, save_checkpoint
 
@@ -339,6 +207,17 @@ def _average(args: argparse.Namespace) -> int:
     save_checkpoint(args.out, average_checkpoints(paths))
     print(f"wrote {args.out}: the average of {len(paths)} checkpoints ({', '.join(str(p) for p in paths)})")
     return 0
+
+
+def add_upgrade_checkpoint(sub: argparse._SubParsersAction) -> None:
+    """`asr upgrade-checkpoint`: rewrite an old checkpoint in the safe format."""
+    p = sub.add_parser("upgrade-checkpoint", help="convert a checkpoint written by an older asr to the safe format",
+                       description="Rewrite a checkpoint whose RNG state holds numpy arrays (last.pt or best.pt "
+                       "written by asr before checkpoints became plain data) so that every command loads it. "
+                       "It is read as data only, like any checkpoint: no code from the file runs.")
+    p.add_argument("checkpoint", type=Path, help="the old checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="file to write (may be CHECKPOINT itself)")
+    p.set_defaults(run=_upgrade_checkpoint)
 
 
 def _upgrade_checkpoint(args: argparse.Namespace) -> int:
@@ -366,6 +245,25 @@ def _transcribe_model_and_paths(args: argparse.Namespace) -> tuple[Path, list[st
     model = default_model_path()
     print(f"asr transcribe: model {model}", file=sys.stderr)
     return model, args.paths
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    """`asr train`: train a model from manifests and a config."""
+    p = sub.add_parser("train", help="train a model", description="Train a BiLSTM-CTC model. Extra arguments "
+                       "section.key=value override the config, e.g. train.lr=1e-3 model.num_layers=4.")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (conf/*.yaml); defaults if omitted")
+    p.add_argument("--train", required=True, type=Path, nargs="+", help="training manifest(s), used together")
+    p.add_argument("--dev", required=True, type=Path, nargs="+",
+                   help="dev manifest(s), each scored after every epoch; best.pt by the WER over all of them")
+    p.add_argument("--out", required=True, type=Path, help="experiment folder (checkpoints, logs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/last.pt; refused if the config differs beyond the keys safe to change "
+                        "(asr.train.RESUME_SAFE_KEYS: train.max_minutes, train.max_steps, train.epochs upwards, ...)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="--resume, continuing with the new values of changed train/specaug keys (never model, "
+                        "features or tokenizer ones)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.set_defaults(run=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -414,6 +312,44 @@ def _load(args: argparse.Namespace):
     return model, tokenizer, device, batch_seconds
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per batch (default: from the model's config)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    # Decoding; None means: from decode.yaml next to the checkpoint if present, else the checkpoint's config.
+    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+                   help="greedy; beam: CTC prefix beam search without LM; beam-lm: flashlight beam search with a "
+                        "KenLM n-gram (pip install 'asr[lm]'); gpu-beam: torchaudio's CUDA beam search (no LM)")
+    p.add_argument("--beam-size", type=int, default=None, help="hypotheses kept per frame (beam, beam-lm, gpu-beam)")
+    p.add_argument("--lm", default=None, help="beam-lm: KenLM model, ARPA or binary (asr lm build)")
+    p.add_argument("--lexicon", default=None, help="beam-lm: spelling lexicon (asr lm lexicon); omitted: lexicon-free")
+    p.add_argument("--lm-weight", type=float, default=None, help="beam-lm: weight of the LM log-probability")
+    p.add_argument("--word-score", type=float, default=None, help="beam-lm: score added per word")
+    p.add_argument("--decode-config", type=Path, default=None, dest="decode_config_file",
+                   help="decode options (YAML, e.g. written by scripts/tune_decoder.py --out) instead of the "
+                        "decode.yaml next to the checkpoint; options given here still win")
+    if p.prog.split()[-1] == "transcribe":
+        p.add_argument("--timestamps", action="store_true", help="word start/end seconds from a CTC forced alignment")
+        p.add_argument("--format", default=None, choices=["txt", "json", "srt", "vtt"],
+                       help="txt: 'path<TAB>text' (with --timestamps 'path<TAB>start<TAB>end<TAB>word' per word); "
+                            "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
+        p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
+        p.add_argument("--out-dir", type=Path, default=None,
+                       help="srt/vtt: write one file per input here, at the input's path relative to the folder "
+                            "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
+
+
+def add_decode(sub: argparse._SubParsersAction) -> None:
+    """`asr decode`: decode a manifest with a trained model."""
+    p = sub.add_parser("decode", help="decode a manifest with a trained model")
+    p.add_argument("model", type=Path, help="checkpoint (.pt): exp/<name>/best.pt, or a file from asr export model / asr average")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="hypotheses, one 'id<TAB>text' per line")
+    _add_inference_options(p)
+    p.set_defaults(run=_decode)
+
+
 def _decode(args: argparse.Namespace) -> int:
     from .data import load_utterance_audio, read_manifest
     from .decode import decode_waves, decoder_from_settings, transcribe_waves
@@ -439,6 +375,24 @@ def _decode(args: argparse.Namespace) -> int:
     print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(settings)} in {seconds:.1f} s on {device}: "
           f"RTFx {audio / max(seconds, 1e-9):.0f}; wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def add_transcribe(sub: argparse._SubParsersAction) -> None:
+    """`asr transcribe`: transcribe audio files or folders."""
+    p = sub.add_parser("transcribe", help="transcribe audio files or folders",
+                       description="Transcribe audio files or folders with --model, or with the default model: "
+                       "$ASR_MODEL, else models/en-libri4h-bilstm-ctc.pt of the repository. The older form "
+                       "'asr transcribe MODEL.pt AUDIO...' still works.")
+    p.add_argument("paths", nargs="+", metavar="AUDIO",
+                   help="audio files or folders (a first argument ending in .pt is the model)")
+    p.add_argument("-m", "--model", type=Path, default=None,
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
+    p.add_argument("--json", action="store_true", help="one JSON object per file instead of 'path<TAB>text'")
+    p.add_argument("--chunk-seconds", type=float, default=None,
+                   help="decode files longer than this in overlapping chunks, in bounded memory (default 30; 0: never)")
+    p.add_argument("--chunk-overlap", type=float, default=None, help="seconds shared by consecutive chunks (default 4)")
+    _add_inference_options(p)
+    p.set_defaults(run=_transcribe)
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -565,6 +519,28 @@ def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings
     return _transcribe_exit_code(results)
 
 
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    """`asr serve`: the HTTP server."""
+    p = sub.add_parser("serve", help="HTTP server: OpenAI-style /v1/audio/transcriptions, /health and a web page",
+                       description="Serve a model over HTTP (Starlette on uvicorn; pip install 'asr[serve]'): POST "
+                       "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
+                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
+    p.add_argument("-m", "--model", type=Path, default=None,
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
+    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+                   help="default: the model's decode settings (its config, then decode.yaml next to it)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests transcribed together (1: no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 over it)")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio accepted (400 over it)")
+    p.set_defaults(run=_serve)
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import starlette  # noqa: F401
@@ -588,6 +564,37 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/", file=sys.stderr)
     serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name)
     return 0
+
+
+def add_lm(sub: argparse._SubParsersAction) -> None:
+    """`asr lm build|lexicon|perplexity`: word n-gram language models for beam-lm decoding."""
+    p = sub.add_parser("lm", help="word n-gram language models for beam-lm decoding")
+    lm = p.add_subparsers(dest="lm_command", metavar="LM_COMMAND", required=True)
+    c = lm.add_parser("build", help="interpolated modified Kneser-Ney n-gram from text, written as ARPA")
+    c.add_argument("text", type=Path, nargs="+",
+                   help="text files, one sentence per line (.gz read as gzip), or manifests (.jsonl: their "
+                        "transcripts), used together; normalized like transcripts")
+    c.add_argument("--order", type=int, default=3, help="n-gram order, e.g. 3 or 4")
+    c.add_argument("--out", required=True, type=Path, help="ARPA file to write")
+    c.add_argument("--prune", type=int, nargs="+", default=None, metavar="COUNT",
+                   help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
+    c.add_argument("--vocab", type=Path, nargs="+", default=None,
+                   help="word lists (or ARPA files, or manifests: their words), joined; other words become <unk>")
+    c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines of each text (0: all)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
+    c.set_defaults(run=_lm_build)
+    c = lm.add_parser("lexicon", help="spelling lexicon for flashlight: 'word<TAB>w o r d |' per word")
+    c.add_argument("vocab", type=Path, help="word list, one per line, or an ARPA file (its unigrams)")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--word-separator", default=None,
+                   help="token ending each spelling (default '|'; '' for models that never emit a space, e.g. isolated words)")
+    c.add_argument("--model", type=Path, default=None,
+                   help="spell words in this checkpoint's units (BPE pieces, or characters + '|') instead of characters")
+    c.set_defaults(run=_lm_lexicon)
+    c = lm.add_parser("perplexity", help="per-word perplexity of text under an ARPA model (KenLM's convention)")
+    c.add_argument("lm", type=Path, help="ARPA file (.arpa or .arpa.gz)")
+    c.add_argument("text", type=Path, help="a manifest (.jsonl: its transcripts) or text, one sentence per line")
+    c.set_defaults(run=_lm_perplexity)
 
 
 def _lm_build(args: argparse.Namespace) -> int:
@@ -638,6 +645,16 @@ def _lm_lexicon(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_score(sub: argparse._SubParsersAction) -> None:
+    """`asr score`: WER and CER of hypotheses against references."""
+    p = sub.add_parser("score", help="WER and CER of hypotheses against references")
+    p.add_argument("ref", type=Path, help="manifest or 'id<TAB>text' file")
+    p.add_argument("hyp", type=Path, help="manifest or 'id<TAB>text' file")
+    p.add_argument("--alignments", type=Path, default=None, help="per-utterance alignments (default: HYP.align)")
+    p.add_argument("--out", type=Path, default=None, help="also write the summary here")
+    p.set_defaults(run=_score)
+
+
 def _score(args: argparse.Namespace) -> int:
     from .score import format_alignments, format_summary, read_texts, score
 
@@ -653,6 +670,17 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_split(sub: argparse._SubParsersAction) -> None:
+    """`asr split`: hold out some speakers' utterances."""
+    p = sub.add_parser("split", help="hold out the utterances of some speakers, e.g. a dev set from a training set")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--held-out-speakers", type=int, required=True, help="how many speakers to hold out")
+    p.add_argument("--seed", type=int, default=0, help="which speakers are drawn")
+    p.add_argument("--out-rest", required=True, type=Path, help="manifest of the other speakers' utterances")
+    p.add_argument("--out-held", required=True, type=Path, help="manifest of the held-out speakers' utterances")
+    p.set_defaults(run=_split)
+
+
 def _split(args: argparse.Namespace) -> int:
     from .data import hold_out_speakers, read_manifest, total_hours, write_manifest
 
@@ -665,11 +693,24 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plot(sub: argparse._SubParsersAction) -> None:
+    """`asr plot`: training curves of an experiment."""
+    p = sub.add_parser("plot", help="plot loss, gradient norm and dev WER of an experiment to PNG")
+    p.add_argument("exp_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default: EXP_DIR/training.png)")
+    p.set_defaults(run=_plot)
+
+
 def _plot(args: argparse.Namespace) -> int:
     from .train import plot_training
 
     print(plot_training(args.exp_dir, args.out))
     return 0
+
+
+# The subcommands in the order `asr --help` lists them; each adds its parser and sets its handler.
+COMMANDS = (add_prepare, add_download, add_export, add_average, add_upgrade_checkpoint, add_train, add_decode,
+            add_transcribe, add_lm, add_score, add_split, add_serve, add_plot)
 
 
 if __name__ == "__main__":
