@@ -160,6 +160,7 @@ def file_digest(path: str | os.PathLike, algorithm: str) -> str:
 
 
 def checksum_problems(path: Path, sha256: str | None, md5: str | None, size: int | None = None) -> list[str]:
+    """What is wrong with `path` against the size and checksums given (None: not checked); [] when nothing."""
     problems = []
     if size is not None and path.stat().st_size != size:
         problems.append(f"size expected {size} bytes, got {path.stat().st_size}")

@@ -69,7 +69,7 @@ def reason_category(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- audio checks
 
 
 def ctc_too_short(text: str, duration: float, frames_per_second: float) -> str | None:
@@ -132,7 +132,7 @@ def _header_frames(path: Path) -> int | None:
         return None
 
 
-# --------------------------------------------------------------------------- shared by the corpus importers below
+# --------------------------------------------------------------------------- candidate utterances and their validation
 
 
 @dataclass
@@ -234,6 +234,7 @@ def keep_valid(
 
 
 def corpus_root(corpus_dir: str | os.PathLike) -> Path:
+    """The corpus folder as an absolute path; FileNotFoundError naming it when it is not a folder."""
     root = Path(corpus_dir).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus folder not found")
