@@ -19,6 +19,11 @@ the others), validates, and writes train.log, metrics.jsonl and checkpoints, whi
 Out-of-memory splitting is off with N > 1: the ranks must run the same steps in lock-step. Resume
 with the same N for an exact continuation. With N = 1 a run is bit for bit a plain `asr train` run.
 
+The loop reads top to bottom: `train` sets up (`_set_up`: data, model, optimizer, schedule, resume),
+then per epoch `_train_one_epoch` (each batch one `_train_step`: forward/backward, clipping,
+optimizer, EMA) and `_validate_and_save` (validation, last.pt, best.pt, epoch<N>.pt). The process
+group and collectives are in asr/distributed.py.
+
 Everything the run does goes to <out>/train.log; numbers go to <out>/metrics.jsonl (one JSON
 object per log interval and per validation), which `asr plot` turns into a PNG.
 
@@ -30,7 +35,6 @@ final weights to <dir>/rank<r>.weights.pt: a check that ranks split the data and
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import math
@@ -40,7 +44,6 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -48,7 +51,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -59,6 +61,10 @@ from .checkpoint import (
 from .config import Config, config_from_dict
 from .data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
 from .decode import greedy_decode
+from .distributed import (  # noqa: F401 (DistributedSetup, distributed_setup_from_env: part of this module's API)
+    DistributedSetup, all_reduce_max, all_reduce_sum, any_rank, broadcast_from_main, broadcast_weights,
+    distributed_setup_from_env, gather_to_main, process_group, rank_device, rank_seed, wrap_ddp,
+)
 from .features import RunningStats, SpecAugmentConfig, spec_augment
 from .model import CTCModel, count_parameters
 from .score import score
@@ -67,9 +73,6 @@ from .text import Tokenizer, build_tokenizer
 log = logging.getLogger("asr.train")
 
 TRACE_ENV = "ASR_TRAIN_TRACE_DIR"
-# How long ranks wait for each other, e.g. while rank 0 validates and saves (torch's NCCL default
-# is 10 minutes, too short for a large dev set).
-PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 
 # The resume guard (`check_resume_config`): `--resume` continues a run only with the config its
 # last.pt was trained with, except for these keys, which change when the run stops, how often it
@@ -102,39 +105,6 @@ class TrainState:
     world_size: int = 1  # processes the run trains with (torchrun --nproc-per-node)
 
 
-@dataclass
-class DistributedSetup:
-    """Where this process stands among those torchrun started (a plain run: rank 0 of 1, inactive)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0  # rank on this machine: the GPU index it uses
-    active: bool = False  # started by torchrun: a process group connects the ranks (also with 1 of them)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_setup_from_env(env: dict[str, str] | None = None) -> DistributedSetup:
-    """The torchrun environment (WORLD_SIZE, RANK, LOCAL_RANK), or a plain run when WORLD_SIZE is unset."""
-    env = os.environ if env is None else env
-    if "WORLD_SIZE" not in env:
-        return DistributedSetup()
-    try:
-        world_size, rank, local_rank = (int(env.get(key, "0")) for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
-    except ValueError:
-        raise ValueError(f"torchrun environment: WORLD_SIZE={env.get('WORLD_SIZE')!r}, RANK={env.get('RANK')!r} and "
-                         f"LOCAL_RANK={env.get('LOCAL_RANK')!r} must be integers") from None
-    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
-        raise ValueError(f"torchrun environment: RANK={rank} and LOCAL_RANK={local_rank} do not fit "
-                         f"WORLD_SIZE={world_size}")
-    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
-        raise ValueError("WORLD_SIZE is set but MASTER_ADDR/MASTER_PORT are not: start distributed training with "
-                         "torchrun --nproc-per-node N -m asr.train ...")
-    return DistributedSetup(rank, world_size, local_rank, active=True)
-
-
 def train(
     config: Config,
     train_utts: Sequence[Utterance],
@@ -155,74 +125,201 @@ def train(
 
     Under torchrun (WORLD_SIZE etc. set) this process is one rank of a DistributedDataParallel run."""
     setup = distributed_setup_from_env()
-    device = resolve_device(config.train.device)
-    if setup.active and device.type == "cuda":
-        if setup.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {setup.local_rank} but only {torch.cuda.device_count()} CUDA devices: "
-                               "start at most one process per GPU")
-        device = torch.device("cuda", setup.local_rank)  # one GPU per rank, whatever train.device names
-        torch.cuda.set_device(device)
-    started_group = setup.active and not dist.is_initialized()
-    if started_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
-    try:
-        return _train(config, train_utts, dev_utts, Path(out_dir), resume, setup, device, force_resume)
-    finally:
-        if started_group:
-            dist.destroy_process_group()
+    device = rank_device(setup, resolve_device(config.train.device))
+    with process_group(setup, device):
+        run = _set_up(config, train_utts, dev_utts, Path(out_dir), resume, setup, device, force_resume)
+        stop_reason = ""
+        try:
+            while run.state.epoch < config.train.epochs and not stop_reason:
+                stop_reason, epoch_done, window = _train_one_epoch(run)
+                _validate_and_save(run, window, epoch_done)
+        finally:
+            run.close()
+        _finish(run, stop_reason)
+        return run.state
 
 
-def _train(
-    config: Config, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance], out_dir: Path, resume: bool,
-    setup: DistributedSetup, device: torch.device, force_resume: bool = False,
-) -> TrainState:
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class _Run:
+    """What one training session works with, built by _set_up: the objects the loop updates and the
+    fixed settings it reads."""
+
+    config: Config
+    setup: DistributedSetup
+    device: torch.device
+    out_dir: Path
+    tokenizer: Tokenizer
+    train_set: SpeechDataset
+    dev_set: SpeechDataset
+    dev_ids: dict[str, list[str]]  # dev set name -> utterance ids
+    model: CTCModel
+    ema_model: CTCModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: BucketBatchSampler
+    specaug_rng: torch.Generator
+    training_forward: torch.nn.Module  # _TrainingForward, in DistributedDataParallel under torchrun
+    use_bf16: bool
+    state: TrainState
+    metrics: Any = None  # metrics.jsonl, open on rank 0
+    trace: Any = None  # the batch trace (ASR_TRAIN_TRACE_DIR)
+    session_start: float = 0.0  # time.monotonic() when this session's training began
+    cpu_start: float = 0.0  # time.process_time() then
+    elapsed_before: float = 0.0  # state.elapsed then (earlier sessions of a resumed run)
+    cpu_before: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.params = list(self.model.parameters())
+        self.ema_params = list(self.ema_model.parameters()) if self.ema_model else []
+        self.eval_model = self.ema_model or self.model  # what validation, best.pt and epoch<N>.pt use
+        self.split_on_oom = self.setup.world_size == 1
+        # Fused AdamW (CUDA) can skip an update on a flag that stays on the device: no host sync per step.
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
+        self.layer_groups = _layer_parameter_groups(self.model)
+        self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
+
+    def start_clock(self) -> None:
+        self.session_start, self.cpu_start = time.monotonic(), time.process_time()
+        self.elapsed_before, self.cpu_before = self.state.elapsed, self.state.cpu_seconds
+
+    def tick(self) -> None:
+        """Bring the state's training time and CPU time up to now."""
+        self.state.elapsed = self.elapsed_before + time.monotonic() - self.session_start
+        self.state.cpu_seconds = self.cpu_before + time.process_time() - self.cpu_start
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.trace is not None:
+            self.trace.close()
+
+
+def _set_up(
+    config: Config, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance] | Mapping[str, Sequence[Utterance]],
+    out_dir: Path, resume: bool, setup: DistributedSetup, device: torch.device, force_resume: bool = False,
+) -> _Run:
+    """Everything before the first batch, in an order that fixes the random draws (a resumed or
+    refactored run must draw exactly as before): check the resume, seed, data, model, optimizer,
+    schedule, restore or estimate the normalizer, EMA copy, DDP wrapper; then open the logs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(out_dir / "train.log" if setup.is_main else None)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    payload: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        # Checked before any data is read: a refused resume costs nothing.
-        payload = read_checkpoint(last_path, map_location="cpu", required=RESUME_ENTRIES)
-        accepted = check_resume_config(config_from_dict(payload["config"], f"{last_path}: config"), config,
-                                       force_resume, last_path)
-        if accepted:
-            log.warning("resuming %s with changed settings: %s", last_path, "; ".join(accepted))
-    tc = config.train
-    if not 0.0 <= tc.ema_decay < 1.0:
-        raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {tc.ema_decay}")
-    if tc.keep_epoch_checkpoints < 0:
-        raise ValueError(f"train.keep_epoch_checkpoints must be 0 (none) or more, got {tc.keep_epoch_checkpoints}")
+    last_path, tc = out_dir / "last.pt", config.train
+    payload = _read_resume_checkpoint(last_path, config, force_resume) if resume and last_path.is_file() else None
+    _check_train_settings(tc)
     _seed_everything(tc.seed)
-
-    usable = [u for u in train_utts if u.duration <= tc.max_duration]
-    if len(usable) < len(train_utts):
-        log.info("left out %d training utterances longer than %.1f s", len(train_utts) - len(usable), tc.max_duration)
-    if not usable:
-        raise ValueError("no training utterances left (all longer than train.max_duration?)")
-    tokenizer = build_tokenizer(config.tokenizer, [u.text for u in usable])  # BPE: trained here, deterministically
-    dev_sets = dict(dev_utts) if isinstance(dev_utts, Mapping) else {"dev": list(dev_utts)}
-    dev_sets = {name: list(utts)[: tc.dev_max_utts or None] for name, utts in dev_sets.items()}
-    dev_utts = [u for utts in dev_sets.values() for u in utts]
-    rate = config.features.sample_rate
-    train_set = SpeechDataset(  # perturbed on the fly when speed_perturb / noise_prob ask for it; dev_set never
-        usable, tokenizer, rate, preload=tc.preload_audio, speed_perturb=tc.speed_perturb, noise_prob=tc.noise_prob,
-        noise_snr_db=tc.noise_snr_db, noise_manifest=tc.noise_manifest, seed=tc.seed,
-    )
-    dev_set = SpeechDataset(dev_utts, tokenizer, rate, preload=tc.preload_audio and setup.is_main)  # rank 0 validates
-    log.info("train: %d utterances, %.2f h; dev: %d utterances, %.2f h",
-             len(usable), total_hours(usable), len(dev_utts), total_hours(dev_utts))
-
-    model = CTCModel(config.features, config.model, len(tokenizer)).to(device)
-    if hasattr(model.frontend, "use_cache"):  # a frozen pretrained encoder: compute each utterance once
-        model.frontend.use_cache(os.path.expanduser(tc.feature_cache) if tc.feature_cache else None)
-        log.info("frozen encoder %s; its features are cached in memory%s", config.features.encoder_id,
-                 f" and in {tc.feature_cache}" if tc.feature_cache else "")
+    tokenizer, train_set, dev_set, dev_ids = _build_data(config, train_utts, dev_utts, setup)
+    model = _build_model(config, tokenizer, device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98),
         fused=device.type == "cuda",
     )
     if tc.loss_norm not in LOSS_NORMS:
         raise ValueError(f"train.loss_norm must be one of {', '.join(LOSS_NORMS)}, not {tc.loss_norm!r}")
+    sampler, scheduler = _build_schedule(tc, train_set, optimizer, setup)
+    specaug_rng = torch.Generator().manual_seed(tc.seed + 1)
+    if setup.rank:
+        # Same initial weights on every rank (drawn above), but dropout and SpecAugment masks of their own.
+        _seed_everything(rank_seed(tc.seed, setup.rank))
+        specaug_rng.manual_seed(rank_seed(tc.seed, setup.rank) + 1)
+    if setup.is_main:
+        remove_stale_temp_files(last_path)  # left by a process killed while saving
+        remove_stale_temp_files(out_dir / "best.pt")
+    if payload is not None:
+        state = _restore(payload, last_path, tokenizer, model, optimizer, scheduler, specaug_rng, setup, device, tc)
+        if setup.is_main:
+            _drop_metrics_after(out_dir / "metrics.jsonl", state)
+        log.info("resumed from %s at epoch %d, batch %d, step %d", last_path, state.epoch, state.batch_in_epoch, state.step)
+    else:
+        state = TrainState(world_size=setup.world_size)
+        if resume:
+            log.info("--resume: no %s yet, starting from scratch", last_path)
+        if setup.is_main:
+            _estimate_normalizer(model, train_set, device)
+    if setup.active:
+        broadcast_weights(model)  # rank 0's normalizer statistics (and weights) on every rank
+    ema_model = _ema_copy(model, payload, tc.ema_decay, last_path)
+    del payload
+    use_bf16 = device.type == "cuda" and tc.precision == "bf16"
+    training_forward: torch.nn.Module = _TrainingForward(model, config.specaug, specaug_rng, use_bf16)
+    if setup.active:
+        training_forward = wrap_ddp(training_forward, device)
+    run = _Run(config, setup, device, out_dir, tokenizer, train_set, dev_set, dev_ids, model, ema_model, optimizer,
+               scheduler, sampler, specaug_rng, training_forward, use_bf16, state)
+    _log_setup(run)
+    if setup.is_main:
+        (out_dir / "config.yaml").write_text(_to_yaml(config.to_dict()))
+        run.metrics = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+    run.trace = _open_trace(setup.rank)
+    run.start_clock()
+    return run
+
+
+def _read_resume_checkpoint(last_path: Path, config: Config, force_resume: bool) -> dict[str, Any]:
+    """last.pt, once its config is found fit to continue with `config` (check_resume_config).
+    Checked before any data is read: a refused resume costs nothing."""
+    payload = read_checkpoint(last_path, map_location="cpu", required=RESUME_ENTRIES)
+    accepted = check_resume_config(config_from_dict(payload["config"], f"{last_path}: config"), config,
+                                   force_resume, last_path)
+    if accepted:
+        log.warning("resuming %s with changed settings: %s", last_path, "; ".join(accepted))
+    return payload
+
+
+def _check_train_settings(tc: Any) -> None:
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {tc.ema_decay}")
+    if tc.keep_epoch_checkpoints < 0:
+        raise ValueError(f"train.keep_epoch_checkpoints must be 0 (none) or more, got {tc.keep_epoch_checkpoints}")
+
+
+def _build_data(
+    config: Config, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance] | Mapping[str, Sequence[Utterance]],
+    setup: DistributedSetup,
+) -> tuple[Tokenizer, SpeechDataset, SpeechDataset, dict[str, list[str]]]:
+    """(tokenizer, training set, all dev sets in one, dev set name -> utterance ids). Training
+    utterances over train.max_duration are left out; the tokenizer (BPE: trained here,
+    deterministically) comes from the rest's transcripts."""
+    tc = config.train
+    usable = [u for u in train_utts if u.duration <= tc.max_duration]
+    if len(usable) < len(train_utts):
+        log.info("left out %d training utterances longer than %.1f s", len(train_utts) - len(usable), tc.max_duration)
+    if not usable:
+        raise ValueError("no training utterances left (all longer than train.max_duration?)")
+    tokenizer = build_tokenizer(config.tokenizer, [u.text for u in usable])
+    dev_sets = dict(dev_utts) if isinstance(dev_utts, Mapping) else {"dev": list(dev_utts)}
+    dev_sets = {name: list(utts)[: tc.dev_max_utts or None] for name, utts in dev_sets.items()}
+    all_dev = [u for utts in dev_sets.values() for u in utts]
+    rate = config.features.sample_rate
+    train_set = SpeechDataset(  # perturbed on the fly when speed_perturb / noise_prob ask for it; dev_set never
+        usable, tokenizer, rate, preload=tc.preload_audio, speed_perturb=tc.speed_perturb, noise_prob=tc.noise_prob,
+        noise_snr_db=tc.noise_snr_db, noise_manifest=tc.noise_manifest, seed=tc.seed,
+    )
+    dev_set = SpeechDataset(all_dev, tokenizer, rate, preload=tc.preload_audio and setup.is_main)  # rank 0 validates
+    log.info("train: %d utterances, %.2f h; dev: %d utterances, %.2f h",
+             len(usable), total_hours(usable), len(all_dev), total_hours(all_dev))
+    return tokenizer, train_set, dev_set, {name: [u.id for u in utts] for name, utts in dev_sets.items()}
+
+
+def _build_model(config: Config, tokenizer: Tokenizer, device: torch.device) -> CTCModel:
+    """A freshly initialized model (draws from the global torch RNG) on `device`."""
+    model = CTCModel(config.features, config.model, len(tokenizer)).to(device)
+    if hasattr(model.frontend, "use_cache"):  # a frozen pretrained encoder: compute each utterance once
+        cache = config.train.feature_cache
+        model.frontend.use_cache(os.path.expanduser(cache) if cache else None)
+        log.info("frozen encoder %s; its features are cached in memory%s", config.features.encoder_id,
+                 f" and in {cache}" if cache else "")
+    return model
+
+
+def _build_schedule(
+    tc: Any, train_set: SpeechDataset, optimizer: torch.optim.Optimizer, setup: DistributedSetup,
+) -> tuple[BucketBatchSampler, torch.optim.lr_scheduler.LambdaLR]:
+    """This rank's length-bucketed batch sampler, and the warm-up + cosine schedule over the planned
+    epochs (max_steps and max_minutes only stop the run early, so an interrupted run resumes on the
+    same schedule)."""
     sampler = BucketBatchSampler(
         train_set.durations, tc.max_batch_seconds, tc.max_batch_size, shuffle=True, seed=tc.seed,
         num_replicas=setup.world_size, rank=setup.rank, short_first_epochs=tc.short_first_epochs,
@@ -231,253 +328,271 @@ def _train(
     if steps_per_epoch == 0:
         raise ValueError(f"{len(sampler.epoch_batches(0))} batches per epoch cannot feed {setup.world_size} "
                          "processes: lower train.max_batch_seconds or use fewer processes")
-    # The schedule spans the planned epochs; max_steps and max_minutes only stop the run early, so
-    # an interrupted run resumes on the same schedule.
     total_steps = tc.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup_steps, total_steps, tc.final_lr_ratio))
-    specaug_rng = torch.Generator().manual_seed(tc.seed + 1)
-    if setup.rank:
-        # Same initial weights on every rank (drawn above), but dropout and SpecAugment masks of their own.
-        _seed_everything(_rank_seed(tc.seed, setup.rank))
-        specaug_rng.manual_seed(_rank_seed(tc.seed, setup.rank) + 1)
+    return sampler, scheduler
 
-    state = TrainState(world_size=setup.world_size)
-    if setup.is_main:
-        remove_stale_temp_files(last_path)  # left by a process killed while saving
-        remove_stale_temp_files(best_path)
-    if payload is not None:
-        if payload["tokenizer"] != tokenizer.to_dict():
-            raise ValueError(f"{last_path}: cannot resume: the tokenizer built from this config and training data "
-                             "differs from the run's (BPE pieces trained on other transcripts?); train in another "
-                             "folder (--out, or --exp-name in a recipe)")
-        mismatch = weights_mismatch(model.state_dict(), payload["model"])
-        if mismatch:
-            raise ValueError(f"{last_path}: cannot resume: its weights do not fit the model of this config ({mismatch})")
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        _apply_schedule_settings(optimizer, scheduler, tc)
-        state = TrainState(**payload["state"])
-        rng_state = _rng_state_of_rank(payload, setup)
-        if rng_state is not None:
-            _set_rng_state(rng_state, specaug_rng, device)
-        if state.world_size != setup.world_size:
-            log.warning("resuming a run trained by %d processes with %d: it continues, but not exactly as it would "
-                        "have (other batch split, other schedule length)", state.world_size, setup.world_size)
-            state.batch_in_epoch = state.batch_in_epoch * state.world_size // setup.world_size
-            state.world_size = setup.world_size
-        if setup.is_main:
-            _drop_metrics_after(out_dir / "metrics.jsonl", state)
-        log.info("resumed from %s at epoch %d, batch %d, step %d", last_path, state.epoch, state.batch_in_epoch, state.step)
-    else:
-        if resume:
-            log.info("--resume: no %s yet, starting from scratch", last_path)
-        if setup.is_main:
-            _estimate_normalizer(model, train_set, device)
-    if setup.active:
-        _broadcast_weights(model)  # rank 0's normalizer statistics (and weights) on every rank
 
-    ema_model: CTCModel | None = None
-    if tc.ema_decay:
-        ema_model = copy.deepcopy(model).requires_grad_(False)
-        if payload is not None and "ema" in payload:
-            ema_model.load_state_dict(payload["ema"])
-        elif payload is not None:
-            log.warning("%s holds no averaged weights: train.ema_decay starts averaging from its weights", last_path)
-    del payload
-    ema_params, params = (list(ema_model.parameters()) if ema_model else []), list(model.parameters())
-    eval_model = ema_model or model  # what validation, best.pt and epoch<N>.pt use
+def _restore(
+    payload: dict[str, Any], last_path: Path, tokenizer: Tokenizer, model: CTCModel, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR, specaug_rng: torch.Generator, setup: DistributedSetup,
+    device: torch.device, tc: Any,
+) -> TrainState:
+    """Load last.pt's weights, optimizer, schedule and this rank's RNG states; returns its state."""
+    if payload["tokenizer"] != tokenizer.to_dict():
+        raise ValueError(f"{last_path}: cannot resume: the tokenizer built from this config and training data "
+                         "differs from the run's (BPE pieces trained on other transcripts?); train in another "
+                         "folder (--out, or --exp-name in a recipe)")
+    mismatch = weights_mismatch(model.state_dict(), payload["model"])
+    if mismatch:
+        raise ValueError(f"{last_path}: cannot resume: its weights do not fit the model of this config ({mismatch})")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    _apply_schedule_settings(optimizer, scheduler, tc)
+    state = TrainState(**payload["state"])
+    rng_state = _rng_state_of_rank(payload, setup)
+    if rng_state is not None:
+        _set_rng_state(rng_state, specaug_rng, device)
+    if state.world_size != setup.world_size:
+        log.warning("resuming a run trained by %d processes with %d: it continues, but not exactly as it would "
+                    "have (other batch split, other schedule length)", state.world_size, setup.world_size)
+        state.batch_in_epoch = state.batch_in_epoch * state.world_size // setup.world_size
+        state.world_size = setup.world_size
+    return state
 
-    use_bf16 = device.type == "cuda" and tc.precision == "bf16"
-    training_forward: torch.nn.Module = _TrainingForward(model, config.specaug, specaug_rng, use_bf16)
-    if setup.active:
-        # Buffers (normalizer statistics, filterbank) never change: sent once above, not every step
-        # (newer torch calls the option forward_sync_buffers).
-        no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                          inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-        training_forward = DistributedDataParallel(
-            training_forward, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync
-        )
-    split_on_oom = setup.world_size == 1
-    # Fused AdamW (CUDA) can skip an update on a flag that stays on the device: no host sync per step.
-    skip_on_device = bool(optimizer.defaults.get("fused"))
-    layer_groups = _layer_parameter_groups(model)
 
-    log.info("model: %s, %.2f M parameters; device %s", config.model, count_parameters(model) / 1e6, device)
+def _ema_copy(model: CTCModel, payload: dict[str, Any] | None, decay: float, last_path: Path) -> CTCModel | None:
+    """The exponential moving average of the weights (train.ema_decay; None when 0): a copy of the
+    model, or the average last.pt holds."""
+    if not decay:
+        return None
+    ema_model = copy.deepcopy(model).requires_grad_(False)
+    if payload is not None and "ema" in payload:
+        ema_model.load_state_dict(payload["ema"])
+    elif payload is not None:
+        log.warning("%s holds no averaged weights: train.ema_decay starts averaging from its weights", last_path)
+    return ema_model
+
+
+def _log_setup(run: _Run) -> None:
+    tc, setup = run.config.train, run.setup
+    steps_per_epoch = len(run.sampler.epoch_batches(0)) // setup.world_size
+    log.info("model: %s, %.2f M parameters; device %s", run.config.model, count_parameters(run.model) / 1e6,
+             run.device)
     if setup.active:
         log.info("distributed: %d processes (%s backend), each %d batches per epoch; out-of-memory batch splitting "
                  "is %s", setup.world_size, dist.get_backend(), steps_per_epoch,
-                 "on" if split_on_oom else "off (ranks must stay in lock-step: lower train.max_batch_seconds if a "
-                 "batch does not fit)")
+                 "on" if run.split_on_oom else "off (ranks must stay in lock-step: lower train.max_batch_seconds if "
+                 "a batch does not fit)")
     log.info("%d batches per epoch (padding %.1f%% of frames), %d epochs, %d updates planned",
-             steps_per_epoch, 100 * sampler.padding_fraction(), tc.epochs, total_steps)
-    if setup.is_main:
-        (out_dir / "config.yaml").write_text(_to_yaml(config.to_dict()))
+             steps_per_epoch, 100 * run.sampler.padding_fraction(), tc.epochs, tc.epochs * steps_per_epoch)
 
-    def save_last(window: _Window) -> None:
-        """Write last.pt (rank 0); every rank takes part, as each sends its RNG states."""
-        window.settle(state)
-        rng_states = _gather_to_main(_get_rng_state(specaug_rng, device), setup)
-        if not setup.is_main:
-            return
-        checkpoint = {
-            "config": config.to_dict(),
-            "tokenizer": tokenizer.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": state.__dict__.copy(),
-            "rng": rng_states[0],
-        }
-        if setup.world_size > 1:
-            checkpoint["rng_ranks"] = rng_states
-        if ema_model is not None:
-            checkpoint["ema"] = ema_model.state_dict()
-        save_checkpoint(last_path, checkpoint)
 
-    def weights_payload() -> dict[str, Any]:
-        """best.pt (with EMA) and epoch<N>.pt: the weights validation used, no optimizer."""
-        return {"config": config.to_dict(), "tokenizer": tokenizer.to_dict(), "model": eval_model.state_dict(),
-                "state": state.__dict__.copy()}
+# --------------------------------------------------------------------------- one epoch, one update
+
+
+def _train_one_epoch(run: _Run) -> tuple[str, bool, _Window]:
+    """Train on this rank's batches of the current epoch, from state.batch_in_epoch on, until the
+    epoch ends or a limit stops the run. Returns (why the run stops, "" if it goes on; whether the
+    epoch is complete; the metrics window, for the checkpoint that follows)."""
+    state, tc, setup = run.state, run.config.train, run.setup
+    run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    run.train_set.set_epoch(state.epoch)  # speed/noise perturbation of this epoch (workers copy the dataset)
+    # Its own generator: creating the loader must not draw from the global RNG, or a resumed
+    # run would see different dropout masks than an uninterrupted one.
+    loader = DataLoader(
+        run.train_set, batch_sampler=run.sampler, collate_fn=collate, num_workers=tc.num_workers,
+        pin_memory=run.device.type == "cuda", prefetch_factor=4 if tc.num_workers else None,
+        generator=torch.Generator().manual_seed(tc.seed + state.epoch),
+    )
+    epoch_batches = run.sampler.epoch_batches(state.epoch)  # of all ranks: the audio an update sees
+    run.model.train()
+    window = _Window(run.device, state)
+    bar = tqdm(total=len(run.sampler), desc=f"epoch {state.epoch + 1}/{tc.epochs}", unit="batch", leave=False,
+               disable=not setup.is_main)
+    batches = iter(loader)
+    stop_reason = ""
+    while not stop_reason:
+        wait_start = time.perf_counter()
+        batch = next(batches, None)
+        window.data_wait += time.perf_counter() - wait_start
+        if batch is None:
+            break
+        window.add_padding(batch)
+        if run.trace is not None:
+            run.trace.write(json.dumps({"epoch": state.epoch, "batch": state.batch_in_epoch,
+                                        "indices": batch.indices}) + "\n")
+        seconds = _audio_seconds_of_update(run.train_set, batch, epoch_batches, state.batch_in_epoch, setup.world_size)
+        updated = _train_step(run, batch.to(run.device, non_blocking=True), window)
+        state.batch_in_epoch += 1
+        state.audio_seconds += seconds
+        bar.update(1)
+        if state.step % tc.log_every == 0 and window.steps:
+            _log_window(run, window, bar)
+        run.tick()
+        if updated and tc.save_every_steps and state.step % tc.save_every_steps == 0:
+            # Mid-epoch: a killed run resumes from here, at the next batch, losing < N updates.
+            _save_last(run, window)
+        stop_reason = _stop_reason(run)
+    bar.close()
+    epoch_done = not stop_reason or state.batch_in_epoch >= len(epoch_batches) // setup.world_size
+    return stop_reason, epoch_done, window
+
+
+def _train_step(run: _Run, batch: Batch, window: _Window) -> bool:
+    """One update from a batch (already on the device): forward and backward (split on CUDA
+    out-of-memory), clipping, the optimizer and schedule steps, the EMA. A non-finite loss or
+    gradient would poison the weights: that update is skipped and counted. Returns whether the
+    update was applied (with fused AdamW: attempted; the device decides)."""
+    state, tc = run.state, run.config.train
 
     def forward_backward(part: Batch, weight: float) -> torch.Tensor:
-        return _forward_backward(training_forward, part, weight, config, tokenizer.blank, specaug_rng, use_bf16)
+        return _forward_backward(run.training_forward, part, weight, run.config, run.tokenizer.blank,
+                                 run.specaug_rng, run.use_bf16)
 
-    metrics = open(out_dir / "metrics.jsonl", "a", encoding="utf-8") if setup.is_main else None
-    trace = _open_trace(setup.rank)
-    session_start, cpu_start = time.monotonic(), time.process_time()
-    elapsed_before, cpu_before = state.elapsed, state.cpu_seconds
-    stop_reason = ""
-    try:
-        while state.epoch < tc.epochs and not stop_reason:
-            sampler.set_epoch(state.epoch, state.batch_in_epoch)
-            train_set.set_epoch(state.epoch)  # speed/noise perturbation of this epoch (workers copy the dataset)
-            # Its own generator: creating the loader must not draw from the global RNG, or a resumed
-            # run would see different dropout masks than an uninterrupted one.
-            loader = DataLoader(
-                train_set, batch_sampler=sampler, collate_fn=collate, num_workers=tc.num_workers,
-                pin_memory=device.type == "cuda", prefetch_factor=4 if tc.num_workers else None,
-                generator=torch.Generator().manual_seed(tc.seed + state.epoch),
-            )
-            epoch_batches = sampler.epoch_batches(state.epoch)  # of all ranks: the audio an update sees
-            model.train()
-            window = _Window(device, state)
-            bar = tqdm(total=len(sampler), desc=f"epoch {state.epoch + 1}/{tc.epochs}", unit="batch", leave=False,
-                       disable=not setup.is_main)
-            batches = iter(loader)
-            while True:
-                wait_start = time.perf_counter()
-                batch = next(batches, None)
-                window.data_wait += time.perf_counter() - wait_start
-                if batch is None:
-                    break
-                window.add_padding(batch)
-                if trace is not None:
-                    trace.write(json.dumps({"epoch": state.epoch, "batch": state.batch_in_epoch,
-                                            "indices": batch.indices}) + "\n")
-                seconds = _audio_seconds_of_update(train_set, batch, epoch_batches, state.batch_in_epoch, setup.world_size)
-                batch = batch.to(device, non_blocking=True)
-                loss = _backward_splitting_on_oom(forward_backward, batch, model, device, state, split_on_oom)
-                if (state.step + 1) % tc.log_every == 0:  # this update will be logged
-                    window.grad_norms = _layer_grad_norms(layer_groups)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip).detach()
-                # A non-finite loss or gradient would poison the weights: skip the update, count it. All
-                # ranks decide alike (the flag is all-reduced), or their weights would part.
-                nonfinite = (~(torch.isfinite(grad_norm) & torch.isfinite(loss))).float()
-                if setup.world_size > 1:
-                    dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
-                if skip_on_device:
-                    # The step runs always and applies nothing when found_inf is 1 (GradScaler's mechanism);
-                    # the schedule advances over a skipped batch, which is counted at the next log line.
-                    optimizer.found_inf = nonfinite
-                    optimizer.step()
-                    scheduler.step()
-                    state.step += 1
-                    if ema_model is not None:
-                        _update_ema(ema_params, params, tc.ema_decay, nonfinite)
-                    window.add(loss, grad_norm, tc.grad_clip, nonfinite)
-                    updated = True
-                else:
-                    updated = not bool(nonfinite)
-                    if updated:
-                        optimizer.step()
-                        scheduler.step()
-                        state.step += 1
-                        if ema_model is not None:
-                            _update_ema(ema_params, params, tc.ema_decay)
-                        window.add(loss, grad_norm, tc.grad_clip)
-                    else:
-                        state.skipped_batches += 1
-                        log.warning("non-finite loss or gradient in epoch %d batch %d: update skipped (%d so far)",
-                                    state.epoch, state.batch_in_epoch, state.skipped_batches)
-                state.batch_in_epoch += 1
-                state.audio_seconds += seconds
-                bar.update(1)
-                if state.step % tc.log_every == 0 and window.steps:
-                    elapsed = time.monotonic() - session_start + elapsed_before
-                    record = window.flush(state, scheduler.get_last_lr()[0], elapsed, layer_groups, setup)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
-                    if metrics is not None:
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                state.elapsed = elapsed_before + time.monotonic() - session_start
-                state.cpu_seconds = cpu_before + time.process_time() - cpu_start
-                if updated and tc.save_every_steps and state.step % tc.save_every_steps == 0:
-                    # Mid-epoch: a killed run resumes from here, at the next batch, losing < N updates.
-                    save_last(window)
-                if tc.max_steps and state.step >= tc.max_steps:
-                    stop_reason = f"max_steps={tc.max_steps} reached"
-                elif tc.max_minutes and (setup.world_size == 1 or state.step % tc.log_every == 0) and \
-                        _any_rank(state.elapsed >= 60 * tc.max_minutes, setup, device):
-                    # Ranks agree on the stop (checked at log steps only, to keep collectives rare).
-                    stop_reason = f"max_minutes={tc.max_minutes} reached"
-                elif tc.max_cpu_minutes and (setup.world_size == 1 or state.step % tc.log_every == 0) and \
-                        _any_rank(state.cpu_seconds >= 60 * tc.max_cpu_minutes, setup, device):
-                    stop_reason = f"max_cpu_minutes={tc.max_cpu_minutes} reached"
-                if stop_reason:
-                    break
-            bar.close()
-            epoch_done = not stop_reason or state.batch_in_epoch >= len(epoch_batches) // setup.world_size
-            if epoch_done:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            if setup.is_main:
-                result = validate(eval_model, dev_set, tokenizer, device, config,
-                                  {name: [u.id for u in utts] for name, utts in dev_sets.items()})
-                result.update(type="valid", step=state.step, epoch=state.epoch, elapsed=round(state.elapsed, 1))
-                metrics.write(json.dumps(result) + "\n")
-                metrics.flush()
-                log.info("validation after %d updates (epoch %d): loss %.3f, WER %.2f%%, CER %.2f%%%s",
-                         state.step, state.epoch, result["loss"], result["wer"], result["cer"],
-                         "".join(f"; {name} WER {r['wer']:.2f}% CER {r['cer']:.2f}%"
-                                 for name, r in result.get("sets", {}).items()))
-                improved = (result["wer"], result["cer"]) < (state.best_wer, state.best_cer)
-                if improved:
-                    state.best_wer, state.best_cer = result["wer"], result["cer"]
-            save_last(window)  # the other ranks wait in here while rank 0 validates
-            if setup.is_main:
-                if improved:
-                    if ema_model is not None:
-                        save_checkpoint(best_path, weights_payload())  # the averaged weights, for decoding
-                    else:
-                        copy_atomic(last_path, best_path)
-                    log.info("new best dev WER %.2f%%: saved %s", state.best_wer, best_path)
-                if epoch_done and tc.keep_epoch_checkpoints:
-                    _save_epoch_checkpoint(out_dir, state.epoch, weights_payload(), tc.keep_epoch_checkpoints)
-            if setup.active:  # ... and here while it saves
-                state.best_wer, state.best_cer = _broadcast_from_main((state.best_wer, state.best_cer))
-    finally:
-        if metrics is not None:
-            metrics.close()
-        if trace is not None:
-            trace.close()
-    if trace is not None:
-        torch.save(model.state_dict(), Path(trace.name).with_name(f"rank{setup.rank}.weights.pt"))
+    loss = _backward_splitting_on_oom(forward_backward, batch, run.model, run.device, state, run.split_on_oom)
+    if (state.step + 1) % tc.log_every == 0:  # this update will be logged
+        window.grad_norms = _layer_grad_norms(run.layer_groups)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip).detach()
+    # All ranks decide alike (the flag is all-reduced), or their weights would part.
+    nonfinite = (~(torch.isfinite(grad_norm) & torch.isfinite(loss))).float()
+    all_reduce_max(nonfinite, run.setup)
+    if run.skip_on_device:
+        # The step runs always and applies nothing when found_inf is 1 (GradScaler's mechanism);
+        # the schedule advances over a skipped batch, which is counted at the next log line.
+        run.optimizer.found_inf = nonfinite
+        _optimizer_step(run)
+        if run.ema_model is not None:
+            _update_ema(run.ema_params, run.params, tc.ema_decay, nonfinite)
+        window.add(loss, grad_norm, tc.grad_clip, nonfinite)
+        return True
+    if bool(nonfinite):
+        state.skipped_batches += 1
+        log.warning("non-finite loss or gradient in epoch %d batch %d: update skipped (%d so far)",
+                    state.epoch, state.batch_in_epoch, state.skipped_batches)
+        return False
+    _optimizer_step(run)
+    if run.ema_model is not None:
+        _update_ema(run.ema_params, run.params, tc.ema_decay)
+    window.add(loss, grad_norm, tc.grad_clip)
+    return True
+
+
+def _optimizer_step(run: _Run) -> None:
+    run.optimizer.step()
+    run.scheduler.step()
+    run.state.step += 1
+
+
+def _log_window(run: _Run, window: _Window, bar: tqdm) -> None:
+    """The window's "train" record to metrics.jsonl (rank 0) and the progress bar."""
+    elapsed = time.monotonic() - run.session_start + run.elapsed_before
+    record = window.flush(run.state, run.scheduler.get_last_lr()[0], elapsed, run.layer_groups, run.setup)
+    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+    if run.metrics is not None:
+        run.metrics.write(json.dumps(record) + "\n")
+        run.metrics.flush()
+
+
+def _stop_reason(run: _Run) -> str:
+    """Why the run stops after this update (train.max_steps, max_minutes, max_cpu_minutes), or ""."""
+    state, tc, setup = run.state, run.config.train, run.setup
+    # With several ranks, the time limits are checked at log steps only, to keep collectives rare;
+    # the ranks agree on the stop.
+    check_time = setup.world_size == 1 or state.step % tc.log_every == 0
+    if tc.max_steps and state.step >= tc.max_steps:
+        return f"max_steps={tc.max_steps} reached"
+    if tc.max_minutes and check_time and any_rank(state.elapsed >= 60 * tc.max_minutes, setup, run.device):
+        return f"max_minutes={tc.max_minutes} reached"
+    if tc.max_cpu_minutes and check_time and any_rank(state.cpu_seconds >= 60 * tc.max_cpu_minutes, setup, run.device):
+        return f"max_cpu_minutes={tc.max_cpu_minutes} reached"
+    return ""
+
+
+# --------------------------------------------------------------------------- validate and save
+
+
+def _validate_and_save(run: _Run, window: _Window, epoch_done: bool) -> None:
+    """After an epoch (or a stop within one): rank 0 validates, then last.pt, best.pt when the dev
+    WER/CER improved, and epoch<N>.pt; the other ranks wait in the collectives and learn the best
+    scores."""
+    state, setup = run.state, run.setup
+    if epoch_done:
+        state.epoch += 1
+        state.batch_in_epoch = 0
+    improved = setup.is_main and _validate_and_log(run)
+    _save_last(run, window)  # the other ranks wait in here while rank 0 validates
+    if setup.is_main:
+        if improved:
+            if run.ema_model is not None:
+                save_checkpoint(run.best_path, _weights_payload(run))  # the averaged weights, for decoding
+            else:
+                copy_atomic(run.last_path, run.best_path)
+            log.info("new best dev WER %.2f%%: saved %s", state.best_wer, run.best_path)
+        if epoch_done and run.config.train.keep_epoch_checkpoints:
+            _save_epoch_checkpoint(run.out_dir, state.epoch, _weights_payload(run), run.config.train.keep_epoch_checkpoints)
+    if setup.active:  # ... and here while it saves
+        state.best_wer, state.best_cer = broadcast_from_main((state.best_wer, state.best_cer))
+
+
+def _validate_and_log(run: _Run) -> bool:
+    """Validate the weights in use (rank 0), log and record the result; returns whether the dev
+    WER/CER improved (the state's best scores are then updated)."""
+    state = run.state
+    result = validate(run.eval_model, run.dev_set, run.tokenizer, run.device, run.config, run.dev_ids)
+    result.update(type="valid", step=state.step, epoch=state.epoch, elapsed=round(state.elapsed, 1))
+    run.metrics.write(json.dumps(result) + "\n")
+    run.metrics.flush()
+    log.info("validation after %d updates (epoch %d): loss %.3f, WER %.2f%%, CER %.2f%%%s",
+             state.step, state.epoch, result["loss"], result["wer"], result["cer"],
+             "".join(f"; {name} WER {r['wer']:.2f}% CER {r['cer']:.2f}%" for name, r in result.get("sets", {}).items()))
+    improved = (result["wer"], result["cer"]) < (state.best_wer, state.best_cer)
+    if improved:
+        state.best_wer, state.best_cer = result["wer"], result["cer"]
+    return improved
+
+
+def _save_last(run: _Run, window: _Window) -> None:
+    """Write last.pt (rank 0); every rank takes part, as each sends its RNG states."""
+    window.settle(run.state)
+    rng_states = gather_to_main(_get_rng_state(run.specaug_rng, run.device), run.setup)
+    if not run.setup.is_main:
+        return
+    checkpoint = {
+        "config": run.config.to_dict(),
+        "tokenizer": run.tokenizer.to_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "state": run.state.__dict__.copy(),
+        "rng": rng_states[0],
+    }
+    if run.setup.world_size > 1:
+        checkpoint["rng_ranks"] = rng_states
+    if run.ema_model is not None:
+        checkpoint["ema"] = run.ema_model.state_dict()
+    save_checkpoint(run.last_path, checkpoint)
+
+
+def _weights_payload(run: _Run) -> dict[str, Any]:
+    """best.pt (with EMA) and epoch<N>.pt: the weights validation used, no optimizer."""
+    return {"config": run.config.to_dict(), "tokenizer": run.tokenizer.to_dict(), "model": run.eval_model.state_dict(),
+            "state": run.state.__dict__.copy()}
+
+
+def _finish(run: _Run, stop_reason: str) -> None:
+    """The trace's final weights (ASR_TRAIN_TRACE_DIR) and the closing log line."""
+    state, tc = run.state, run.config.train
+    if run.trace is not None:
+        torch.save(run.model.state_dict(), Path(run.trace.name).with_name(f"rank{run.setup.rank}.weights.pt"))
     log.info("done: %s; %d updates in %.1f min (%d skipped, %d out-of-memory splits); best dev WER %.2f%% CER %.2f%%; "
              "%.1f audio-hours per hour",
              stop_reason or f"{tc.epochs} epochs", state.step, state.elapsed / 60, state.skipped_batches,
              state.oom_splits, state.best_wer, state.best_cer, state.audio_seconds / max(state.elapsed, 1e-9))
-    return state
+
+
+# --------------------------------------------------------------------------- resume guard
 
 
 def check_resume_config(saved: Config, new: Config, force: bool = False, path: str | Path = "last.pt") -> list[str]:
@@ -771,8 +886,7 @@ class _Window:
         summed = torch.stack([self.loss.double(), self.applied.double(),
                               torch.tensor(float(self.padded), dtype=torch.float64, device=self.device),
                               torch.tensor(float(self.total), dtype=torch.float64, device=self.device)])
-        if setup.world_size > 1:
-            dist.all_reduce(summed)
+        all_reduce_sum(summed, setup)
         loss_sum, applied, padded, total = summed.tolist()
         grad_norm_sum, applied_here = torch.stack([self.grad_norm.double(), self.applied.double()]).tolist()
         grad_norms = {} if self.grad_norms is None else dict(zip(layer_groups, self.grad_norms.tolist()))
@@ -872,10 +986,6 @@ def _open_trace(rank: int):
     return open(Path(folder) / f"rank{rank}.batches.jsonl", "a", encoding="utf-8")
 
 
-def _rank_seed(seed: int, rank: int) -> int:
-    return seed + 1_000_003 * rank
-
-
 def _rng_state_of_rank(payload: dict[str, Any], setup: DistributedSetup) -> dict | None:
     """This rank's RNG states from a checkpoint; None for a rank the checkpoint has none for (it was
     written by fewer processes): that rank keeps its fresh seed."""
@@ -883,36 +993,6 @@ def _rng_state_of_rank(payload: dict[str, Any], setup: DistributedSetup) -> dict
     if states and len(states) == setup.world_size:
         return states[setup.rank]
     return payload["rng"] if setup.is_main else None
-
-
-def _broadcast_weights(model: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers to every rank, in place."""
-    for tensor in model.state_dict().values():
-        dist.broadcast(tensor, src=0)
-
-
-def _gather_to_main(value: Any, setup: DistributedSetup) -> list[Any]:
-    """[value of rank 0, of rank 1, ...] on rank 0 (an empty list elsewhere); [value] without ranks."""
-    if setup.world_size == 1:
-        return [value]
-    gathered: list[Any] | None = [None] * setup.world_size if setup.is_main else None
-    dist.gather_object(value, gathered, dst=0)
-    return gathered or []
-
-
-def _broadcast_from_main(value: Any) -> Any:
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _any_rank(flag: bool, setup: DistributedSetup, device: torch.device) -> bool:
-    """True on every rank when `flag` holds on any rank."""
-    if setup.world_size == 1:
-        return flag
-    value = torch.tensor(float(flag), device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value)
 
 
 @torch.no_grad()
@@ -1027,7 +1107,9 @@ def plot_training(exp_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    # `torchrun --nproc-per-node N -m asr.train <arguments of asr train>` (or python -m asr.train ...)
+    # `torchrun --nproc-per-node N -m asr.train <arguments of asr train>` (or python -m asr.train ...).
+    # Imported here, not at the top: asr.cli imports this module, and a module-level import back would
+    # be a cycle (tests/test_imports.py).
     from .cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))
