@@ -178,7 +178,10 @@ def slow_save_number_n(obj, f, *args, **kwargs):  # the n-th save writes half, t
     real_save(obj, buffer, *args, **kwargs)
     f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     f.flush()
-    Path(str(progress) + ".saving").write_text(f.name)
+    # The marker appears whole (written aside, then renamed): the test kills this process as soon as
+    # it exists and reads it, so a marker created empty and filled afterwards could be read empty.
+    Path(str(progress) + ".saving.tmp").write_text(f.name)
+    Path(str(progress) + ".saving.tmp").rename(str(progress) + ".saving")
     time.sleep(600)
 
 train_module._ctc_loss, torch.save = counting_loss, slow_save_number_n
