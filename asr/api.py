@@ -136,7 +136,7 @@ def _is_samples_with_rate(x: Any) -> bool:
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", **options: Any) -> Recognizer:
     """A Recognizer for the checkpoint at `path` (None: the default model, $ASR_MODEL or the
-    repository's models/en-libri4h-bilstm-ctc.pt; FileNotFoundError says how to get one) on `device`
+    repository's models/en-whisper-tiny-bilstm-ctc.pt; FileNotFoundError says how to get one) on `device`
     ("cpu", "cuda", "auto"). Options: decoder, beam_size, lm, lexicon (as on `asr transcribe`),
     batch_seconds, chunk_seconds, chunk_overlap."""
     return Recognizer(path, device, **options)

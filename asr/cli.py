@@ -381,12 +381,12 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
     """`asr transcribe`: transcribe audio files or folders."""
     p = sub.add_parser("transcribe", help="transcribe audio files or folders",
                        description="Transcribe audio files or folders with --model, or with the default model: "
-                       "$ASR_MODEL, else models/en-libri4h-bilstm-ctc.pt of the repository. The older form "
+                       "$ASR_MODEL, else models/en-whisper-tiny-bilstm-ctc.pt of the repository. The older form "
                        "'asr transcribe MODEL.pt AUDIO...' still works.")
     p.add_argument("paths", nargs="+", metavar="AUDIO",
                    help="audio files or folders (a first argument ending in .pt is the model)")
     p.add_argument("-m", "--model", type=Path, default=None,
-                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-whisper-tiny-bilstm-ctc.pt")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of 'path<TAB>text'")
     p.add_argument("--chunk-seconds", type=float, default=None,
                    help="decode files longer than this in overlapping chunks, in bounded memory (default 30; 0: never)")
@@ -526,7 +526,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                        "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
                        "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
     p.add_argument("-m", "--model", type=Path, default=None,
-                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-libri4h-bilstm-ctc.pt")
+                   help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-whisper-tiny-bilstm-ctc.pt")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -6,6 +6,7 @@ Shapes: log-probs (B, T, V), lengths (B,).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -374,7 +375,9 @@ def decode_settings(config_decode, model_path: str | os.PathLike | None = None,
     """The decode section to use: the checkpoint's config, then `decode_file`, or without one
     `decode.yaml` next to the checkpoint when present (written by scripts/tune_decoder.py; a mapping,
     optionally under a `decode:` key), then the options given on the command line (None: not
-    given). Returns a new DecodeConfig."""
+    given). Relative LM and lexicon paths in a decode file are relative to that file. beam-lm from a
+    file (not given) falls back to greedy, with one line on stderr, where flashlight-text is missing.
+    Returns a new DecodeConfig."""
     import copy
 
     import yaml
@@ -393,13 +396,30 @@ def decode_settings(config_decode, model_path: str | os.PathLike | None = None,
             if not isinstance(data, dict):
                 raise ConfigError(f"{path}: must be a mapping of decode options")
             for key, value in data.items():
+                if key in ("lm", "lexicon") and isinstance(value, str) and value and not os.path.isabs(value):
+                    value = os.path.join(os.path.dirname(os.path.abspath(path)), value)  # beside the file
                 set_option(settings, "decode", key, value, path)
     for key, value in given.items():
         if value is not None:
             set_option(settings, "decode", key, value, "command line")
     if settings.decoder not in DECODERS:
         raise ValueError(f"unknown decoder {settings.decoder!r} (choose from {', '.join(DECODERS)})")
+    if settings.decoder == "beam-lm" and given.get("decoder") is None and not flashlight_available():
+        # beam-lm chosen by a config file, not by the user: the model still works without the LM extra.
+        print(f"asr: flashlight-text is not installed, so decoding greedily without the LM "
+              f"(for beam search with the LM: {LM_EXTRA_HINT})", file=sys.stderr)
+        settings.decoder = "greedy"
     return settings
+
+
+def flashlight_available() -> bool:
+    """Whether beam-lm can run here (the `lm` extra, flashlight-text, is installed)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("flashlight.lib.text") is not None
+    except ImportError:  # no `flashlight` package at all
+        return False
 
 
 def decoder_from_settings(settings, tokenizer: Tokenizer, device: torch.device | str = "cpu", nbest: int = 1):

@@ -374,12 +374,12 @@ def shorter_than(path: Path, seconds: float) -> bool:
     return 0 < info.frames < 2**62 and info.frames <= seconds * info.samplerate
 
 
-DEFAULT_MODEL = "en-libri4h-bilstm-ctc.pt"  # the pretrained English model, in models/ of the repository
+DEFAULT_MODEL = "en-whisper-tiny-bilstm-ctc.pt"  # the pretrained English model, in models/ of the repository
 
 
 def default_model_path() -> Path:
     """The model `asr transcribe` uses when given none: $ASR_MODEL if set, else
-    <repository>/models/en-libri4h-bilstm-ctc.pt next to this package (a clone installed with
+    <repository>/models/en-whisper-tiny-bilstm-ctc.pt next to this package (a clone installed with
     `pip install -e .`). Raises FileNotFoundError saying where it looked and how to get a model."""
     env = os.environ.get("ASR_MODEL", "")
     if env:

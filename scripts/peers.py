@@ -14,7 +14,7 @@ Systems (`pip install -e ".[peers]"` for the two peers):
   asr:CKPT[:greedy|:lm]
                       our checkpoint through the functions `asr decode` uses (batched, length-sorted).
                       `:greedy` (the default) is greedy CTC; `:lm` is the flashlight beam search with
-                      `--lm` and `--lexicon`; weights and beam come from the checkpoint's decode
+                      `--lm` and `--lexicon` (default: those a `decode.yaml` next to it names); weights and beam come from the checkpoint's decode
                       settings and a `decode.yaml` next to it, then `--lm-weight`, `--word-score`,
                       `--beam-size` when given.
 
@@ -285,12 +285,14 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
     if mode == "greedy":
         decoder, described = None, "greedy"
     else:
-        if not args.lm or not args.lexicon:
-            raise SystemExit(f"peers.py: system {spec!r} needs --lm and --lexicon")
-        settings = decode_settings(config.decode, path, decoder="beam-lm", lm=str(args.lm), lexicon=str(args.lexicon),
-                                   lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score)
+        # --lm/--lexicon, else those of the checkpoint's decode settings (models/decode.yaml names the shipped ones)
+        settings = decode_settings(config.decode, path, decoder="beam-lm", lm=_str_or_none(args.lm),
+                                   lexicon=_str_or_none(args.lexicon), lm_weight=args.lm_weight,
+                                   beam_size=args.beam_size, word_score=args.word_score)
+        if not settings.lm or not settings.lexicon:
+            raise SystemExit(f"peers.py: system {spec!r} needs --lm and --lexicon (or a decode.yaml next to it naming them)")
         decoder = decoder_from_settings(settings, tokenizer, device)  # loads the LM: before the clock
-        files += [args.lm, args.lexicon]
+        files += [settings.lm, settings.lexicon]
         described = (f"beam-lm (beam {settings.beam_size}, lm_weight {settings.lm_weight:g}, "
                      f"word_score {settings.word_score:g})")
 
@@ -301,9 +303,18 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
         return [h[0].text if h else "" for h in decode_waves(model, decoder, tensors, device, batch_seconds)[0]]
 
     note = "checkpoint" + (" + LM + lexicon" if mode == "lm" else "")
+    if model.feature_config.frontend == "whisper":  # the frozen encoder's folder is part of what it runs
+        from asr.encoder_files import find_encoder
+
+        files.append(find_encoder(model.feature_config.encoder))
+        note += " + Whisper encoder folder"
     name = system_name(spec)
     return System(name, model.feature_config.sample_rate, disk_size(*files), note,
                   f"{described}, torch threads {threads}, batches of {batch_seconds:g} s", transcribe)
+
+
+def _str_or_none(path: str | os.PathLike | None) -> str | None:
+    return str(path) if path else None
 
 
 def system_name(spec: str) -> str:

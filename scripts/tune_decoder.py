@@ -112,14 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     if out.is_file():
         data = yaml.safe_load(out.read_text(encoding="utf-8")) or {}
     section = data.setdefault("decode", {}) if "decode" in data or not data else data
-    section.update({"decoder": "beam-lm", "beam_size": args.beam_size, "lm": str(Path(args.lm).resolve()),
-                    "lexicon": str(Path(args.lexicon).resolve()) if args.lexicon else "",
+    section.update({"decoder": "beam-lm", "beam_size": args.beam_size, "lm": portable_path(args.lm, out),
+                    "lexicon": portable_path(args.lexicon, out) if args.lexicon else "",
                     "lm_weight": float(lm_weight), "word_score": float(word_score),
                     "beam_threshold": args.beam_threshold})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def portable_path(path: str | Path, decode_file: Path) -> str:
+    """`path` as the decode file should name it: relative to the file's folder when it lies in that
+    folder (models/decode.yaml and its LM travel together; asr reads such paths relative to the file),
+    else absolute."""
+    path, folder = Path(path).resolve(), decode_file.parent.resolve()
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
 
 if __name__ == "__main__":

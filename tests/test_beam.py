@@ -167,6 +167,28 @@ def test_decode_settings_precedence(tmp_path):
         decode_settings(base, model_path, tmp_path / "missing.yaml")
 
 
+def test_decode_file_paths_are_relative_to_the_file(tmp_path, monkeypatch):
+    """models/decode.yaml names its LM and lexicon beside it, so the shipped model works from any directory."""
+    monkeypatch.setattr("asr.decode.flashlight_available", lambda: True)
+    (tmp_path / "decode.yaml").write_text("decoder: beam-lm\nlm: lm.arpa.gz\nlexicon: words.txt\n")
+    monkeypatch.chdir(tmp_path.parent)
+    s = decode_settings(DecodeConfig(), tmp_path / "model.pt")
+    assert (s.lm, s.lexicon) == (str(tmp_path / "lm.arpa.gz"), str(tmp_path / "words.txt"))
+    assert decode_settings(DecodeConfig(), tmp_path / "model.pt", lm="/abs/other.arpa").lm == "/abs/other.arpa"
+
+
+def test_beam_lm_from_a_file_falls_back_to_greedy_without_flashlight(tmp_path, monkeypatch, capsys):
+    """Without the lm extra, a model whose decode.yaml asks for beam-lm still transcribes (greedy),
+    saying so in one line; beam-lm asked for on the command line is not replaced (its error says how to install)."""
+    monkeypatch.setattr("asr.decode.flashlight_available", lambda: False)
+    (tmp_path / "decode.yaml").write_text("decoder: beam-lm\nlm: lm.arpa.gz\n")
+    assert decode_settings(DecodeConfig(), tmp_path / "model.pt").decoder == "greedy"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "flashlight-text is not installed" in err and "asr[lm]" in err
+    assert decode_settings(DecodeConfig(), tmp_path / "model.pt", decoder="beam-lm").decoder == "beam-lm"
+    assert capsys.readouterr().err == ""
+
+
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory):
     config = load_config(None, ["model.subsampling=stack", "model.subsampling_factor=4", "model.hidden_size=32",

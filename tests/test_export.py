@@ -287,7 +287,7 @@ def test_default_model_in_repository(no_default_model):
     shipped = no_default_model / "models" / DEFAULT_MODEL
     make_checkpoint(shipped, training_state=False)
     assert default_model_path() == shipped
-    assert DEFAULT_MODEL == "en-libri4h-bilstm-ctc.pt"
+    assert DEFAULT_MODEL == "en-whisper-tiny-bilstm-ctc.pt"
 
 
 def test_default_model_missing_says_where_it_looked(no_default_model):
@@ -345,7 +345,7 @@ def test_transcribe_with_exported_model(capsys, source, wav, tmp_path):
 @pytest.mark.parametrize("argv, expected", [
     (["export", "model"], ["--max-mb", "--dtype", "--note", "float16"]),
     (["average"], ["--out", "epoch*.pt"]),
-    (["transcribe"], ["-m MODEL", "ASR_MODEL", "en-libri4h-bilstm-ctc.pt", "AUDIO"]),
+    (["transcribe"], ["-m MODEL", "ASR_MODEL", "en-whisper-tiny-bilstm-ctc.pt", "AUDIO"]),
     (["decode"], ["asr export model"]),
 ])
 def test_help_texts(capsys, argv, expected):

@@ -622,7 +622,10 @@ def test_ten_minutes_chunked_transcript_equals_the_whole_file_with_a_real_model(
     and the words differ by at most 2% of more than 200 (a real model's BiLSTM context is well
     inside the 2 s each kept frame sees on both sides). Not measured yet, as no model is committed:
     the frame bounds are those of the trained model above, and 2% of 200 words is four words."""
-    model, tokenizer, _ = load_model(checkpoint)
+    try:
+        model, tokenizer, _ = load_model(checkpoint)
+    except (ImportError, FileNotFoundError) as e:  # a pretrained-frontend model without its encoder installed
+        pytest.skip(f"{checkpoint.name}: {e}")
     whole, chunked = whole_and_chunked(model, ten_minutes)
     agree, prob_diff = frame_agreement(whole, chunked)
     decode = lambda lp: tokenizer.decode(greedy_decode(lp[None], torch.tensor([lp.shape[0]]), tokenizer.blank)[0])
