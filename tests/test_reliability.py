@@ -626,6 +626,11 @@ def test_ten_minutes_chunked_transcript_equals_the_whole_file_with_a_real_model(
         model, tokenizer, _ = load_model(checkpoint)
     except (ImportError, FileNotFoundError) as e:  # a pretrained-frontend model without its encoder installed
         pytest.skip(f"{checkpoint.name}: {e}")
+    if model.feature_config.frontend != "logmel":
+        # Whisper's encoder takes at most 30 s: its whole-file pass is itself cut into windows with no
+        # context across them, so it is not the reference the overlapping chunks must equal (measured
+        # with the shipped model: 91.3% of frames agree). Chunking is checked with log-mel models.
+        pytest.skip(f"{checkpoint.name}: a windowed pretrained encoder has no unchunked whole-file pass")
     whole, chunked = whole_and_chunked(model, ten_minutes)
     agree, prob_diff = frame_agreement(whole, chunked)
     decode = lambda lp: tokenizer.decode(greedy_decode(lp[None], torch.tensor([lp.shape[0]]), tokenizer.blank)[0])

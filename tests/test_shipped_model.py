@@ -22,8 +22,8 @@ from asr.transcribe import DEFAULT_MODEL  # noqa: E402
 
 MODELS = REPO_ROOT / "models"
 SHIPPED = MODELS / DEFAULT_MODEL
-EXAMPLE = REPO_ROOT / "examples" / "6135-41995-0058.flac"
-EXAMPLE_TEXT = "nor of the flight of time when a carriage drew up before the entrance of the prison"
+EXAMPLE = REPO_ROOT / "examples" / "4959-28865-0017.flac"
+EXAMPLE_TEXT = "i think you are a little hard upon your friend said the duke with an attempt at a laugh"
 
 shipped = pytest.mark.skipif(SHIPPED not in tracked_models(), reason=f"{SHIPPED} is not committed")
 
@@ -50,16 +50,17 @@ def transcribe_example(capsys, *options: str) -> str:
 @shipped
 @needs_encoder
 def test_example_greedy(capsys):
-    """No model argument: the shipped one. Greedy on this dev utterance: 1 error in 16 words, measured
-    on an AMD EPYC (the bound leaves room for another CPU's int8 rounding in the encoder)."""
+    """No model argument: the shipped one. Greedy on this dev utterance: 4 errors in 19 words (21%),
+    measured on an AMD EPYC; the bound (6) leaves room for another CPU's int8 rounding in the encoder."""
     text = transcribe_example(capsys, "--decoder", "greedy")
-    assert score({"x": EXAMPLE_TEXT}, {"x": text}).wer <= 25.0, text
+    assert score({"x": EXAMPLE_TEXT}, {"x": text}).wer <= 6 / 19 * 100 + 1e-9, text
 
 
 @shipped
 @needs_encoder
 @pytest.mark.skipif(not flashlight_available(), reason="flashlight-text is not installed (pip install '.[lm]')")
 def test_example_with_the_shipped_lm(capsys):
-    """The default decoding (models/decode.yaml: beam-lm with the shipped LM and lexicon)."""
+    """The default decoding (models/decode.yaml: beam-lm with the shipped LM and lexicon): 1 error in
+    19 words measured ("heart" for "hard"); at most 2."""
     text = transcribe_example(capsys)
-    assert score({"x": EXAMPLE_TEXT}, {"x": text}).wer <= 12.5, text
+    assert score({"x": EXAMPLE_TEXT}, {"x": text}).wer <= 2 / 19 * 100 + 1e-9, text
