@@ -59,6 +59,10 @@ class TrainConfig:
     # features.frontend=whisper: where the frozen encoder's outputs are kept between epochs and runs
     # (keyed by audio and encoder; "": in memory only).
     feature_cache: str = "~/.cache/asr/features"
+    # Fine-tuning: start from this checkpoint's weights and feature normalization (same features,
+    # model and tokenizer settings) instead of a random initialization, with a fresh optimizer and
+    # schedule ("": from scratch). Only read when a run starts; --resume continues from last.pt.
+    init_from: str = ""
 
 
 @dataclass

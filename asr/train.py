@@ -79,7 +79,7 @@ TRACE_ENV = "ASR_TRAIN_TRACE_DIR"
 # logs or saves, how it loads data or where it runs, never what it learns. ("section.*": all keys.)
 RESUME_SAFE_KEYS = (
     "train.max_minutes", "train.max_cpu_minutes", "train.max_steps", "train.log_every", "train.feature_cache", "train.save_every_steps", "train.num_workers",
-    "train.preload_audio", "train.device", "train.keep_epoch_checkpoints", "decode.*",
+    "train.preload_audio", "train.init_from", "train.device", "train.keep_epoch_checkpoints", "decode.*",
 )
 # train.epochs may grow (the cosine schedule then stretches to the new end from the current step);
 # fewer epochs, like any other key, needs --force-resume.
@@ -236,7 +236,9 @@ def _set_up(
         state = TrainState(world_size=setup.world_size)
         if resume:
             log.info("--resume: no %s yet, starting from scratch", last_path)
-        if setup.is_main:
+        if tc.init_from:
+            _init_from(model, tokenizer, config, tc.init_from)  # its normalizer comes with its weights
+        elif setup.is_main:
             _estimate_normalizer(model, train_set, device)
     if setup.active:
         broadcast_weights(model)  # rank 0's normalizer statistics (and weights) on every rank
@@ -255,6 +257,26 @@ def _set_up(
     run.trace = _open_trace(setup.rank)
     run.start_clock()
     return run
+
+
+def _init_from(model: CTCModel, tokenizer: Tokenizer, config: Config, path: str) -> None:
+    """Load a trained model's weights and feature normalization into `model` to fine-tune it. The
+    checkpoint (a training run's, an average or an export) must have been trained with the same
+    features, model and tokenizer settings: anything else would not fit or would mean other symbols."""
+    payload = read_checkpoint(path, map_location="cpu")
+    trained = config_from_dict(payload["config"], f"{path}: config")
+    if trained.features.encoder_id and not config.features.encoder_id:
+        config.features.encoder_id = trained.features.encoder_id
+    differ = [f"{k} {old!r} -> {new!r}" for k, old, new in _config_changes(trained.to_dict(), config.to_dict())
+              if k.split(".")[0] in RESUME_FIXED_SECTIONS]
+    if differ:
+        raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): this run's {'; '.join(differ)} "
+                         "differs from the settings it was trained with")
+    if payload["tokenizer"] != tokenizer.to_dict():
+        raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): its tokenizer is not this run's")
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in payload["model"].items()})
+    log.info("initialized from %s (weights and feature normalization)", path)
 
 
 def _read_resume_checkpoint(last_path: Path, config: Config, force_resume: bool) -> dict[str, Any]:

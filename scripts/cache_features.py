@@ -5,6 +5,11 @@ Training fills the cache itself during its first epoch; running this first keeps
 cost out of a run's wall-clock budget, so runs of an experiment series compare at equal budget.
 
     python scripts/cache_features.py conf/whisper_bilstm_cpu.yaml data/train.jsonl data/dev.jsonl
+    python scripts/cache_features.py conf/whisper_bilstm_cpu.yaml data/train.jsonl --speed 0.9 1.1
+
+With --speed, each utterance is cached as train.speed_perturb plays it at each factor: the waveform
+is built by the training dataset itself (the same 16-bit copy, the same resampling), so training
+finds every perturbed copy in the cache.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from asr.config import load_config
-from asr.data import load_utterance_audio, read_manifest, total_hours
+from asr.data import SpeechDataset, read_manifest, total_hours
 from asr.features import make_frontend
+from asr.text import build_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="a config with features.frontend: whisper")
     parser.add_argument("manifests", nargs="+")
     parser.add_argument("--cache", default=None, help="cache folder (default: the config's train.feature_cache)")
+    parser.add_argument("--speed", type=float, nargs="+", default=[1.0], metavar="FACTOR",
+                        help="speed perturbation factors to cache (default: 1.0, the audio as it is)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
@@ -37,12 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.cache if args.cache is not None else config.train.feature_cache
     frontend.use_cache(os.path.expanduser(folder) if folder else None)
     utts = [u for path in args.manifests for u in read_manifest(path)]
+    tokenizer = build_tokenizer(config.tokenizer, [u.text for u in utts])
     start = time.perf_counter()
-    for utt in tqdm(utts, unit="utt", file=sys.stderr):
-        frontend.encode_one(load_utterance_audio(utt, config.features.sample_rate))
+    for factor in args.speed:
+        # The dataset preloads the 16-bit copy training keeps and perturbs it as training does (one
+        # factor: every item, every epoch), so the cache keys are the ones training looks up.
+        dataset = SpeechDataset(utts, tokenizer, config.features.sample_rate, preload=True, speed_perturb=[factor])
+        dataset.set_epoch(0)
+        for index in tqdm(range(len(dataset)), unit="utt", desc=f"speed {factor:g}", file=sys.stderr):
+            frontend.encode_one(dataset[index][0])
     seconds = time.perf_counter() - start
-    print(f"{len(utts)} utterances, {total_hours(utts):.2f} h of audio: features of {config.features.encoder_id} "
-          f"in {seconds:.0f} s ({total_hours(utts) * 3600 / seconds:.0f}x real time, "
+    hours = total_hours(utts) * len(args.speed)
+    print(f"{len(utts)} utterances x {len(args.speed)} speed(s), {hours:.2f} h of audio: features of {config.features.encoder_id} "
+          f"in {seconds:.0f} s ({hours * 3600 / seconds:.0f}x real time, "
           f"{torch.get_num_threads()} threads) -> {folder or 'memory only'}")
     return 0
 

@@ -1,21 +1,27 @@
-"""scripts/bench_train.py (training throughput against the hardware ceiling) and
-scripts/experiments.py (a series of training runs, each scored on dev), on generated speech."""
+"""scripts/bench_train.py (training throughput against the hardware ceiling),
+scripts/experiments.py (a series of training runs, each scored on dev), scripts/cache_features.py
+(the frozen encoder's features, speed-perturbed copies too) and scripts/synthesize_speech.py (flite
+speech from LM text), on generated speech."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib.util
 import io
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import soundfile
 import torch
 import yaml
 
 from asr import cli
+from encoder_support import needs_encoder
 from synth import TRANSCRIPTS, write_synth_corpus
 
 torch.set_num_threads(1)
@@ -266,3 +272,55 @@ def test_experiments_score_every_dev_set_and_a_run_may_train_on_its_own_manifest
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| other greedy WER | other greedy CER |" in table and "| CPU min |" in table
     assert (tmp_path / "out" / "small_data" / "decode_other_greedy" / "wer.txt").is_file()
+
+
+@needs_encoder
+def test_cache_features_caches_the_speed_perturbed_copies_training_reads(manifest, tmp_path, monkeypatch):
+    """scripts/cache_features.py --speed fills the cache so that a run with train.speed_perturb
+    never calls the encoder: the keys of its perturbed copies are the ones training looks up."""
+    from asr import pretrained
+
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(manifest.read_text().splitlines(keepends=True)[:3]))
+    config = tmp_path / "whisper.yaml"
+    config.write_text("features:\n  frontend: whisper\nmodel:\n  subsampling: stack\n  subsampling_factor: 2\n"
+                      "  hidden_size: 16\n  num_layers: 1\n")
+    cache = tmp_path / "cache"
+    script = load_script("cache_features")
+    assert script.main([str(config), str(small), "--cache", str(cache), "--speed", "0.9", "1.0", "1.1"]) == 0
+    assert len(list(cache.rglob("*.npy"))) == 9  # 3 utterances x 3 speeds
+
+    def no_encoder(*args):
+        raise AssertionError("training computed features the cache should have held")
+
+    monkeypatch.setattr(pretrained, "encode_log_mel", no_encoder)
+    assert cli.main(["train", "--config", str(config), "--train", str(small), "--dev", str(small),
+                     "--out", str(tmp_path / "exp"), "train.epochs=3", "train.max_batch_seconds=4",
+                     "train.speed_perturb=[0.9,1.0,1.1]", "train.num_workers=0", f"train.feature_cache={cache}"]) == 0
+
+
+def test_synthesize_speech_draws_the_same_plan_from_the_same_seed(tmp_path):
+    synth = load_script("synthesize_speech")
+    text = tmp_path / "text.txt"
+    text.write_text("TOO SHORT\n" + "".join(f"THE {n} WORDS OF SENTENCE NUMBER {n} ARE HERE\n" for n in
+                                           ("ONE", "TWO", "THREE", "FOUR")))
+    sentences = synth.read_sentences(text, min_words=8, max_words=30)
+    assert sentences[0] == "the one words of sentence number one are here" and len(sentences) == 4
+    plan = synth.draw_plan(sentences, 3, ["awb", "slt"], (0.9, 1.1), seed=7)
+    assert plan == synth.draw_plan(sentences, 3, ["awb", "slt"], (0.9, 1.1), seed=7)
+    assert len({p["text"] for p in plan}) == 3 and all(0.9 <= p["stretch"] <= 1.1 for p in plan)
+    assert {p["voice"] for p in plan} <= {"awb", "slt"}
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
+def test_synthesize_speech_writes_a_manifest_of_16_khz_speech(tmp_path):
+    synth = load_script("synthesize_speech")
+    text = tmp_path / "text.txt.gz"
+    with gzip.open(text, "wt") as f:
+        f.write("".join(f"A SHORT SENTENCE FOR THE TEST NUMBER {n}\n" for n in ("ONE", "TWO", "THREE")))
+    assert synth.main([str(text), "--out", str(tmp_path / "out"), "--hours", "0.0001", "--voices", "kal16"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and all(r["speaker"] == "flite-kal16" and r["text"].startswith("a short sentence") for r in rows)
+    assert sum(r["duration"] for r in rows) >= 0.36  # stops once --hours is reached
+    assert all(soundfile.info(r["audio"]).samplerate == 16000 for r in rows)
+    assert len(list((tmp_path / "out" / "wav").glob("*.wav"))) == len(rows)

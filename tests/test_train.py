@@ -340,3 +340,28 @@ def test_resume_with_another_model_is_one_sentence_not_a_size_mismatch_wall(stop
     assert code == 2
     assert f"asr train: error: {run}: cannot resume: model.hidden_size 32 -> 24 changes the model itself" in err
     assert "--exp-name" in err and "size mismatch" not in err and err.count("\n") == 1
+
+
+def test_init_from_starts_a_new_run_from_trained_weights_and_normalizer(corpus, tmp_path):
+    train(load_config(None, OVERRIDES + ["train.epochs=1"]), corpus, corpus[:3], tmp_path / "first")
+    trained = _weights(tmp_path / "first" / "last.pt")
+    # Learning rate 0: the fine-tuning run's weights stay those it started from, normalizer included
+    # (not re-estimated on its own training set, here a different one).
+    state = train(load_config(None, OVERRIDES + ["train.epochs=1", "train.lr=0", "train.max_steps=2",
+                                                 f"train.init_from={tmp_path / 'first' / 'last.pt'}"]),
+                  corpus[:6], corpus[:3], tmp_path / "tuned")
+    assert state.step == 2  # a new run: fresh step count, optimizer and schedule
+    tuned = _weights(tmp_path / "tuned" / "last.pt")
+    assert tuned.keys() == trained.keys()
+    for key in trained:
+        assert torch.equal(tuned[key], trained[key]), key
+    assert read_checkpoint(tmp_path / "tuned" / "last.pt")["config"]["train"]["init_from"].endswith("last.pt")
+
+
+def test_init_from_a_checkpoint_of_another_model_is_refused_naming_it(corpus, tmp_path):
+    train(load_config(None, OVERRIDES + ["train.epochs=1", "train.max_steps=1"]), corpus, corpus[:3], tmp_path / "a")
+    source = tmp_path / "a" / "last.pt"
+    with pytest.raises(ValueError, match=rf"{source}: cannot fine-tune from it \(train.init_from\): this run's "
+                                         r"model.hidden_size 32 -> 16"):
+        train(load_config(None, OVERRIDES + ["model.hidden_size=16", f"train.init_from={source}"]),
+              corpus, corpus[:3], tmp_path / "b")
