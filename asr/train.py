@@ -208,6 +208,7 @@ def _set_up(
     _setup_logging(out_dir / "train.log" if setup.is_main else None)
     last_path, tc = out_dir / "last.pt", config.train
     payload = _read_resume_checkpoint(last_path, config, force_resume) if resume and last_path.is_file() else None
+    init = _read_init_checkpoint(tc.init_from, config) if tc.init_from and payload is None else None
     _check_train_settings(tc)
     _seed_everything(tc.seed)
     tokenizer, train_set, dev_set, dev_ids = _build_data(config, train_utts, dev_utts, setup)
@@ -236,14 +237,14 @@ def _set_up(
         state = TrainState(world_size=setup.world_size)
         if resume:
             log.info("--resume: no %s yet, starting from scratch", last_path)
-        if tc.init_from:
-            _init_from(model, tokenizer, config, tc.init_from)  # its normalizer comes with its weights
+        if init is not None:
+            _load_init_weights(model, tokenizer, init, tc.init_from)  # its normalizer comes with its weights
         elif setup.is_main:
             _estimate_normalizer(model, train_set, device)
     if setup.active:
         broadcast_weights(model)  # rank 0's normalizer statistics (and weights) on every rank
     ema_model = _ema_copy(model, payload, tc.ema_decay, last_path)
-    del payload
+    del payload, init
     use_bf16 = device.type == "cuda" and tc.precision == "bf16"
     training_forward: torch.nn.Module = _TrainingForward(model, config.specaug, specaug_rng, use_bf16)
     if setup.active:
@@ -259,19 +260,22 @@ def _set_up(
     return run
 
 
-def _init_from(model: CTCModel, tokenizer: Tokenizer, config: Config, path: str) -> None:
-    """Load a trained model's weights and feature normalization into `model` to fine-tune it. The
-    checkpoint (a training run's, an average or an export) must have been trained with the same
-    features, model and tokenizer settings: anything else would not fit or would mean other symbols."""
+def _read_init_checkpoint(path: str, config: Config) -> dict[str, Any]:
+    """The checkpoint train.init_from names (a training run's, an average or an export), once found
+    to fit this run: trained with the same features, model and tokenizer settings, since anything
+    else would not fit the weights or would mean other symbols. Checked before any data is read."""
     payload = read_checkpoint(path, map_location="cpu")
     trained = config_from_dict(payload["config"], f"{path}: config")
-    if trained.features.encoder_id and not config.features.encoder_id:
-        config.features.encoder_id = trained.features.encoder_id
-    differ = [f"{k} {old!r} -> {new!r}" for k, old, new in _config_changes(trained.to_dict(), config.to_dict())
+    differ = [f"{k} {old!r} -> {new!r}" for k, old, new in _weight_fitting_changes(trained, config)
               if k.split(".")[0] in RESUME_FIXED_SECTIONS]
     if differ:
         raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): this run's {'; '.join(differ)} "
                          "differs from the settings it was trained with")
+    return payload
+
+
+def _load_init_weights(model: CTCModel, tokenizer: Tokenizer, payload: dict[str, Any], path: str) -> None:
+    """Load train.init_from's weights and feature normalization into `model` to fine-tune it."""
     if payload["tokenizer"] != tokenizer.to_dict():
         raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): its tokenizer is not this run's")
     own = model.state_dict()
@@ -623,11 +627,7 @@ def check_resume_config(saved: Config, new: Config, force: bool = False, path: s
     naming every differing key with both values when a change is refused:
     - a features/model/tokenizer key (RESUME_FIXED_SECTIONS): always, the weights would not fit;
     - any other key not in RESUME_SAFE_KEYS (and train.epochs made smaller), unless `force`."""
-    if saved.features.encoder_id and not new.features.encoder_id:
-        # The run keeps the pretrained encoder it was trained on; building the model then checks that
-        # the encoder found on this machine is that one.
-        new.features.encoder_id = saved.features.encoder_id
-    changes = _config_changes(saved.to_dict(), new.to_dict())
+    changes = _weight_fitting_changes(saved, new)
     fixed = [c for c in changes if c[0].split(".")[0] in RESUME_FIXED_SECTIONS]
     guarded = [c for c in changes if c not in fixed and not _safe_to_change(*c)]
     describe = lambda items: ", ".join(f"{k} {old!r} -> {value!r}" for k, old, value in items)  # noqa: E731
@@ -658,6 +658,15 @@ def _apply_schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.
         group["initial_lr"] = tc.lr
         group["weight_decay"] = tc.weight_decay
         group["lr"] = tc.lr * factor(scheduler.last_epoch)
+
+
+def _weight_fitting_changes(saved: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """_config_changes from the config weights were trained with (`saved`) to `new`, once `new`
+    takes the saved pretrained encoder when it names none: the weights keep the encoder they were
+    trained on, and building the model then checks that the encoder found here is that one."""
+    if saved.features.encoder_id and not new.features.encoder_id:
+        new.features.encoder_id = saved.features.encoder_id
+    return _config_changes(saved.to_dict(), new.to_dict())
 
 
 def _config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:

@@ -8,8 +8,8 @@ cost out of a run's wall-clock budget, so runs of an experiment series compare a
     python scripts/cache_features.py conf/whisper_bilstm_cpu.yaml data/train.jsonl --speed 0.9 1.1
 
 With --speed, each utterance is cached as train.speed_perturb plays it at each factor: the waveform
-is built by the training dataset itself (the same 16-bit copy, the same resampling), so training
-finds every perturbed copy in the cache.
+is the training dataset's own 16-bit copy, resampled by the same function, so training finds every
+perturbed copy in the cache.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from asr.config import load_config
-from asr.data import SpeechDataset, read_manifest, total_hours
+from asr.data import SpeechDataset, change_speed, read_manifest, total_hours
 from asr.features import make_frontend
 from asr.text import build_tokenizer
 
@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     utts = [u for path in args.manifests for u in read_manifest(path)]
     tokenizer = build_tokenizer(config.tokenizer, [u.text for u in utts])
     start = time.perf_counter()
+    # The dataset preloads the 16-bit copy training keeps (read once for all factors), and each copy
+    # is resampled as train.speed_perturb resamples it, so the cache keys are the ones training looks up.
+    rate = config.features.sample_rate
+    dataset = SpeechDataset(utts, tokenizer, rate, preload=True)
     for factor in args.speed:
-        # The dataset preloads the 16-bit copy training keeps and perturbs it as training does (one
-        # factor: every item, every epoch), so the cache keys are the ones training looks up.
-        dataset = SpeechDataset(utts, tokenizer, config.features.sample_rate, preload=True, speed_perturb=[factor])
-        dataset.set_epoch(0)
         for index in tqdm(range(len(dataset)), unit="utt", desc=f"speed {factor:g}", file=sys.stderr):
-            frontend.encode_one(dataset[index][0])
+            frontend.encode_one(change_speed(dataset[index][0], factor, rate))
     seconds = time.perf_counter() - start
     hours = total_hours(utts) * len(args.speed)
     print(f"{len(utts)} utterances x {len(args.speed)} speed(s), {hours:.2f} h of audio: features of {config.features.encoder_id} "
