@@ -324,3 +324,60 @@ def test_synthesize_speech_writes_a_manifest_of_16_khz_speech(tmp_path):
     assert sum(r["duration"] for r in rows) >= 0.36  # stops once --hours is reached
     assert all(soundfile.info(r["audio"]).samplerate == 16000 for r in rows)
     assert len(list((tmp_path / "out" / "wav").glob("*.wav"))) == len(rows)
+
+
+def test_synthesize_speech_plan_groups_share_a_voice_and_rate(tmp_path):
+    synth = load_script("synthesize_speech")
+    sentences = [f"sentence number {n} has a few more words in it" for n in range(20)]
+    plan = synth.draw_plan(sentences, 10, ["a.onnx", "b.onnx"], (0.8, 1.2), seed=3, group=4)
+    for start in (0, 4, 8):
+        group = plan[start:start + 4]
+        assert len({(p["voice"], p["stretch"]) for p in group}) == 1
+    # group=1 is the per-sentence plan flite runs have always drawn (same seed, same plan)
+    assert synth.draw_plan(sentences, 5, ["awb"], (0.9, 1.1), seed=3) == \
+        synth.draw_plan(sentences, 5, ["awb"], (0.9, 1.1), seed=3, group=1)
+
+
+FAKE_PIPER = '''#!{python}
+# Stands in for Piper's command line: one 22.05 kHz file per input line, named by a rising clock,
+# 0.1 s per word so a test can tell which file holds which line. --drop N skips the last N lines.
+import argparse, time, numpy, soundfile
+p = argparse.ArgumentParser()
+for flag in ("-m", "-i", "-d", "--output-dir-naming", "--length-scale"):
+    p.add_argument(flag)
+args = p.parse_args()
+lines = [line.strip() for line in open(args.i) if line.strip()]
+if "missing" in args.m:
+    lines = lines[:-1]
+for line in lines:
+    samples = numpy.full(int(2205 * len(line.split()) * float(args.length_scale)), 0.1, dtype="float32")
+    soundfile.write(f"{{args.d}}/{{time.monotonic_ns()}}.wav", samples, 22050)
+'''
+
+
+def test_synthesize_speech_with_piper_maps_each_file_to_its_line(tmp_path):
+    synth = load_script("synthesize_speech")
+    piper = tmp_path / "piper"
+    piper.write_text(FAKE_PIPER.format(python=sys.executable))
+    piper.chmod(0o755)
+    voice = tmp_path / "voice.onnx"
+    voice.write_bytes(b"")
+    (tmp_path / "voice.onnx.json").write_text("{}")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(" ".join(["word"] * n) + "\n" for n in range(8, 20)))
+    args = [str(text), "--out", str(tmp_path / "out"), "--hours", "0.001", "--engine", "piper",
+            "--piper", str(piper), "--voices", str(voice), "--piper-batch", "3", "--stretch", "1", "1"]
+    assert synth.main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) >= 2 and all(r["speaker"] == "piper-voice" for r in rows)
+    assert all(r["duration"] == pytest.approx(0.1 * len(r["text"].split())) for r in rows)
+    assert all(soundfile.info(r["audio"]).samplerate == 22050 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "out" / "wav").glob("*.wav")) == sorted(f"{r['id']}.wav" for r in rows)
+
+    broken = tmp_path / "missing.onnx"
+    broken.write_bytes(b"")
+    (tmp_path / "missing.onnx.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="piper failed.*wrote 2 of 3 files"):
+        synth.main(args[:-7] + ["--voices", str(broken), "--piper-batch", "3", "--stretch", "1", "1"])
+    with pytest.raises(SystemExit):
+        synth.main(args[:-7] + ["--voices", str(tmp_path / "none.onnx")])
