@@ -71,7 +71,7 @@ def synthesize(item: dict, wav_dir: Path, flite: str) -> dict:
     info = soundfile.info(str(path))
     if info.samplerate != 16000:
         raise RuntimeError(f"{path}: flite voice {item['voice']} wrote {info.samplerate} Hz audio; use a 16 kHz voice")
-    return manifest_row(item, path, f"flite-{item['voice']}")
+    return manifest_row(item, path, f"flite-{item['voice']}", info.duration)
 
 
 def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]:
@@ -95,13 +95,13 @@ def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]
         for item, source in zip(batch, written):
             path = wav_dir / f"{item['id']}.wav"
             os.replace(source, path)
-            rows.append(manifest_row(item, path, f"piper-{Path(voice).name.removesuffix('.onnx')}"))
+            rows.append(manifest_row(item, path, f"piper-{Path(voice).name.removesuffix('.onnx')}",
+                                     soundfile.info(str(path)).duration))
     return rows
 
 
-def manifest_row(item: dict, path: Path, speaker: str) -> dict:
-    info = soundfile.info(str(path))
-    return {"id": item["id"], "audio": str(path.resolve()), "duration": round(info.duration, 3),
+def manifest_row(item: dict, path: Path, speaker: str, duration: float) -> dict:
+    return {"id": item["id"], "audio": str(path.resolve()), "duration": round(duration, 3),
             "text": item["text"], "speaker": speaker}
 
 
