@@ -8,6 +8,7 @@ tests/README.md records the results and the margins chosen from them.
 
     python scripts/test_margins.py exact-transcripts --seeds 0        # tests/test_decode.py, tests/test_export.py
     python scripts/test_margins.py oom-split --seeds 0                # tests/test_reliability.py (OOM split)
+    ATEN_CPU_CAPABILITY=default python scripts/test_margins.py oom-gradients --seeds 0   # (OOM split gradients; also avx2, avx512)
     python scripts/test_margins.py fixed-chunks --seeds 0             # tests/test_reliability.py (fixed model)
     python scripts/test_margins.py letters --seeds 0 1 2 3 4 5 6     # tests/test_reliability.py (`trained`)
     python scripts/test_margins.py synth-e2e --seeds 0 1 2 3          # tests/test_e2e.py (generated audio)
@@ -194,6 +195,30 @@ def oom_split(seed: int, work: Path) -> dict:
     return row
 
 
+def oom_gradients(seed: int, work: Path) -> dict:
+    """tests/test_reliability.py's OOM-split gradient test: the largest difference between the
+    full-batch gradient and the one accumulated over the split parts, in float32 and float64, absolute
+    and relative to gradient elements of at least 1e-6. Depends on the CPU kernels torch picks: run it
+    under each ATEN_CPU_CAPABILITY (no training path involved: `seed` is unused)."""
+    import test_reliability
+    from synth import write_synth_corpus
+
+    manifest = write_synth_corpus(work / "synth")
+    row = {"kernels": torch.backends.cpu.get_cpu_capability()}
+    for dtype in (torch.float32, torch.float64):
+        worst_abs = worst_rel = 0.0
+        for oom_above in (4, 1):
+            full, split, _, _ = test_reliability.split_and_full_gradients(manifest, oom_above, dtype)
+            for name in full:
+                diff, size = (split[name] - full[name]).abs().double(), full[name].abs().double()
+                worst_abs = max(worst_abs, diff.max().item())
+                if (size >= 1e-6).any():
+                    worst_rel = max(worst_rel, (diff[size >= 1e-6] / size[size >= 1e-6]).max().item())
+        name = str(dtype).removeprefix("torch.")
+        row[f"{name}: max abs"], row[f"{name}: max rel"] = f"{worst_abs:.1e}", f"{worst_rel:.1e}"
+    return row
+
+
 def exact_transcripts(seed: int, work: Path) -> dict:
     """How far the best label leads the next in the untrained models whose greedy transcripts
     tests/test_decode.py and tests/test_export.py compare exactly (no training: `seed` is unused)."""
@@ -224,7 +249,7 @@ def exact_transcripts(seed: int, work: Path) -> dict:
             "test_export: largest float16 change": f"{(log_probs - log_probs16).abs()[valid].max().item():.2e}"}
 
 
-MEASURES = {"exact-transcripts": exact_transcripts, "oom-split": oom_split, "fixed-chunks": fixed_chunks, "letters": letters, "synth-e2e": synth_e2e, "fsdd-timestamps": fsdd_timestamps}
+MEASURES = {"exact-transcripts": exact_transcripts, "oom-split": oom_split, "oom-gradients": oom_gradients, "fixed-chunks": fixed_chunks, "letters": letters, "synth-e2e": synth_e2e, "fsdd-timestamps": fsdd_timestamps}
 
 
 def main() -> None:
