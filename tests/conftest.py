@@ -11,6 +11,24 @@ import soundfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Tests whose outcome rests on float rounding: two computations compared, or a bound on their
+# difference. Torch picks its CPU kernels by machine (ATEN_CPU_CAPABILITY: default, avx2, avx512), and
+# rounding differs between them, so a bound measured on one machine's kernels can fail on another's
+# (issue 22). .ci/run runs these a second time under `default`, the kernels any CPU can run and the
+# most different rounding (`-m numerical`, about a minute). Whole modules, or module::test-name prefixes.
+NUMERICAL_TESTS = (
+    "test_audio.py", "test_data.py", "test_decode.py", "test_export.py", "test_features.py", "test_model.py",
+    "test_reliability.py::test_cuda_oom", "test_reliability.py::test_ten_minutes_chunked_log_probs_equal",
+    "test_reliability.py::test_read_chunks", "test_reliability.py::test_frame_stitching",
+    "test_train.py::test_resume_mid_epoch",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.removeprefix("tests/").startswith(NUMERICAL_TESTS):
+            item.add_marker(pytest.mark.numerical)
+
 
 def tone(freq: float = 440.0, seconds: float = 1.0, sr: int = 16000, amplitude: float = 0.5) -> np.ndarray:
     """A float32 sine wave."""
