@@ -7,7 +7,6 @@ import argparse
 import os
 from pathlib import Path
 
-from ..download import download, extract
 from ..text import CharTokenizer, normalize
 from .common import (
     AUDIO_EXTENSIONS,
@@ -17,6 +16,7 @@ from .common import (
     audio_infos,
     ctc_too_short,
 )
+from .download import download, extract
 
 LIBRISPEECH_URL = "https://www.openslr.org/resources/12"
 # subset -> (archive name, md5) as published in https://www.openslr.org/resources/12/md5sum.txt
