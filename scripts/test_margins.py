@@ -41,7 +41,7 @@ from asr.config import load_config  # noqa: E402
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
 from asr.decode import PrefixBeamDecoder, transcribe_waves  # noqa: E402
 from asr.score import score  # noqa: E402
-from asr.train import train  # noqa: E402
+from asr.training import train  # noqa: E402
 from asr.transcribe import transcribe_files  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 torch.set_num_threads(1)
 
-import asr.train as train_module  # noqa: E402
+import asr.training.loop as train_module  # noqa: E402
 from asr.audio import load_audio  # noqa: E402
 from asr.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from asr.cli import main  # noqa: E402
@@ -31,7 +31,7 @@ from asr.data import read_manifest  # noqa: E402
 from asr.decode import greedy_decode, transcribe_waves  # noqa: E402
 from asr.corpora import reason_category  # noqa: E402
 from asr.score import score  # noqa: E402
-from asr.train import train  # noqa: E402
+from asr.training import train  # noqa: E402
 from asr.align import transcribe_files_detailed  # noqa: E402
 from asr.decode import PrefixBeamDecoder  # noqa: E402
 from asr.transcribe import (  # noqa: E402
@@ -154,7 +154,7 @@ import io, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import asr.train as train_module
+import asr.training.loop as train_module
 from asr.config import load_config
 from asr.data import read_manifest
 

@@ -10,11 +10,11 @@ import pytest
 import soundfile
 import torch
 
-import asr.train as train_module
+import asr.training.loop as train_module
 from asr.checkpoint import load_model, read_checkpoint
 from asr.config import load_config
 from asr.data import read_manifest
-from asr.train import _lr_lambda, plot_training, train
+from asr.training.loop import _lr_lambda, plot_training, train
 from synth import write_synth_corpus
 
 torch.set_num_threads(1)

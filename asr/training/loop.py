@@ -12,7 +12,7 @@ skipped and counted; on CUDA out-of-memory the batch is retried in smaller parts
 `--force-resume` continues with changed train/specaug values (lr and weight decay replace those in the
 optimizer state), never with changed features/model/tokenizer sections.
 
-Several GPUs (or CPU processes): `torchrun --nproc-per-node N -m asr.train <arguments of asr train>`.
+Several GPUs (or CPU processes): `torchrun --nproc-per-node N -m asr.training <arguments of asr train>`.
 Each process (rank) trains on every N-th batch of the epoch with DistributedDataParallel (gradients
 averaged), so one update sees N batches; rank 0 alone estimates the feature normalizer (then sent to
 the others), validates, and writes train.log, metrics.jsonl and checkpoints, while the others wait.
@@ -22,7 +22,7 @@ with the same N for an exact continuation. With N = 1 a run is bit for bit a pla
 The loop reads top to bottom: `train` sets up (`_set_up`: data, model, optimizer, schedule, resume),
 then per epoch `_train_one_epoch` (each batch one `_train_step`: forward/backward, clipping,
 optimizer, EMA) and `_validate_and_save` (validation, last.pt, best.pt, epoch<N>.pt). The process
-group and collectives are in asr/distributed.py.
+group and collectives are in distributed.py.
 
 Everything the run does goes to <out>/train.log; numbers go to <out>/metrics.jsonl (one JSON
 object per log interval and per validation), which `asr plot` turns into a PNG.
@@ -54,23 +54,23 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import (
+from ..checkpoint import (
     RESUME_ENTRIES, copy_atomic, read_checkpoint, remove_stale_temp_files, resolve_device, save_checkpoint,
     weights_mismatch,
 )
-from .config import Config, config_from_dict
-from .data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
-from .decode import greedy_decode
+from ..config import Config, config_from_dict
+from ..data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
+from ..decode import greedy_decode
 from .distributed import (  # noqa: F401 (DistributedSetup, distributed_setup_from_env: part of this module's API)
     DistributedSetup, all_reduce_max, all_reduce_sum, any_rank, broadcast_from_main, broadcast_weights,
     distributed_setup_from_env, gather_to_main, process_group, rank_device, rank_seed, wrap_ddp,
 )
-from .features import RunningStats, SpecAugmentConfig, spec_augment
-from .model import CTCModel, count_parameters
-from .score import score
-from .text import Tokenizer, build_tokenizer
+from ..features import RunningStats, SpecAugmentConfig, spec_augment
+from ..model import CTCModel, count_parameters
+from ..score import score
+from ..text import Tokenizer, build_tokenizer
 
-log = logging.getLogger("asr.train")
+log = logging.getLogger("asr.training")
 
 TRACE_ENV = "ASR_TRAIN_TRACE_DIR"
 
@@ -1136,11 +1136,3 @@ def plot_training(exp_dir: str | Path, out: str | Path | None = None) -> Path:
     plt.close(fig)
     return out
 
-
-if __name__ == "__main__":
-    # `torchrun --nproc-per-node N -m asr.train <arguments of asr train>` (or python -m asr.train ...).
-    # Imported here, not at the top: asr.cli imports this module, and a module-level import back would
-    # be a cycle (tests/test_imports.py).
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
