@@ -13,7 +13,7 @@ run what it pickles. The file format stays torch's `.pt` zip rather than safeten
 resume payload (optimizer, scheduler, RNG states) is nested plain data that safetensors cannot
 hold, the safe reader comes with torch (no new dependency), and files written before mostly stay
 readable (exports, averages, epoch<N>.pt and best.pt of EMA runs). What we store is plain by
-construction: the numpy RNG state is kept as a tensor (asr.training).
+construction: the numpy RNG state is kept as a tensor (asr.training.state).
 
 Checkpoints written by asr before this format hold the numpy RNG state as a numpy array (last.pt,
 and best.pt copied from it), which the safe reader refuses with a message naming the one way to
