@@ -13,7 +13,7 @@ run what it pickles. The file format stays torch's `.pt` zip rather than safeten
 resume payload (optimizer, scheduler, RNG states) is nested plain data that safetensors cannot
 hold, the safe reader comes with torch (no new dependency), and files written before mostly stay
 readable (exports, averages, epoch<N>.pt and best.pt of EMA runs). What we store is plain by
-construction: the numpy RNG state is kept as a tensor (asr.train).
+construction: the numpy RNG state is kept as a tensor (asr.training.state).
 
 Checkpoints written by asr before this format hold the numpy RNG state as a numpy array (last.pt,
 and best.pt copied from it), which the safe reader refuses with a message naming the one way to
@@ -233,7 +233,7 @@ def upgrade_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> lis
     current format (`out` may be `source`: replaced atomically). The file is read by the same
     restricted unpickler as `read_checkpoint`, with numpy arrays allowed in addition, so this runs
     no code from it either: any other object is refused. Numpy arrays become tensors (uint32 as
-    int64, which holds them exactly) and numpy scalars Python numbers, which `asr.train` reads back
+    int64, which holds them exactly) and numpy scalars Python numbers, which `asr.training` reads back
     as the same RNG state. Returns where arrays were converted (e.g. ['rng.numpy[1]']); the result
     is checked to load with `read_checkpoint` before it is written."""
     source, out = Path(source), Path(out)

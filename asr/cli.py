@@ -258,7 +258,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="experiment folder (checkpoints, logs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/last.pt; refused if the config differs beyond the keys safe to change "
-                        "(asr.train.RESUME_SAFE_KEYS: train.max_minutes, train.max_steps, train.epochs upwards, ...)")
+                        "(asr.training.RESUME_SAFE_KEYS: train.max_minutes, train.max_steps, train.epochs upwards, ...)")
     p.add_argument("--force-resume", action="store_true",
                    help="--resume, continuing with the new values of changed train/specaug keys (never model, "
                         "features or tokenizer ones)")
@@ -269,7 +269,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import read_manifest
-    from .train import distributed_setup_from_env, train
+    from .training import distributed_setup_from_env, train
 
     config = load_config(args.config, args.overrides)
     train_utts, seen = [], {}
@@ -702,7 +702,7 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .train import plot_training
+    from .training import plot_training
 
     print(plot_training(args.exp_dir, args.out))
     return 0

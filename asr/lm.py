@@ -265,6 +265,28 @@ def build_ngram_model(
     if order < 1:
         raise ValueError(f"n-gram order must be at least 1, got {order}")
     started = time.perf_counter()
+    words, stream, sentences = _word_id_stream(lines, vocab)
+    log.info("read %d sentences, %d tokens, %d word types in %.1f s", sentences, len(stream) - 2 * sentences,
+             len(words), time.perf_counter() - started)
+    grams, raw = _count_ngrams(stream, order)
+    del stream
+    adjusted = _adjusted_counts(grams, raw)
+    model = NgramModel(words, [_unigram_order(len(words), grams[0], adjusted[0], discount_fallback)])
+    for n in range(2, order + 1):
+        model.orders.append(_higher_order(model, grams[n - 1], adjusted[n - 1], discount_fallback))
+        log.info("order %d: %d n-grams, discounts %s", n, len(adjusted[n - 1]),
+                 " ".join(f"{x:.3f}" for x in model.orders[-1].discounts))
+    if prune:
+        _prune(model, list(prune))
+    _set_backoffs(model)
+    log.info("estimated a %d-gram model in %.1f s", order, time.perf_counter() - started)
+    return model
+
+
+def _word_id_stream(lines: Iterable[str], vocab: Sequence[str] | None) -> tuple[list[str], np.ndarray, int]:
+    """(words by id: <unk>, <s>, </s>, then the vocabulary's or the text's words in order of
+    appearance; every sentence as ids, each between <s> (1) and </s> (2), one (N,) int32 stream; the
+    number of sentences). With a vocabulary, other words are <unk> (0)."""
     words = [UNK, BOS, EOS]
     ids: dict[str, int] = {}
     if vocab is not None:
@@ -289,22 +311,22 @@ def build_ngram_model(
             buffer.append(i)
         buffer.append(2)
         sentences += 1
-        if len(buffer) > 1_000_000:
+        if len(buffer) > 1_000_000:  # into int32 arrays as they come: one Python list of a long text's ids would be far larger
             chunks.append(np.array(buffer, dtype=np.int32))
             buffer = []
     chunks.append(np.array(buffer, dtype=np.int32))
-    stream = np.concatenate(chunks)
-    del chunks, buffer
     if sentences == 0:
         raise ValueError("no text to estimate a language model from")
-    log.info("read %d sentences, %d tokens, %d word types in %.1f s", sentences, len(stream) - 2 * sentences,
-             len(words), time.perf_counter() - started)
     if len(words) >= 2**31:
         raise ValueError("vocabulary too large")
+    return words, np.concatenate(chunks), sentences
+
+
+def _count_ngrams(stream: np.ndarray, order: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The distinct n-grams of orders 1..order within sentences of the id stream, each order's as
+    (N, n) id rows sorted lexicographically, and their raw counts (N,)."""
     # Sentence index of every position: an n-gram window is valid when it stays in one sentence.
     sentence = np.cumsum(stream == 1, dtype=np.int64)
-
-    # Distinct n-grams of every order with their raw counts: (N, n) id columns sorted lexicographically.
     grams: list[np.ndarray] = []
     raw: list[np.ndarray] = []
     for n in range(1, order + 1):
@@ -316,9 +338,13 @@ def build_ngram_model(
         grams.append(uniq)
         raw.append(counts)
         del windows, starts
-    del stream, sentence
+    return grams, raw
 
-    # Adjusted counts: continuation counts below the highest order, except for <s>-initial n-grams.
+
+def _adjusted_counts(grams: list[np.ndarray], raw: list[np.ndarray]) -> list[np.ndarray]:
+    """Kneser-Ney's adjusted counts: continuation counts below the highest order, except for
+    <s>-initial n-grams, which keep their raw counts."""
+    order = len(grams)
     adjusted = [c.copy() for c in raw]
     for n in range(1, order):
         suffixes = grams[n][:, 1:]  # the (n)-gram suffixes of distinct (n+1)-grams
@@ -333,57 +359,55 @@ def build_ngram_model(
     # Safety net: an n-gram without a left extension keeps its raw count.
     for n in range(order):
         adjusted[n] = np.where(adjusted[n] > 0, adjusted[n], raw[n])
+    return adjusted
 
-    # Unigrams cover the whole vocabulary (<unk> and words of --vocab unseen in the text included) so
-    # that the decoder's words all have a probability: a zero adjusted count leaves the uniform share.
-    uni_words = grams[0][:, 0].astype(np.int64)
-    uni_counts = np.zeros(len(words), dtype=np.int64)
-    uni_counts[uni_words] = adjusted[0]
-    all_ids = np.array([i for i in range(len(words)) if i != 1], dtype=np.int64)
 
-    model = NgramModel(words, [])
-    # Order 1.
-    d = _discounts(adjusted[0], discount_fallback)
+def _unigram_order(vocab_size: int, unigrams: np.ndarray, adjusted: np.ndarray,
+                   discount_fallback: tuple[float, float, float]) -> NgramOrder:
+    """Order 1 over the whole vocabulary (<unk> and words of --vocab unseen in the text included),
+    so that the decoder's words all have a probability: a zero adjusted count leaves the uniform
+    share. `unigrams` (N, 1) are the seen ones, `adjusted` (N,) their adjusted counts."""
+    uni_counts = np.zeros(vocab_size, dtype=np.int64)
+    uni_counts[unigrams[:, 0].astype(np.int64)] = adjusted
+    all_ids = np.array([i for i in range(vocab_size) if i != 1], dtype=np.int64)
+    d = _discounts(adjusted, discount_fallback)
     a = uni_counts[all_ids]
     total = a.sum()
     disc = _discount_of(a, d)
     gamma = float((disc.sum()) / total)
     p = (a - disc) / total + gamma / len(all_ids)
     # Table includes <s> (id 1) so that it can be a context; its own probability is zero.
-    table_words = np.arange(len(words), dtype=np.int64)
-    prob = np.zeros(len(words))
+    table_words = np.arange(vocab_size, dtype=np.int64)
+    prob = np.zeros(vocab_size)
     prob[all_ids] = p
-    model.orders.append(NgramOrder(np.zeros(len(words), np.int64), table_words, uni_counts, prob, None, d))
+    return NgramOrder(np.zeros(vocab_size, np.int64), table_words, uni_counts, prob, None, d)
 
-    for n in range(2, order + 1):
-        g = grams[n - 1].astype(np.int64)
-        a = adjusted[n - 1]
-        d = _discounts(a, discount_fallback)
-        context = model.lookup(g[:, :-1])
-        if (context < 0).any():
-            raise AssertionError("an n-gram context is missing from the lower order")
-        # Sort by (context index, word) so the table can be searched.
-        perm = np.lexsort((g[:, -1], context))
-        g, a, context = g[perm], a[perm], context[perm]
-        word = g[:, -1]
-        disc = _discount_of(a, d)
-        # Per context: a(h.), and the discounted mass.
-        starts = np.r_[0, np.nonzero(np.diff(context))[0] + 1]
-        denom = np.add.reduceat(a, starts).astype(np.float64)
-        mass = np.add.reduceat(disc, starts)
-        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(a)]))
-        lower = model.lookup(g[:, 1:])
-        if (lower < 0).any():
-            raise AssertionError("an n-gram suffix is missing from the lower order")
-        p = (a - disc) / denom[group] + (mass / denom)[group] * model.orders[n - 2].prob[lower]
-        model.orders.append(NgramOrder(context, word, a, p, None, d))
-        log.info("order %d: %d n-grams, discounts %s", n, len(a), " ".join(f"{x:.3f}" for x in d))
 
-    if prune:
-        _prune(model, list(prune))
-    _set_backoffs(model)
-    log.info("estimated a %d-gram model in %.1f s", order, time.perf_counter() - started)
-    return model
+def _higher_order(model: NgramModel, grams: np.ndarray, adjusted: np.ndarray,
+                  discount_fallback: tuple[float, float, float]) -> NgramOrder:
+    """The next order of `model` from its distinct n-grams (N, n) and their adjusted counts (N,):
+    discounted probabilities interpolated with the lower order's."""
+    g = grams.astype(np.int64)
+    a = adjusted
+    d = _discounts(a, discount_fallback)
+    context = model.lookup(g[:, :-1])
+    if (context < 0).any():
+        raise AssertionError("an n-gram context is missing from the lower order")
+    # Sort by (context index, word) so the table can be searched.
+    perm = np.lexsort((g[:, -1], context))
+    g, a, context = g[perm], a[perm], context[perm]
+    word = g[:, -1]
+    disc = _discount_of(a, d)
+    # Per context: a(h.), and the discounted mass.
+    starts = np.r_[0, np.nonzero(np.diff(context))[0] + 1]
+    denom = np.add.reduceat(a, starts).astype(np.float64)
+    mass = np.add.reduceat(disc, starts)
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(a)]))
+    lower = model.lookup(g[:, 1:])
+    if (lower < 0).any():
+        raise AssertionError("an n-gram suffix is missing from the lower order")
+    p = (a - disc) / denom[group] + (mass / denom)[group] * model.orders[-1].prob[lower]
+    return NgramOrder(context, word, a, p, None, d)
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

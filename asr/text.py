@@ -78,7 +78,26 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict: ...
 
 
-class CharTokenizer:
+class _Units:
+    """What both tokenizers share: id i stands for symbols[i], id 0 is the CTC blank, and `_chars`
+    are the characters the units can spell."""
+
+    symbols: list[str]
+    _chars: set[str]
+
+    @property
+    def blank(self) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def unknown_chars(self, text: str) -> set[str]:
+        """Characters of `text` that no unit holds."""
+        return {c for c in text if c not in self._chars}
+
+
+class CharTokenizer(_Units):
     """Characters to CTC label ids and back. Id 0 is the CTC blank; id 1 is the word separator (space).
 
     The symbol list is stored in checkpoints (`to_dict`), so a model always decodes with its own table.
@@ -93,20 +112,10 @@ class CharTokenizer:
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError("tokenizer symbols must be unique")
         self._ids = {s: i for i, s in enumerate(self.symbols)}
+        self._chars = set(self.symbols[1:])
         self.word_separator: int | None = self._ids.get(" ")
         self.word_start_ids = frozenset() if self.word_separator is None else frozenset({self.word_separator})
         self.lexicon_tokens = [LEXICON_SEPARATOR if s == " " else s for s in self.symbols]
-
-    @property
-    def blank(self) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return len(self.symbols)
-
-    def unknown_chars(self, text: str) -> set[str]:
-        """Characters of `text` that have no label."""
-        return {c for c in text if c not in self._ids}
 
     def encode(self, text: str) -> list[int]:
         """Normalized text -> label ids. Raises ValueError naming characters that have no label."""
@@ -138,7 +147,7 @@ class CharTokenizer:
         return cls(data["symbols"])
 
 
-class BPETokenizer:
+class BPETokenizer(_Units):
     """sentencepiece BPE pieces to CTC label ids and back.
 
     Ids are sentencepiece's own: its <unk> slot, id 0, is the CTC blank (encode refuses characters
@@ -168,17 +177,6 @@ class BPETokenizer:
         self.lexicon_tokens = self.symbols
         # Characters the pieces can spell; any other character would become sentencepiece's <unk>.
         self._chars = {" "} | {c for piece in self.symbols[1:] for c in piece.replace(WORD_START, " ")}
-
-    @property
-    def blank(self) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return len(self.symbols)
-
-    def unknown_chars(self, text: str) -> set[str]:
-        """Characters of `text` that no piece holds."""
-        return {c for c in text if c not in self._chars}
 
     def encode(self, text: str) -> list[int]:
         """Normalized text -> piece ids. Raises ValueError naming characters that no piece holds."""

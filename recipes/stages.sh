@@ -7,7 +7,7 @@
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   log 2 "train $config -> $exp"
   # --resume continues an interrupted run, and only with the config it was trained with (asr train stops
-  # naming the changed keys otherwise, except those in asr/train.py RESUME_SAFE_KEYS): a changed config
+  # naming the changed keys otherwise, except asr/training/resume.py RESUME_SAFE_KEYS): a changed config
   # needs another --exp-name, or --train-args "--force-resume ..." to continue the run with it.
   # shellcheck disable=SC2086
   asr train --config "$config" --train ${train_manifests:-data/$train_set.jsonl} --dev ${dev_manifests:-data/$dev_set.jsonl} \

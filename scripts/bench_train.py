@@ -6,7 +6,7 @@
     python scripts/bench_train.py --config conf/librispeech_small.yaml --train data/train.jsonl --steps 40 \\
         --device cpu train.num_workers=1                       # trailing section.key=value overrides
 
-1. The real loop: `asr.train.train` with the config, on the real audio of the training manifest, for
+1. The real loop: `asr.training.train` with the config, on the real audio of the training manifest, for
    `--steps` updates (`train.max_steps`) into a temporary folder. Its throughput comes from the
    "train" records of metrics.jsonl after the first one: start-up (audio preload, normalizer
    estimation) is outside every window, and the first window (DataLoader workers starting, cuDNN
@@ -53,7 +53,7 @@ from asr.config import Config, load_config  # noqa: E402
 from asr.data import BucketBatchSampler, Utterance, read_manifest  # noqa: E402
 from asr.model import CTCModel  # noqa: E402
 from asr.text import Tokenizer, build_tokenizer  # noqa: E402
-from asr.train import train  # noqa: E402
+from asr.training import train  # noqa: E402
 
 
 def batch_sequence(config: Config, durations: Sequence[float], steps: int) -> list[list[int]]:

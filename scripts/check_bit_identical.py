@@ -1,4 +1,4 @@
-"""Bit-identical training check for refactors of asr/train.py: short deterministic `asr train` runs
+"""Bit-identical training check for refactors of asr/training/: short deterministic `asr train` runs
 on the generated corpus of tests/synth.py (CPU, one thread, dropout and SpecAugment on), whose
 last.pt tensors (model, EMA weights, optimizer state) are saved as a reference before a change and
 compared with torch.equal after it.

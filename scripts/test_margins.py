@@ -42,7 +42,7 @@ from asr.config import load_config  # noqa: E402
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
 from asr.decode import PrefixBeamDecoder, transcribe_waves  # noqa: E402
 from asr.score import score  # noqa: E402
-from asr.train import train  # noqa: E402
+from asr.training import train  # noqa: E402
 from asr.transcribe import transcribe_files  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -181,12 +181,12 @@ def oom_split(seed: int, work: Path) -> dict:
             setattr(obj, name, value)
 
     manifest = write_synth_corpus(work / "synth")
-    real_loss = test_reliability.train_module._ctc_loss
+    real_loss = test_reliability.train_step.ctc_loss
     _, plain = test_reliability._train_one_step(manifest, work / "plain")
     row = {}
     for oom_above in (4, 1):
         _, split = test_reliability._train_one_step(manifest, work / f"split{oom_above}", Patch(), oom_above)
-        test_reliability.train_module._ctc_loss = real_loss
+        test_reliability.train_step.ctc_loss = real_loss
         diff = torch.cat([(plain[k].double() - split[k].double()).abs().flatten() for k in plain])
         row[f"split above {oom_above}: weights"] = diff.numel()
         row[f"{oom_above}: beyond 1e-5"] = int((diff > 1e-5).sum())

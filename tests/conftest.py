@@ -127,7 +127,7 @@ def synth_model(tmp_path_factory) -> tuple[Path, Path]:
 
     from asr.config import load_config
     from asr.data import read_manifest
-    from asr.train import train
+    from asr.training import train
     from synth import write_synth_corpus
 
     folder = tmp_path_factory.mktemp("synth_model")

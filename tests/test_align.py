@@ -312,7 +312,7 @@ def test_fsdd_word_timestamps(tmp_path):
     a misrecognized digit does not remove words; the recognition bound (12 wrong of 60 words) is
     four times the 2-3 measured."""
     from asr.data import read_manifest
-    from asr.train import train
+    from asr.training import train
 
     train_manifest = digit_sequences(FSDD, "train", tmp_path / "train", seed=0)
     dev_utts = read_manifest(digit_sequences(FSDD, "test", tmp_path / "dev", seed=1))[:60]

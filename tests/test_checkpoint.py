@@ -155,7 +155,7 @@ def _write_old_format(path: Path) -> None:
 
 def test_old_checkpoints_are_refused_with_the_way_to_convert_them(corpus, tmp_path, capsys):
     from asr.data import read_manifest
-    from asr.train import train
+    from asr.training import train
 
     utts = read_manifest(corpus)
     out = tmp_path / "run"
@@ -181,15 +181,15 @@ def test_old_checkpoints_are_refused_with_the_way_to_convert_them(corpus, tmp_pa
 
 def test_rng_state_survives_the_safe_format_exactly(tmp_path):
     """The RNG states a checkpoint stores (numpy's as a tensor) restore the very same streams."""
-    from asr.train import _get_rng_state, _set_rng_state
+    from asr.training.state import get_rng_state, set_rng_state
 
     random.seed(3)
     np.random.seed(3)
     np.random.standard_normal()  # a cached Gaussian in numpy's state
     generator = torch.Generator().manual_seed(5)
-    save_checkpoint(tmp_path / "rng.pt", {**payload(), "rng": _get_rng_state(generator)})
+    save_checkpoint(tmp_path / "rng.pt", {**payload(), "rng": get_rng_state(generator)})
     expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3), torch.rand(3, generator=generator))
-    _set_rng_state(read_checkpoint(tmp_path / "rng.pt")["rng"], generator)
+    set_rng_state(read_checkpoint(tmp_path / "rng.pt")["rng"], generator)
     got = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3), torch.rand(3, generator=generator))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
 

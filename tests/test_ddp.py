@@ -1,8 +1,8 @@
 """Distributed training (DistributedDataParallel, CPU processes on the gloo backend), from real
-`torchrun -m asr.train` runs: ranks train on disjoint batches that together make the epoch, end
+`torchrun -m asr.training` runs: ranks train on disjoint batches that together make the epoch, end
 with identical weights, resume exactly; one process under torchrun is bit for bit a plain run.
 
-Each rank reports what it did through ASR_TRAIN_TRACE_DIR (see asr/train.py): the batches it
+Each rank reports what it did through ASR_TRAIN_TRACE_DIR (see asr/training/loop.py): the batches it
 trained on and its final weights."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from asr.checkpoint import load_data_file, read_checkpoint
 from asr.config import load_config
 from asr.data import BucketBatchSampler, read_manifest
-from asr.train import TRACE_ENV, distributed_setup_from_env, train
+from asr.training import TRACE_ENV, distributed_setup_from_env, train
 from synth import write_synth_corpus
 from test_train import OVERRIDES as TRAIN_OVERRIDES
 
@@ -37,11 +37,11 @@ def manifest(tmp_path_factory) -> Path:
 
 
 def _torchrun(processes: int, manifest: Path, out: Path, trace: Path, *extra: str) -> None:
-    """`torchrun --standalone --nproc-per-node N -m asr.train ...` on the CPU; fails the test with
+    """`torchrun --standalone --nproc-per-node N -m asr.training ...` on the CPU; fails the test with
     the run's output when it fails."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", TRACE_ENV: str(trace)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "asr.train", "--train", str(manifest), "--dev", str(manifest), "--out", str(out),
+               "-m", "asr.training", "--train", str(manifest), "--dev", str(manifest), "--out", str(out),
                *OVERRIDES, *extra]
     run = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]

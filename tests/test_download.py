@@ -1,4 +1,4 @@
-"""asr.download and the corpora's downloads: resumable downloads with checksums, one-time safe extraction,
+"""asr.corpora.download and the corpora's downloads: resumable downloads with checksums, one-time safe extraction,
 corpus helpers.
 
 Everything runs against a throwaway HTTP server on 127.0.0.1 that supports Range requests and
@@ -33,7 +33,7 @@ from asr.corpora.librispeech import (
     download_librispeech,
     prepare_librispeech,
 )
-from asr.download import CorpusArchive, DownloadError, download, extract
+from asr.corpora.download import CorpusArchive, DownloadError, download, extract
 
 TIMEOUT = 5.0
 

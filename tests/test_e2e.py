@@ -15,7 +15,7 @@ from asr.data import read_manifest
 from asr.decode import transcribe_waves
 from asr.data import load_utterance_audio
 from asr.score import read_texts, score
-from asr.train import train
+from asr.training import train
 from synth import write_synth_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

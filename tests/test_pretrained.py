@@ -222,7 +222,7 @@ def test_training_manifests_with_the_same_id_are_refused(tmp_path, capsys):
 def test_resuming_a_run_keeps_its_encoder(tmp_path):
     """A resumed run's config names no encoder (it is identified when the model is built): the run's
     own one is taken, and building the model checks that the installed encoder is that one."""
-    from asr.train import check_resume_config
+    from asr.training import check_resume_config
 
     saved = load_config(None, WHISPER)
     CTCModel(saved.features, saved.model, 30)  # records the encoder's identity in saved.features

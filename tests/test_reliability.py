@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 torch.set_num_threads(1)
 
-import asr.train as train_module  # noqa: E402
+import asr.training.step as train_step  # noqa: E402
 from asr.audio import load_audio  # noqa: E402
 from asr.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from asr.cli import main  # noqa: E402
@@ -32,7 +32,7 @@ from asr.data import read_manifest  # noqa: E402
 from asr.decode import greedy_decode, transcribe_waves  # noqa: E402
 from asr.corpora import reason_category  # noqa: E402
 from asr.score import score  # noqa: E402
-from asr.train import train  # noqa: E402
+from asr.training import TrainState, train  # noqa: E402
 from asr.align import transcribe_files_detailed  # noqa: E402
 from asr.decode import PrefixBeamDecoder  # noqa: E402
 from asr.transcribe import (  # noqa: E402
@@ -155,13 +155,14 @@ import io, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import asr.train as train_module
+import asr.training as training
+import asr.training.step as train_step
 from asr.config import load_config
 from asr.data import read_manifest
 
 manifest, out, progress, slow_save = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 overrides = sys.argv[5:]
-real_loss, real_save = train_module._ctc_loss, torch.save
+real_loss, real_save = train_step.ctc_loss, torch.save
 
 def counting_loss(*args, **kwargs):  # one byte per training batch started
     if kwargs.get("reduction", "mean") == "mean":
@@ -185,9 +186,9 @@ def slow_save_number_n(obj, f, *args, **kwargs):  # the n-th save writes half, t
     Path(str(progress) + ".saving.tmp").rename(str(progress) + ".saving")
     time.sleep(600)
 
-train_module._ctc_loss, torch.save = counting_loss, slow_save_number_n
+train_step.ctc_loss, torch.save = counting_loss, slow_save_number_n
 utts = read_manifest(manifest)
-train_module.train(load_config(None, overrides), utts, utts[:3], out, resume=True)
+training.train(load_config(None, overrides), utts, utts[:3], out, resume=True)
 """
 
 
@@ -274,14 +275,14 @@ def _train_one_step(manifest: Path, out: Path, monkeypatch=None, oom_above: int 
     """One update on the first batch (no dropout, no SpecAugment: the split must not change the
     update); with oom_above, every training forward on more utterances than that raises CUDA OOM."""
     if monkeypatch is not None:
-        real_loss = train_module._ctc_loss
+        real_loss = train_step.ctc_loss
 
         def loss_or_oom(log_probs, *args, **kwargs):
             if kwargs.get("reduction", "mean") == "mean" and log_probs.shape[0] > oom_above:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
             return real_loss(log_probs, *args, **kwargs)
 
-        monkeypatch.setattr(train_module, "_ctc_loss", loss_or_oom)
+        monkeypatch.setattr(train_step, "ctc_loss", loss_or_oom)
     config = load_config(None, TRAIN_OVERRIDES + [
         "model.dropout=0.0", "specaug.freq_masks=0", "specaug.time_masks=0", "train.max_steps=1",
         "train.max_batch_seconds=12", "train.warmup_steps=0"])
@@ -331,10 +332,10 @@ def split_and_full_gradients(manifest: Path, oom_above: int, dtype: torch.dtype 
         def forward_backward(part, weight):
             if part.waves.shape[0] > fail_above:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return train_module._forward_backward(model, part, weight, config, 0, torch.Generator(), False)
+            return train_step.forward_backward(model, part, weight, config, 0, torch.Generator(), False)
 
-        state = train_module.TrainState()
-        loss = train_module._backward_splitting_on_oom(forward_backward, batch, model, CPU, state)
+        state = TrainState()
+        loss = train_step.backward_splitting_on_oom(forward_backward, batch, model, CPU, state)
         return loss, {n: p.grad.clone() for n, p in model.named_parameters()}, state.oom_splits
 
     full_loss, full, _ = gradients(len(dataset))
@@ -354,7 +355,7 @@ def test_cuda_oom_split_gradient_equals_full_batch_gradient(synth_manifest, oom_
     full, split, splits, (full_loss, split_loss) = split_and_full_gradients(synth_manifest, oom_above)
     assert splits == (1 if oom_above == 4 else 3)  # 8 utterances: 1 -> 2 parts, or 1 -> 2 -> 4 -> 8
     assert all(g.dtype == torch.float64 for g in full.values())
-    torch.testing.assert_close(split_loss, full_loss)  # float32: _ctc_loss computes CTC in float32 by design
+    torch.testing.assert_close(split_loss, full_loss)  # float32: asr.training.step.ctc_loss computes CTC in float32 by design
     for name in full:
         # 100 times the largest measured float64 difference (tests/README.md).
         torch.testing.assert_close(split[name], full[name], rtol=1e-10, atol=1e-12, msg=name)

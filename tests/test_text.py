@@ -348,7 +348,7 @@ def test_without_sentencepiece_decoding_works_and_encoding_names_the_extra(bpe, 
 
 def test_importing_asr_does_not_need_sentencepiece():
     code = ("import sys; sys.modules['sentencepiece'] = None\n"
-            "import asr.cli, asr.train, asr.decode, asr.align, asr.transcribe, asr.checkpoint, asr.lm\n"
+            "import asr.cli, asr.training, asr.decode, asr.align, asr.transcribe, asr.checkpoint, asr.lm\n"
             "from asr.config import load_config\n"
             "assert load_config(None, ['tokenizer.units=bpe']).tokenizer.units == 'bpe'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -496,7 +496,7 @@ def test_train_with_bpe_units_then_transcribe_and_lexicon(tmp_path, capsys):
     from asr.cli import main as asr_main
     from asr.config import load_config
     from asr.data import read_manifest
-    from asr.train import train
+    from asr.training import train
     from synth import TRANSCRIPTS, write_synth_corpus
 
     torch.set_num_threads(1)

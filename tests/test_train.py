@@ -10,11 +10,11 @@ import pytest
 import soundfile
 import torch
 
-import asr.train as train_module
 from asr.checkpoint import load_model, read_checkpoint
 from asr.config import load_config
 from asr.data import read_manifest
-from asr.train import _lr_lambda, plot_training, train
+from asr.training import TRACE_ENV, plot_training, step, train
+from asr.training.loop import warmup_cosine
 from synth import write_synth_corpus
 
 torch.set_num_threads(1)
@@ -74,7 +74,7 @@ def test_resume_mid_epoch_gives_bitwise_identical_weights(corpus, tmp_path, ema)
 
 def _nan_at_second_training_loss(monkeypatch) -> dict:
     """Make the second training batch's loss NaN; returns the counter of training losses computed."""
-    real_loss = train_module._ctc_loss
+    real_loss = step.ctc_loss
     calls = {"n": 0}
 
     def loss_with_a_nan(*args, **kwargs):
@@ -85,7 +85,7 @@ def _nan_at_second_training_loss(monkeypatch) -> dict:
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train_module, "_ctc_loss", loss_with_a_nan)
+    monkeypatch.setattr(step, "ctc_loss", loss_with_a_nan)
     return calls
 
 
@@ -130,7 +130,7 @@ def test_non_finite_loss_is_skipped_on_the_device_with_fused_adamw(corpus, tmp_p
 
 
 def test_lr_schedule_warms_up_then_decays_to_final_ratio():
-    factor = _lr_lambda(warmup=10, total=110, final_ratio=0.1)
+    factor = warmup_cosine(warmup=10, total=110, final_ratio=0.1)
     assert factor(0) == pytest.approx(0.1)
     assert factor(9) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1.0)
@@ -142,7 +142,7 @@ def test_lr_schedule_warms_up_then_decays_to_final_ratio():
 
 
 def test_metrics_log_and_plot(corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv(train_module.TRACE_ENV, str(tmp_path / "trace"))  # the batches each update trained on
+    monkeypatch.setenv(TRACE_ENV, str(tmp_path / "trace"))  # the batches each update trained on
     state = train(load_config(None, OVERRIDES + ["train.epochs=2"]), corpus, corpus[:3], tmp_path / "exp")
     records = [json.loads(line) for line in open(tmp_path / "exp" / "metrics.jsonl")]
     train_rows = [r for r in records if r["type"] == "train"]
@@ -239,10 +239,10 @@ def test_per_token_loss_divides_each_utterance_by_its_transcript_length():
     log_probs = torch.randn(3, 20, 6).log_softmax(-1)
     labels = torch.tensor([[1, 2, 3, 4], [2, 0, 0, 0], [5, 1, 0, 0]])
     label_lengths, out_lengths = torch.tensor([4, 1, 2]), torch.tensor([20, 15, 18])
-    per_utt = torch.stack([train_module._ctc_loss(log_probs[i:i + 1, :n], out_lengths[i:i + 1], labels[i:i + 1],
+    per_utt = torch.stack([step.ctc_loss(log_probs[i:i + 1, :n], out_lengths[i:i + 1], labels[i:i + 1],
                                                   label_lengths[i:i + 1], 0) for i, n in enumerate(out_lengths)])
-    assert torch.allclose(train_module._ctc_loss(log_probs, out_lengths, labels, label_lengths, 0), per_utt.mean())
-    assert torch.allclose(train_module._ctc_loss(log_probs, out_lengths, labels, label_lengths, 0, per_token=True),
+    assert torch.allclose(step.ctc_loss(log_probs, out_lengths, labels, label_lengths, 0), per_utt.mean())
+    assert torch.allclose(step.ctc_loss(log_probs, out_lengths, labels, label_lengths, 0, per_token=True),
                           (per_utt / label_lengths).mean())
 
 
@@ -328,7 +328,7 @@ def test_force_resume_continues_with_the_new_values(stopped_run, tmp_path):
     assert payload["scheduler"]["base_lrs"] == [1e-3]
     [group] = payload["optimizer"]["param_groups"]
     assert group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.1
-    assert group["lr"] == 1e-3 * _lr_lambda(3, 12, 0.05)(3)  # warm-up 3 of 12 updates (OVERRIDES), after 3
+    assert group["lr"] == 1e-3 * warmup_cosine(3, 12, 0.05)(3)  # warm-up 3 of 12 updates (OVERRIDES), after 3
     assert "resuming" in (run / "train.log").read_text() and "train.lr 0.003 -> 0.001" in (run / "train.log").read_text()
 
 

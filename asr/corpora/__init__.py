@@ -1,5 +1,6 @@
 """Corpora: one module per corpus (its importer, its download where it has one, and its
-`asr prepare` options), the shared machinery in `common`, and the registry `CORPORA` that the CLI
+`asr prepare` options), the shared machinery in `common` and `download` (resumable, checksummed
+downloads and safe one-time extraction), and the registry `CORPORA` that the CLI
 (`asr prepare NAME`, `asr download NAME`) and the recipes use.
 
 Adding a corpus is adding one module that defines a `Corpus` entry and one line below (plus its

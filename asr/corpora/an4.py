@@ -7,10 +7,10 @@ import os
 import re
 from pathlib import Path
 
-from ..download import CorpusArchive, download_archive
 from ..text import CharTokenizer, normalize
 from .common import Candidate, Corpus, PrepareResult, add_output_options, corpus_root, drop_markers, keep_valid, \
     no_download_options, read_lines
+from .download import CorpusArchive, download_archive
 
 # CMU publishes no checksum for AN4 (64 MB, 948 train + 130 test utterances, SPHERE audio).
 ARCHIVE = CorpusArchive("http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz", None, None, "an4")

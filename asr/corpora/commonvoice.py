@@ -9,9 +9,9 @@ import re
 import unicodedata
 from pathlib import Path
 
-from ..download import DownloadError, checksum_problems, download, extract
 from ..text import CharTokenizer, normalize
 from .common import Candidate, Corpus, PrepareResult, add_output_options, corpus_root, keep_valid, read_table
+from .download import DownloadError, checksum_problems, download, extract
 
 COMMONVOICE_SPLITS = ("train", "dev", "test", "validated", "invalidated", "other")
 

@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from ..download import DownloadError, download, extract
 from .common import Corpus, PrepareResult, add_output_options, audio_infos, ctc_too_short, no_download_options
+from .download import DownloadError, download, extract
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FSDD_SPLITS = ("train", "test", "all")

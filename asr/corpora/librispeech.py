@@ -7,7 +7,6 @@ import argparse
 import os
 from pathlib import Path
 
-from ..download import download, extract
 from ..text import CharTokenizer, normalize
 from .common import (
     AUDIO_EXTENSIONS,
@@ -17,6 +16,7 @@ from .common import (
     audio_infos,
     ctc_too_short,
 )
+from .download import download, extract
 
 LIBRISPEECH_URL = "https://www.openslr.org/resources/12"
 # subset -> (archive name, md5) as published in https://www.openslr.org/resources/12/md5sum.txt
@@ -75,9 +75,21 @@ def prepare_librispeech(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: corpus folder not found")
     result = PrepareResult()
+    transcripts, audio_by_dir = _find_transcripts_and_audio(root)
+    if not transcripts:
+        result.skipped.append((str(root), "no transcripts: no *.trans.txt file below this folder"))
+    candidates, claimed = _read_transcript_lines(transcripts, audio_by_dir, result.skipped)
+    result.skipped += _orphan_audio(transcripts, audio_by_dir, claimed)
+    checked = _check_transcripts(candidates, tokenizer, result.skipped)
+    result.kept = _check_audio(checked, max_duration, frames_per_second, num_threads, progress, result.skipped)
+    result.kept.sort(key=lambda u: u.id)
+    return result
 
-    # One walk collects both transcripts and audio, so that orphan audio files are found too.
-    # followlinks: corpora are often assembled from symlinked split folders.
+
+def _find_transcripts_and_audio(root: Path) -> tuple[list[Path], dict[Path, dict[str, list[Path]]]]:
+    """Every *.trans.txt below root, and the audio files by folder and stem. One walk collects both,
+    so that orphan audio files are found too; it follows links, as corpora are often assembled from
+    symlinked split folders."""
     transcripts: list[Path] = []
     audio_by_dir: dict[Path, dict[str, list[Path]]] = {}
     for folder, dirnames, filenames in os.walk(root, followlinks=True):
@@ -90,10 +102,14 @@ def prepare_librispeech(
             stem, _, ext = filename.rpartition(".")
             if stem and ext.lower() in AUDIO_EXTENSIONS:
                 audio_by_dir.setdefault(folder_path, {}).setdefault(stem, []).append(folder_path / filename)
-    if not transcripts:
-        result.skipped.append((str(root), "no transcripts: no *.trans.txt file below this folder"))
+    return transcripts, audio_by_dir
 
-    # Transcript lines -> (id, raw text, audio path); audio files named by no line are orphans.
+
+def _read_transcript_lines(
+    transcripts: list[Path], audio_by_dir: dict[Path, dict[str, list[Path]]], skipped: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str, Path]], set[Path]]:
+    """Transcript lines -> [(id, raw text, audio path)], and the audio files the lines claim;
+    unreadable files, duplicate ids and lines without audio go to `skipped`."""
     candidates: list[tuple[str, str, Path]] = []
     seen: dict[str, Path] = {}
     claimed: set[Path] = set()
@@ -102,7 +118,7 @@ def prepare_librispeech(
         try:
             lines = trans.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            result.skipped.append((str(trans), f"unreadable transcript file: {e}"))
+            skipped.append((str(trans), f"unreadable transcript file: {e}"))
             continue
         for number, line in enumerate(lines, 1):
             parts = line.strip().split(maxsplit=1)
@@ -110,18 +126,25 @@ def prepare_librispeech(
                 continue
             utt_id, raw = parts[0], (parts[1] if len(parts) > 1 else "")
             if utt_id in seen:
-                result.skipped.append((utt_id, f"duplicate utterance id: {trans}:{number}, first in {seen[utt_id]}"))
+                skipped.append((utt_id, f"duplicate utterance id: {trans}:{number}, first in {seen[utt_id]}"))
                 continue
             seen[utt_id] = trans
             files = folder_audio.get(utt_id)
             if not files:
                 exts = ",".join(AUDIO_EXTENSIONS)
-                result.skipped.append((utt_id, f"no audio file: no {utt_id}.{{{exts}}} in {trans.parent}"))
+                skipped.append((utt_id, f"no audio file: no {utt_id}.{{{exts}}} in {trans.parent}"))
                 continue
             files = sorted(files, key=lambda p: AUDIO_EXTENSIONS.index(p.suffix[1:].lower()))
             claimed.update(files)  # other formats of the same utterance are not orphans
             candidates.append((utt_id, raw, files[0]))
+    return candidates, claimed
+
+
+def _orphan_audio(transcripts: list[Path], audio_by_dir: dict[Path, dict[str, list[Path]]],
+                  claimed: set[Path]) -> list[tuple[str, str]]:
+    """(path, reason) for every audio file no transcript line names."""
     transcript_dirs = {t.parent: t for t in transcripts}
+    orphans = []
     for folder, by_stem in sorted(audio_by_dir.items()):
         for paths in by_stem.values():
             for path in paths:
@@ -131,42 +154,53 @@ def prepare_librispeech(
                     reason = f"no transcript line: {path.stem} is not in {transcript_dirs[folder].name}"
                 else:
                     reason = "no transcript line: no *.trans.txt in this folder"
-                result.skipped.append((str(path), reason))
+                orphans.append((str(path), reason))
+    return orphans
 
-    # Cheap text checks before any audio I/O.
+
+def _check_transcripts(candidates: list[tuple[str, str, Path]], tokenizer: CharTokenizer | None,
+                       skipped: list[tuple[str, str]]) -> list[tuple[str, str, Path]]:
+    """The cheap text checks, before any audio I/O: [(id, normalized text, audio path)] of the
+    candidates whose text is not empty after normalizing and has only characters `tokenizer` knows."""
     checked: list[tuple[str, str, Path]] = []
     for utt_id, raw, path in candidates:
         text = normalize(raw)
         if not text:
-            result.skipped.append((utt_id, f"empty transcript: nothing left after normalizing {raw!r}"))
+            skipped.append((utt_id, f"empty transcript: nothing left after normalizing {raw!r}"))
             continue
         if tokenizer is not None:
             unknown = tokenizer.unknown_chars(text)
             if unknown:
-                result.skipped.append((utt_id, f"characters outside the tokenizer: {''.join(sorted(unknown))!r} in {text!r}"))
+                skipped.append((utt_id, f"characters outside the tokenizer: {''.join(sorted(unknown))!r} in {text!r}"))
                 continue
         checked.append((utt_id, text, path))
+    return checked
 
+
+def _check_audio(checked: list[tuple[str, str, Path]], max_duration: float | None, frames_per_second: float,
+                 num_threads: int, progress: bool, skipped: list[tuple[str, str]]) -> list:
+    """Utterances of the checked candidates whose audio reads, is not longer than `max_duration` and
+    has enough encoder frames at `frames_per_second` for CTC to align its text."""
     from ..data import Utterance  # imports torch: see asr.corpora.common
 
+    kept = []
     infos = audio_infos([path for _, _, path in checked], num_threads, progress, desc="reading audio headers")
     for (utt_id, text, path), info in zip(checked, infos):
         if isinstance(info, str):
-            result.skipped.append((utt_id, info))
+            skipped.append((utt_id, info))
             continue
         duration = info.duration
         if max_duration is not None and duration > max_duration:
-            result.skipped.append((utt_id, f"too long: {duration:.3f} s > max_duration {max_duration:g} s ({path})"))
+            skipped.append((utt_id, f"too long: {duration:.3f} s > max_duration {max_duration:g} s ({path})"))
             continue
         too_short = ctc_too_short(text, duration, frames_per_second)
         if too_short:
-            result.skipped.append((utt_id, f"{too_short} ({path})"))
+            skipped.append((utt_id, f"{too_short} ({path})"))
             continue
-        result.kept.append(Utterance(id=utt_id, audio=str(path), duration=round(duration, 3), text=text,
-                                     speaker=utt_id.split("-", 1)[0]))
+        kept.append(Utterance(id=utt_id, audio=str(path), duration=round(duration, 3), text=text,
+                              speaker=utt_id.split("-", 1)[0]))
+    return kept
 
-    result.kept.sort(key=lambda u: u.id)
-    return result
 
 def download_librispeech(
     subsets: list[str],

@@ -6,10 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from ..download import CorpusArchive, download_archive
 from ..text import CharTokenizer, normalize
 from .common import Candidate, Corpus, PrepareResult, add_output_options, corpus_root, keep_valid, \
     no_download_options, read_lines
+from .download import CorpusArchive, download_archive
 
 # keithito.com (2.6 GB). sha256 as in torchaudio's torchaudio/datasets/ljspeech.py.
 ARCHIVE = CorpusArchive("https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2",

@@ -7,10 +7,10 @@ import os
 import re
 from pathlib import Path
 
-from ..download import CorpusArchive, download_archive
 from ..text import CharTokenizer, normalize
 from .common import Candidate, Corpus, PrepareResult, add_output_options, corpus_root, drop_markers, keep_valid, \
     no_download_options, read_lines
+from .download import CorpusArchive, download_archive
 
 # openslr resource 51 (~51 GB). sha256 as in torchaudio's torchaudio/datasets/tedlium.py.
 ARCHIVE = CorpusArchive("https://www.openslr.org/resources/51/TEDLIUM_release-3.tgz",

@@ -1,8 +1,8 @@
 """Distributed training helpers: where this process stands among those torchrun started, the
 process group, and the few collectives the training loop needs (all no-ops in a plain run).
 
-`torchrun --nproc-per-node N -m asr.train <arguments of asr train>` starts N processes (ranks); see
-asr/train.py for how they share the work.
+`torchrun --nproc-per-node N -m asr.training <arguments of asr train>` starts N processes (ranks);
+see asr/training/__init__.py for how they share the work.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def distributed_setup_from_env(env: dict[str, str] | None = None) -> Distributed
                          f"WORLD_SIZE={world_size}")
     if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
         raise ValueError("WORLD_SIZE is set but MASTER_ADDR/MASTER_PORT are not: start distributed training with "
-                         "torchrun --nproc-per-node N -m asr.train ...")
+                         "torchrun --nproc-per-node N -m asr.training ...")
     return DistributedSetup(rank, world_size, local_rank, active=True)
 
 
