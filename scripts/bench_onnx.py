@@ -23,7 +23,8 @@ from asr.checkpoint import load_model  # noqa: E402
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
 from asr.decode import greedy_decode  # noqa: E402
 from asr.onnx_export import export_onnx  # noqa: E402
-from asr.onnx_runtime import OnnxRecognizer, greedy_ids  # noqa: E402
+from asr.decode import greedy_ids  # noqa: E402
+from asr.onnx_runtime import OnnxRecognizer  # noqa: E402
 
 
 def main() -> int:

@@ -16,7 +16,8 @@ import pytest
 import soundfile
 import torch
 
-from asr.align import WordTiming, format_srt, format_vtt, group_cues, word_timings, words_to_json
+from asr.align import Word, forced_align_ids, word_timings
+from asr.formats import format_srt, format_vtt, group_cues, words_to_json
 from asr.checkpoint import load_model, save_checkpoint
 from asr.cli import main as asr_main
 from asr.config import load_config
@@ -59,8 +60,8 @@ def parse_vtt(text: str) -> list[tuple[float, float, str]]:
     return cues
 
 
-WORDS = [WordTiming("hello", 0.5, 0.9, 0.9), WordTiming("world", 1.0, 1.4, 0.8), WordTiming("again", 3.2, 3.6, 0.7),
-         WordTiming("and", 3.7, 3.8, 0.9), WordTiming("an", 3661.0, 3661.25, 0.9)]
+WORDS = [Word("hello", 0.5, 0.9, 0.9), Word("world", 1.0, 1.4, 0.8), Word("again", 3.2, 3.6, 0.7),
+         Word("and", 3.7, 3.8, 0.9), Word("an", 3661.0, 3661.25, 0.9)]
 
 
 def test_srt_and_vtt_parse_and_keep_the_times():
@@ -74,7 +75,7 @@ def test_srt_and_vtt_parse_and_keep_the_times():
 
 
 def test_cues_split_long_runs():
-    words = [WordTiming(f"w{i}", i * 0.4, i * 0.4 + 0.3, 1.0) for i in range(20)]
+    words = [Word(f"w{i}", i * 0.4, i * 0.4 + 0.3, 1.0) for i in range(20)]
     cues = group_cues(words, max_words=7, max_seconds=5.0)
     assert [len(c[2].split()) for c in cues] == [7, 7, 6]
     assert all(b - a <= 5.0 for a, b, _ in cues)
@@ -103,7 +104,7 @@ def test_timestamps_monotonic_and_inside_the_audio(random_model, text):
     assert [w.word for w in words] == text.split()
     for w in words:
         assert 0.0 <= w.start < w.end <= seconds + 1e-6
-        assert 0.0 < w.score <= 1.0
+        assert 0.0 < w.confidence <= 1.0
     for a, b in zip(words, words[1:]):
         assert a.end <= b.start
 
@@ -347,6 +348,28 @@ def test_word_confidence_is_the_mean_posterior_of_the_words_aligned_frames():
     log_probs = _posterior_log_probs([(label, min(p, 1.0 - 1e-6)) for label, p in frames], len(TOKENIZER))
     timings = word_timings(log_probs, "ab cab", TOKENIZER, 0.04)
     assert [t.word for t in timings] == ["ab", "cab"]
-    assert timings[0].score == pytest.approx(1.0, abs=1e-3)
-    assert timings[1].score == pytest.approx(0.6, abs=1e-3)
-    assert words_to_json(timings)[1] == {"word": "cab", "start": 0.2, "end": 0.36, "confidence": timings[1].score}
+    assert timings[0].confidence == pytest.approx(1.0, abs=1e-3)
+    assert timings[1].confidence == pytest.approx(0.6, abs=1e-3)
+    assert words_to_json(timings)[1] == {"word": "cab", "start": 0.2, "end": 0.36, "confidence": timings[1].confidence}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_forced_align_ids_takes_torchaudios_path(seed):
+    """The numpy Viterbi search gives torchaudio.functional.forced_align's path, ties included (log-probs
+    rounded to integers tie often), so word times did not move when alignment stopped needing torch."""
+    import torchaudio.functional as F
+
+    rng = np.random.default_rng(seed)
+    for trial in range(60):
+        frames, vocab = int(rng.integers(5, 120)), int(rng.integers(3, 8))
+        x = rng.standard_normal((frames, vocab)).astype(np.float32) * rng.choice([0.5, 3.0, 10.0])
+        x = x.astype(np.float32)
+        log_probs = np.round(x) if trial % 3 == 0 else torch.log_softmax(torch.from_numpy(x), -1).numpy()
+        ids = rng.integers(1, vocab, size=int(rng.integers(1, max(2, frames // 2)))).tolist()
+        if len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:
+            continue
+        path, scores = forced_align_ids(log_probs, ids, blank=0)
+        expected, expected_scores = F.forced_align(torch.from_numpy(log_probs)[None].contiguous(),
+                                                   torch.tensor([ids], dtype=torch.int32), blank=0)
+        assert path == expected[0].tolist()
+        assert scores == expected_scores[0].tolist()

@@ -28,7 +28,8 @@ from asr.data import read_manifest  # noqa: E402
 from asr.features import FeatureConfig, LogMel  # noqa: E402
 from asr.model import CTCModel  # noqa: E402
 from asr.onnx_export import export_onnx  # noqa: E402
-from asr.onnx_runtime import OnnxRecognizer, greedy_ids, hann_window, log_mel, mel_filterbank  # noqa: E402
+from asr.decode import greedy_ids  # noqa: E402
+from asr.onnx_runtime import OnnxRecognizer, hann_window, log_mel, mel_filterbank  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
 from encoder_support import needs_encoder  # noqa: E402
 

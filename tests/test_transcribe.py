@@ -14,10 +14,10 @@ torch.set_num_threads(1)
 from asr.audio import load_audio  # noqa: E402
 from asr.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from asr.config import load_config  # noqa: E402
-from asr.decode import transcribe_waves  # noqa: E402
+
 from asr.model import CTCModel  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
-from asr.transcribe import Transcript, expand_paths, transcribe_files  # noqa: E402
+from asr.transcribe import Transcript, expand_paths, transcribe_files, transcribe_waves  # noqa: E402
 
 CPU = torch.device("cpu")
 OVERRIDES = ["model.subsampling=stack", "model.subsampling_factor=4", "model.hidden_size=32", "model.num_layers=2"]
@@ -212,16 +212,16 @@ def test_transcribe_files_empty_audio_file(loaded, audio):
 def test_long_file_progress_bar_only_when_asked(loaded, audio, capsys):
     """A long file's chunks advance a progress bar on stderr (seconds of audio done) when asked, and
     nothing is written otherwise; the transcript is the same."""
-    from asr.transcribe import long_log_probs
+    from asr.transcribe import Pipeline
 
-    model, _ = loaded
+    pipeline = Pipeline.for_model(*loaded, CPU, chunk_seconds=30.0, chunk_overlap=4.0)
     path = audio.write("long.wav", chirp(70.0, 16000), 16000)
-    quiet, duration = long_log_probs(model, path, CPU, chunk_seconds=30.0, chunk_overlap=4.0)
+    quiet, duration = pipeline.long_log_probs(path)
     assert capsys.readouterr().err == ""
-    shown, _ = long_log_probs(model, path, CPU, chunk_seconds=30.0, chunk_overlap=4.0, progress=True)
+    shown, _ = pipeline.long_log_probs(path, progress=True)
     err = capsys.readouterr().err
     assert "long.wav" in err and "/70" in err
-    assert torch.equal(quiet, shown) and duration == pytest.approx(70.0)
+    assert np.array_equal(quiet, shown) and duration == pytest.approx(70.0)
 
 
 def test_cli_progress_only_on_a_terminal_without_quiet(monkeypatch):
