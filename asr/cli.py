@@ -374,17 +374,20 @@ def _decode(args: argparse.Namespace) -> int:
             print(f"asr decode: {utt.id}: {r.error or r.warning}", file=sys.stderr)
     write_text_atomic(args.out, "".join(f"{utt.id}\t{r.text}\n" for utt, r in zip(utts, results)))
     audio = sum(w.shape[0] for w, _ in inputs) / rate
-    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(recognizer.settings)} in {seconds:.1f} s "
-          f"on {recognizer.device}: RTFx {audio / max(seconds, 1e-9):.0f}; wrote {args.out}", file=sys.stderr)
+    speed = f"RTFx {audio / max(seconds, 1e-9):.0f}"
+    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(recognizer.settings)} in "
+          f"{seconds:.1f} s on {recognizer.device}: {speed}; wrote {args.out}", file=sys.stderr)
     return 0
+
+
+TRANSCRIBE_HELP = ("Transcribe audio files or folders with --model, or with the default model: $ASR_MODEL, else "
+                   "models/en-whisper-tiny-bilstm-ctc.pt of the repository. The older form 'asr transcribe MODEL.pt "
+                   "AUDIO...' still works.")
 
 
 def add_transcribe(sub: argparse._SubParsersAction) -> None:
     """`asr transcribe`: transcribe audio files or folders."""
-    p = sub.add_parser("transcribe", help="transcribe audio files or folders",
-                       description="Transcribe audio files or folders with --model, or with the default model: "
-                       "$ASR_MODEL, else models/en-whisper-tiny-bilstm-ctc.pt of the repository. The older form "
-                       "'asr transcribe MODEL.pt AUDIO...' still works.")
+    p = sub.add_parser("transcribe", help="transcribe audio files or folders", description=TRANSCRIBE_HELP)
     p.add_argument("paths", nargs="+", metavar="AUDIO",
                    help="audio files or folders (a first argument ending in .pt is the model)")
     p.add_argument("-m", "--model", type=Path, default=None,
