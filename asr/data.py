@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .audio import read_audio, to_mono_and_rate
 from .files import write_text_atomic
-from .text import CharTokenizer
+from .text import Tokenizer
 
 
 @dataclass
@@ -106,7 +106,7 @@ class SpeechDataset(Dataset):
     def __init__(
         self,
         utts: Sequence[Utterance],
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         sample_rate: int,
         preload: bool = False,
         num_threads: int = 4,

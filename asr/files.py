@@ -16,20 +16,25 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], durable: bool = True) -> None:
     """`write(f)` into a temporary file, then rename it to `path` (its folder is made): `path` is at
-    every moment either its old or its new complete version. The temporary file goes if `write` fails."""
+    every moment either its old or its new complete version. The temporary file goes if `write` fails.
+    `durable`: also flush file and folder to disk, so a power cut keeps it (a cache that can be rebuilt
+    skips these syncs: they cost milliseconds per file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if not durable:
+        return
     # The rename itself is durable only once the directory entry is on disk.
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

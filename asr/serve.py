@@ -198,7 +198,7 @@ class BatchWorker:
             self.task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, samples: np.ndarray, rate: int) -> Any:
+    async def submit(self, samples: np.ndarray, rate: int) -> Transcript:
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(((samples, rate), future))
@@ -224,7 +224,7 @@ class BatchWorker:
             self.requests += len(jobs)
             try:
                 results = await loop.run_in_executor(self.executor, self.recognizer.transcribe, [a for a, _ in jobs])
-                outcomes: list[tuple[Any, Exception | None]] = [(r, None) for r in results]
+                outcomes: list[tuple[Transcript | None, Exception | None]] = [(r, None) for r in results]
             except Exception as batch_error:  # find the request that failed; the others still get answers
                 if len(jobs) == 1:
                     outcomes = [(None, batch_error)]
