@@ -230,16 +230,21 @@ class Pipeline:
 
     def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool) -> None:
         """Inputs read whole: length-sorted batches through the model and the decoder."""
-        rate = self.acoustic.sample_rate
-        batches = length_batches([max(w.shape[0], 1) / rate for _, w in short], self.batch_seconds)
-        for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
-            log_probs = self.acoustic.log_probs([short[i][1] for i in batch])
+        for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
             for i, frames, nbest in zip(batch, log_probs, self.decode(log_probs)):
                 result = short[i][0]
                 result.text = nbest[0].text if nbest else ""
                 result.nbest = [(h.text, h.score) for h in nbest]
                 if timestamps:
                     result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
+
+    def _model_batches(self, waves: Sequence[np.ndarray], progress: bool) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+        """The batched inference loop: (indices into `waves`, their (T, V) log-probs) per batch of
+        similar length (`length_batches`, at most `batch_seconds` of padded audio)."""
+        rate = self.acoustic.sample_rate
+        batches = length_batches([max(w.shape[0], 1) / rate for w in waves], self.batch_seconds)
+        for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
+            yield batch, self.acoustic.log_probs([waves[i] for i in batch])
 
     def _run_long(self, result: Transcript, item, seconds: float, timestamps: bool, progress: bool) -> None:
         """An input read in chunks: its joined frames decoded and aligned piece by piece, cut at pauses."""
@@ -279,12 +284,10 @@ class Pipeline:
 
     def log_probs(self, waves: Sequence[np.ndarray], progress: bool = False) -> list[np.ndarray]:
         """Each waveform's (T, V) log-probs (at the model's rate, not chunked), run in length-sorted
-        batches: the batched inference loop, for callers that keep the log-probs (decoder tuning)."""
-        rate = self.acoustic.sample_rate
+        batches, for callers that keep the log-probs (decoder tuning)."""
         out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(waves)
-        batches = length_batches([max(w.shape[0], 1) / rate for w in waves], self.batch_seconds)
-        for batch in tqdm(batches, desc="model", unit="batch", disable=not progress, leave=False):
-            for i, frames in zip(batch, self.acoustic.log_probs([waves[i] for i in batch])):
+        for batch, log_probs in self._model_batches(waves, progress):
+            for i, frames in zip(batch, log_probs):
                 out[i] = frames
         return out
 
