@@ -145,12 +145,12 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
     c.set_defaults(run=_export_model)
 
-    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
+    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.serving.onnx_runtime (no torch)",
                            description="Export CTCModel.encode (normalized log-mel features, or the frozen Whisper "
                            "encoder's for features.frontend=whisper -> log-probs) as an ONNX "
                            "graph with dynamic batch and time, the feature settings, normalizer and tokenizer (and the "
                            "encoder's identity) in its metadata. Transcribe with it without torch: python -m "
-                           "asr.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
+                           "asr.serving.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
                            "'asr[pretrained]').")
     c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
     c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
@@ -184,7 +184,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         import onnx  # noqa: F401
     except ImportError as e:
         raise RuntimeError(f"asr export onnx needs the onnx package ({e}); install it with: pip install 'asr[onnx]'") from None
-    from .onnx_export import export_onnx
+    from .serving.onnx_export import export_onnx
 
     metadata = export_onnx(args.checkpoint, args.out, args.opset)
     feats = metadata["features"]
@@ -192,7 +192,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
                  else f"{feats['n_mels']} log-mel features")
     print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {described} at "
           f"{feats['sample_rate']} Hz -> {len(metadata['tokenizer'].get('symbols', [])) or 'BPE'} labels; "
-          f"transcribe with: python -m asr.onnx_runtime {args.out} AUDIO...")
+          f"transcribe with: python -m asr.serving.onnx_runtime {args.out} AUDIO...")
     return 0
 
 
@@ -490,7 +490,7 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
-    from .serve import ServeConfig, serve
+    from .serving.http import ServeConfig, serve
     from .transcribe import default_model_path
 
     if args.threads:

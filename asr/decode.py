@@ -3,7 +3,7 @@ KenLM search, torchaudio's CUDA search, all behind one `Decoder` interface; and 
 (the checkpoint's, then decode.yaml, then explicit options).
 
 Shapes: log-probs (B, T, V), lengths (B,). This module imports torch only inside the decoders that
-need it, so the greedy decoder and the settings work without torch (asr.onnx_runtime).
+need it, so the greedy decoder and the settings work without torch (asr.serving.onnx_runtime).
 """
 
 from __future__ import annotations

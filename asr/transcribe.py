@@ -15,7 +15,7 @@ joined frames are then cut at pauses (`pause_segments`) into pieces of at most `
 decoded and aligned on its own, so neither the search nor the alignment grows with the input.
 
 This module imports no torch: the model step is an `AcousticModel`, either `TorchModel` (a CTCModel;
-torch is imported there) or asr.onnx_runtime.OnnxRecognizer (onnxruntime and numpy).
+torch is imported there) or asr.serving.onnx_runtime.OnnxRecognizer (onnxruntime and numpy).
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ def test_cli_api_server_and_onnx_give_the_same_words_on_ten_minutes(synth_model,
     pytest.importorskip("starlette")
     import asr
     from asr.cli import main as asr_main
-    from asr.onnx_runtime import OnnxRecognizer
+    from asr.serving.onnx_runtime import OnnxRecognizer
     from asr.score import score
     from server_process import request, start_server, stop_server
     from synth import TRANSCRIPTS, synth_utterance

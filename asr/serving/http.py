@@ -9,7 +9,7 @@ Routes:
                                  `timestamp_granularities[]` are accepted and ignored, so existing
                                  clients work unchanged.
   GET  /health                   {"status": "ok", ...} once the model is loaded
-  GET  /                         the web page (asr/static/index.html)
+  GET  /                         the web page (asr/serving/static/index.html)
 
 Stack: Starlette (routing, requests, multipart parsing via python-multipart) on uvicorn. Both are
 small, widely deployed and actively maintained ASGI projects (Starlette is what FastAPI is built
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import numpy as np
 import soundfile
 
-from .formats import format_srt, format_vtt, group_cues, words_to_json
-from .transcribe import Transcript
+from ..formats import format_srt, format_vtt, group_cues, words_to_json
+from ..transcribe import Transcript
 
 if TYPE_CHECKING:
-    from .api import Recognizer
+    from ..api import Recognizer
 
 log = logging.getLogger("asr.serve")
 
@@ -257,7 +257,7 @@ def create_app(recognizer: Recognizer, config: ServeConfig | None = None, model_
 
     config = config or ServeConfig()
     limit = int(config.max_upload_mb * 1e6)
-    page = resources.files("asr").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = resources.files("asr.serving").joinpath("static/index.html").read_text(encoding="utf-8")
     state: dict[str, BatchWorker] = {}
 
     def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:

@@ -1,5 +1,5 @@
 """`asr export onnx`: the model from its frontend's normalized features to CTC log-probs as an ONNX
-graph (`CTCModel.encode`), with everything the torch-free runtime (asr.onnx_runtime) needs stored in
+graph (`CTCModel.encode`), with everything the torch-free runtime (asr.serving.onnx_runtime) needs stored in
 the file's metadata: the feature settings and normalizer statistics, the tokenizer, the frame shift,
 and for the whisper frontend the encoder's identity (the encoder itself is not in the graph: the
 runtime runs it with CTranslate2, as training did, and refuses another encoder).
@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_model
-from .files import write_atomic
-from .features import LogMel
+from ..checkpoint import load_model
+from ..files import write_atomic
+from .onnx_runtime import METADATA_KEY  # the metadata_props entry holding the JSON below
+from ..features import LogMel
 
-METADATA_KEY = "asr"  # the metadata_props entry holding the JSON below
 OPSET = 17
 
 
@@ -60,7 +60,7 @@ def onnx_metadata(model: Any, tokenizer: Any, source: str) -> dict[str, Any]:
         "min_samples": model.min_samples(),
     }
     if features.frontend == "whisper":
-        from .encoder_files import HOP_LENGTH, N_FFT, SAMPLE_RATE
+        from ..encoder_files import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
         # Whisper's own log-mel settings (the encoder's input), and the encoder's output width (the graph's input).
         metadata["features"] = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
