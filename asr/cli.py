@@ -306,9 +306,9 @@ def _dev_sets(paths: list[Path]) -> dict:
     return {name: read_manifest(path) for name, path in zip(names, paths)}
 
 
-def _recognizer(args: argparse.Namespace, nbest: int = 1, **given) -> Recognizer:
+def _recognizer(args: argparse.Namespace, nbest: int = 1) -> Recognizer:
     """The model of `args.model` with its settings resolved as the API resolves them (asr.api.Recognizer:
-    checkpoint config < decode.yaml or --decode-config < the options given here)."""
+    checkpoint config < decode.yaml or --decode-config < the options given on the command line)."""
     import torch
 
     from .api import Recognizer
@@ -317,7 +317,8 @@ def _recognizer(args: argparse.Namespace, nbest: int = 1, **given) -> Recognizer
         torch.set_num_threads(args.threads)
     return Recognizer(args.model, args.device, args.decode_config_file, nbest=nbest, decoder=args.decoder,
                       beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
-                      word_score=args.word_score, batch_seconds=args.batch_seconds, **given)
+                      word_score=args.word_score, batch_seconds=args.batch_seconds,
+                      chunk_seconds=getattr(args, "chunk_seconds", None), chunk_overlap=getattr(args, "chunk_overlap", None))
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -410,8 +411,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     outputs = None
     if subtitles and args.out_dir is not None:
         outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
-    recognizer = _recognizer(args, nbest=max(args.nbest, 1), chunk_seconds=args.chunk_seconds,
-                             chunk_overlap=args.chunk_overlap)
+    recognizer = _recognizer(args, nbest=max(args.nbest, 1))
     timestamps = args.timestamps or subtitles
     results = recognizer.pipeline.transcribe(args.paths, timestamps=timestamps, progress=show_progress(args))
     if subtitles and args.out_dir is None and len(results) > 1:
