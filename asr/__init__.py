@@ -5,7 +5,7 @@
     print(model.transcribe("speech.wav").text)
 
 The names below are imported on first use, so `import asr` (and the torch-free ONNX runtime,
-`asr.onnx_runtime`) does not import torch.
+`asr.serving.onnx_runtime`) does not import torch.
 """
 
 from __future__ import annotations

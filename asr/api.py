@@ -6,9 +6,9 @@
     result.text, result.duration, [(w.word, w.start, w.end, w.confidence) for w in result.words]
 
 Everything goes through the stage modules: `asr.checkpoint.load_model` loads the model,
-`asr.decode.decode_settings` picks the decoder (the checkpoint's, then decode.yaml next to it, then
-the arguments), and `asr.align.transcribe_files_detailed` transcribes and aligns (long files in
-chunks). Arrays are written to a temporary WAV file at their own rate and take the same path, so
+`asr.decode.decode_settings` resolves the settings (the checkpoint's, then decode.yaml next to it,
+then the arguments: the one order every caller uses), and `asr.transcribe.Pipeline` transcribes and
+aligns (long inputs in chunks). Arrays go through the same steps as files, without a temporary file:
 an array and the same samples in a file give the same result.
 
 Word confidence (`Word.confidence`, 0..1) is the mean, over the frames that the CTC forced alignment
@@ -21,59 +21,44 @@ probability over other labels; a word whose frames all have posterior 0.5 gets 0
 from __future__ import annotations
 
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
-import soundfile
 import torch
 
-from .align import transcribe_files_detailed
+from .align import Word
 from .audio import AudioError
 from .checkpoint import load_model, resolve_device
+from .config import DecodeConfig
 from .decode import decode_settings, decoder_from_settings
-from .transcribe import default_model_path
+from .transcribe import Pipeline, TorchModel, Transcript, default_model_path
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor, tuple]  # a path, samples, or (samples, rate)
+Result = Transcript  # what `Recognizer.transcribe` returns (text, words, duration, path)
 
-
-@dataclass
-class Word:
-    word: str
-    start: float  # seconds from the start of the audio
-    end: float  # seconds
-    confidence: float  # 0..1, see the module docstring
-
-
-@dataclass
-class Result:
-    text: str
-    words: list[Word] = field(default_factory=list)
-    duration: float = 0.0  # seconds of audio
-    path: str | None = None  # the file transcribed; None for an array
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["AudioInput", "Recognizer", "Result", "Word", "load"]
 
 
 class Recognizer:
-    """A loaded model with its tokenizer and decoder. Build it with `asr.load`."""
+    """A loaded model with its tokenizer, decoder and settings, as a `Pipeline`. Build it with `asr.load`.
+
+    Settings resolve once, in one order: the checkpoint's config < `decode_file` (default: the
+    decode.yaml next to the checkpoint) < the options given here (None: not given)."""
 
     def __init__(self, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                 decoder: str | None = None, beam_size: int | None = None, lm: str | None = None,
-                 lexicon: str | None = None, batch_seconds: float | None = None,
-                 chunk_seconds: float | None = None, chunk_overlap: float | None = None):
+                 decode_file: str | os.PathLike | None = None, nbest: int = 1, **options: Any):
         self.path = Path(path) if path is not None else default_model_path()
         self.device = resolve_device(str(device))
         self.model, self.tokenizer, config = load_model(self.path, self.device)
-        self.settings = decode_settings(config.decode, self.path, decoder=decoder, beam_size=beam_size, lm=lm,
-                                        lexicon=lexicon)
-        self.decoder = decoder_from_settings(self.settings, self.tokenizer, self.device)
-        self.batch_seconds = batch_seconds or self.settings.batch_seconds
-        self.chunk_seconds = self.settings.chunk_seconds if chunk_seconds is None else chunk_seconds
-        self.chunk_overlap = self.settings.chunk_overlap if chunk_overlap is None else chunk_overlap
+        unknown = sorted(set(options) - set(DecodeConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; decode options are "
+                            f"{', '.join(DecodeConfig.__dataclass_fields__)}")
+        self.settings: DecodeConfig = decode_settings(config.decode, self.path, decode_file, **options)
+        self.decoder = decoder_from_settings(self.settings, self.tokenizer, self.device, nbest=nbest)
+        self.pipeline = Pipeline(TorchModel(self.model, self.device), self.tokenizer, self.decoder,
+                                 self.settings.batch_seconds, self.settings.chunk_seconds, self.settings.chunk_overlap)
 
     @property
     def sample_rate(self) -> int:
@@ -81,31 +66,26 @@ class Recognizer:
         return self.model.feature_config.sample_rate
 
     def transcribe(self, audio: AudioInput | Sequence[AudioInput], sample_rate: int | None = None,
-                   progress: bool = False) -> Result | list[Result]:
-        """One input -> a Result; a list of inputs -> a list of Results in the same order, batched.
+                   progress: bool = False) -> Transcript | list[Transcript]:
+        """One input -> a Transcript; a list of inputs -> a list of Transcripts in the same order, batched.
 
         An input is an audio file path, float samples (numpy array or torch tensor, (samples,) or
         (samples, channels), at `sample_rate`, default the model's rate), or a (samples, rate) tuple.
+        Each Transcript has its text, words (start, end, confidence) and duration.
         Raises AudioError naming the first input that cannot be transcribed, ValueError for an
         input of the wrong kind."""
         single = not isinstance(audio, (list, tuple)) or _is_samples_with_rate(audio)
         items = [audio] if single else list(audio)
-        with tempfile.TemporaryDirectory(prefix="asr-api-") as tmp:
-            paths = [self._as_file(item, i, Path(tmp), sample_rate) for i, item in enumerate(items)]
-            detailed = transcribe_files_detailed(self.model, self.tokenizer, paths, self.device, self.decoder,
-                                                 self.batch_seconds, timestamps=True, progress=progress,
-                                                 chunk_seconds=self.chunk_seconds, chunk_overlap=self.chunk_overlap)
-        results = []
-        for i, (item, path, d) in enumerate(zip(items, paths, detailed)):
-            given = str(item) if isinstance(item, (str, os.PathLike)) else None
-            if d.error:
-                raise AudioError(d.error if given else d.error.replace(path, f"input {i} (samples)"))
-            words = [Word(w.word, w.start, w.end, w.score) for w in d.words or []]
-            results.append(Result(d.text, words, round(d.duration, 3), given))
+        inputs = [self._as_input(item, i, sample_rate) for i, item in enumerate(items)]
+        results = self.pipeline.transcribe(inputs, timestamps=True, progress=progress)
+        for result in results:
+            if result.error:
+                raise AudioError(result.error)
+            result.duration = round(result.duration, 3)
         return results[0] if single else results
 
-    def _as_file(self, item: AudioInput, index: int, tmp: Path, sample_rate: int | None) -> str:
-        """A path for `item`: itself for a file, a float WAV written under `tmp` for samples."""
+    def _as_input(self, item: AudioInput, index: int, sample_rate: int | None) -> str | tuple[np.ndarray, int]:
+        """A pipeline input for `item`: the path of a file, (float32 samples, rate) for samples."""
         if isinstance(item, (str, os.PathLike)):
             if Path(item).is_dir():
                 raise ValueError(f"{item}: is a folder; pass the audio files in it")
@@ -122,11 +102,7 @@ class Recognizer:
                              "(divide 16-bit integers by 32768)")
         if item.ndim not in (1, 2):
             raise ValueError(f"input {index}: samples must have shape (samples,) or (samples, channels), not {item.shape}")
-        path = tmp / f"input{index}.wav"
-        # FLOAT keeps the samples exactly; libsndfile reads it back like any file.
-        soundfile.write(path, np.ascontiguousarray(item, dtype=np.float32), int(sample_rate or self.sample_rate),
-                        subtype="FLOAT")
-        return str(path)
+        return np.ascontiguousarray(item, dtype=np.float32), int(sample_rate or self.sample_rate)
 
 
 def _is_samples_with_rate(x: Any) -> bool:
@@ -137,6 +113,7 @@ def _is_samples_with_rate(x: Any) -> bool:
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", **options: Any) -> Recognizer:
     """A Recognizer for the checkpoint at `path` (None: the default model, $ASR_MODEL or the
     repository's models/en-whisper-tiny-bilstm-ctc.pt; FileNotFoundError says how to get one) on `device`
-    ("cpu", "cuda", "auto"). Options: decoder, beam_size, lm, lexicon (as on `asr transcribe`),
-    batch_seconds, chunk_seconds, chunk_overlap."""
+    ("cpu", "cuda", "auto"). Options: decode_file, nbest, and any decode setting (asr.config.DecodeConfig:
+    decoder, beam_size, lm, lexicon, lm_weight, word_score, beam_threshold, batch_seconds,
+    chunk_seconds, chunk_overlap), as on `asr transcribe`."""
     return Recognizer(path, device, **options)

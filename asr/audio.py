@@ -11,10 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import soundfile
-import torch
-import torchaudio.functional as AF
+
+if TYPE_CHECKING:  # imported where resampling needs it: reading and checking audio works without torch
+    import torch
 
 
 class AudioError(ValueError):
@@ -67,12 +70,17 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     """Read a file as a mono float32 waveform at `sample_rate`. Returns shape (samples,)."""
+    import torch
+
     samples, rate = read_audio(path)
     return to_mono_and_rate(torch.from_numpy(np.ascontiguousarray(samples)), rate, sample_rate)
 
 
 def to_mono_and_rate(wave: torch.Tensor, rate: int, sample_rate: int) -> torch.Tensor:
-    """wave: (samples,) or (samples, channels) at `rate` -> (samples',) mono at `sample_rate`."""
+    """wave: (samples,) or (samples, channels) at `rate` -> (samples',) mono at `sample_rate`
+    (torchaudio's sinc resampler)."""
+    import torchaudio.functional as AF
+
     if wave.dim() == 2:
         wave = wave.mean(dim=1)
     if rate != sample_rate:

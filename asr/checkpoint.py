@@ -38,6 +38,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 import torch
 
 from .config import Config, config_from_dict
+from .files import copy_atomic, remove_stale_temp_files, temp_path, write_atomic  # noqa: F401 (train imports these here)
 from .model import CTCModel
 from .text import Tokenizer, tokenizer_from_dict
 
@@ -53,46 +54,7 @@ SAFE_EXTRA_GLOBALS = [torch.torch_version.TorchVersion]
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    _write_atomic(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **payload}, f))
-
-
-def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Copy a file such that `path` is at every moment either its old or its new complete version."""
-    with open(source, "rb") as src:
-        _write_atomic(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
-
-
-def temp_path(path: str | os.PathLike) -> Path:
-    """Where a save to `path` by this process writes before the rename."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of saves to `path` that never finished (their process was killed).
-    Call it only where no other process is saving to `path`. Returns what was removed."""
-    path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.tmp*")) if path.parent.is_dir() else []
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **payload}, f))
 
 
 def load_data_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -256,7 +218,7 @@ def upgrade_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> lis
         torch.load(data, weights_only=True)  # what every reader will do
     except pickle.UnpicklingError as e:
         raise ValueError(f"{source}: still not plain data after the upgrade ({str(e).splitlines()[0]})") from None
-    _write_atomic(out, lambda f: f.write(data.getbuffer()))
+    write_atomic(out, lambda f: f.write(data.getbuffer()))
     return converted
 
 
@@ -392,7 +354,7 @@ def export_model(
     if max_mb and size > max_mb * 1e6:
         raise ValueError(f"{out}: the exported model would be {size / 1e6:.1f} MB, over --max-mb {max_mb:g} "
                          "(nothing written)")
-    _write_atomic(out, lambda f: f.write(data.getbuffer()))
+    write_atomic(out, lambda f: f.write(data.getbuffer()))
     return size, payload["metadata"]
 
 

@@ -15,6 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from .decode import DECODERS
+
+if TYPE_CHECKING:
+    from .api import Recognizer
+    from .config import DecodeConfig
+
 EXIT_BAD_INPUT = 2
 
 
@@ -137,12 +145,12 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="fail, writing nothing, if the file would be larger than this many MB (10^6 bytes; 0: no limit)")
     c.set_defaults(run=_export_model)
 
-    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.onnx_runtime (no torch)",
+    c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.serving.onnx_runtime (no torch)",
                            description="Export CTCModel.encode (normalized log-mel features, or the frozen Whisper "
                            "encoder's for features.frontend=whisper -> log-probs) as an ONNX "
                            "graph with dynamic batch and time, the feature settings, normalizer and tokenizer (and the "
                            "encoder's identity) in its metadata. Transcribe with it without torch: python -m "
-                           "asr.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
+                           "asr.serving.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "
                            "'asr[pretrained]').")
     c.add_argument("checkpoint", type=Path, help="checkpoint (.pt), e.g. from asr export model")
     c.add_argument("--out", required=True, type=Path, help="file to write (.onnx)")
@@ -176,7 +184,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
         import onnx  # noqa: F401
     except ImportError as e:
         raise RuntimeError(f"asr export onnx needs the onnx package ({e}); install it with: pip install 'asr[onnx]'") from None
-    from .onnx_export import export_onnx
+    from .serving.onnx_export import export_onnx
 
     metadata = export_onnx(args.checkpoint, args.out, args.opset)
     feats = metadata["features"]
@@ -184,7 +192,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
                  else f"{feats['n_mels']} log-mel features")
     print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, {described} at "
           f"{feats['sample_rate']} Hz -> {len(metadata['tokenizer'].get('symbols', [])) or 'BPE'} labels; "
-          f"transcribe with: python -m asr.onnx_runtime {args.out} AUDIO...")
+          f"transcribe with: python -m asr.serving.onnx_runtime {args.out} AUDIO...")
     return 0
 
 
@@ -298,18 +306,19 @@ def _dev_sets(paths: list[Path]) -> dict:
     return {name: read_manifest(path) for name, path in zip(names, paths)}
 
 
-def _load(args: argparse.Namespace):
+def _recognizer(args: argparse.Namespace, nbest: int = 1) -> Recognizer:
+    """The model of `args.model` with its settings resolved as the API resolves them (asr.api.Recognizer:
+    checkpoint config < decode.yaml or --decode-config < the options given on the command line)."""
     import torch
 
-    from .checkpoint import load_model, resolve_device
+    from .api import Recognizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    model, tokenizer, config = load_model(args.model, device)
-    args.decode_config = config.decode
-    batch_seconds = args.batch_seconds or config.decode.batch_seconds
-    return model, tokenizer, device, batch_seconds
+    return Recognizer(args.model, args.device, args.decode_config_file, nbest=nbest, decoder=args.decoder,
+                      beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight,
+                      word_score=args.word_score, batch_seconds=args.batch_seconds,
+                      chunk_seconds=getattr(args, "chunk_seconds", None), chunk_overlap=getattr(args, "chunk_overlap", None))
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -317,7 +326,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per batch (default: from the model's config)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     # Decoding; None means: from decode.yaml next to the checkpoint if present, else the checkpoint's config.
-    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+    p.add_argument("--decoder", default=None, choices=DECODERS,
                    help="greedy; beam: CTC prefix beam search without LM; beam-lm: flashlight beam search with a "
                         "KenLM n-gram (pip install 'asr[lm]'); gpu-beam: torchaudio's CUDA beam search (no LM)")
     p.add_argument("--beam-size", type=int, default=None, help="hypotheses kept per frame (beam, beam-lm, gpu-beam)")
@@ -352,37 +361,34 @@ def add_decode(sub: argparse._SubParsersAction) -> None:
 
 def _decode(args: argparse.Namespace) -> int:
     from .data import load_utterance_audio, read_manifest
-    from .decode import decode_waves, decoder_from_settings, transcribe_waves
+    from .files import write_text_atomic
 
-    model, tokenizer, device, batch_seconds = _load(args)
+    recognizer = _recognizer(args)  # builds the decoder (loads an LM) before the clock starts
     utts = read_manifest(args.manifest)
-    rate = model.feature_config.sample_rate
-    waves = [load_utterance_audio(u, rate) for u in utts]
-    settings = _decode_settings(args)
-    # Built before the clock starts: loading a large LM is not decoding time.
-    decoder = None if settings.decoder == "greedy" else decoder_from_settings(settings, tokenizer, device)
+    rate = recognizer.sample_rate
+    inputs = [(load_utterance_audio(u, rate).numpy(), rate) for u in utts]
     start = time.perf_counter()
-    if decoder is None:
-        texts = transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress=True)
-    else:
-        texts = [h[0].text for h in decode_waves(model, decoder, waves, device, batch_seconds, progress=True)[0]]
+    results = recognizer.pipeline.transcribe(inputs, progress=True)
     seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        for utt, text in zip(utts, texts):
-            f.write(f"{utt.id}\t{text}\n")
-    audio = sum(w.shape[0] for w in waves) / rate
-    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(settings)} in {seconds:.1f} s on {device}: "
-          f"RTFx {audio / max(seconds, 1e-9):.0f}; wrote {args.out}", file=sys.stderr)
+    for utt, r in zip(utts, results):
+        if r.error or r.warning:
+            print(f"asr decode: {utt.id}: {r.error or r.warning}", file=sys.stderr)
+    write_text_atomic(args.out, "".join(f"{utt.id}\t{r.text}\n" for utt, r in zip(utts, results)))
+    audio = sum(w.shape[0] for w, _ in inputs) / rate
+    speed = f"RTFx {audio / max(seconds, 1e-9):.0f}"
+    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(recognizer.settings)} in "
+          f"{seconds:.1f} s on {recognizer.device}: {speed}; wrote {args.out}", file=sys.stderr)
     return 0
+
+
+TRANSCRIBE_HELP = ("Transcribe audio files or folders with --model, or with the default model: $ASR_MODEL, else "
+                   "models/en-whisper-tiny-bilstm-ctc.pt of the repository. The older form 'asr transcribe MODEL.pt "
+                   "AUDIO...' still works.")
 
 
 def add_transcribe(sub: argparse._SubParsersAction) -> None:
     """`asr transcribe`: transcribe audio files or folders."""
-    p = sub.add_parser("transcribe", help="transcribe audio files or folders",
-                       description="Transcribe audio files or folders with --model, or with the default model: "
-                       "$ASR_MODEL, else models/en-whisper-tiny-bilstm-ctc.pt of the repository. The older form "
-                       "'asr transcribe MODEL.pt AUDIO...' still works.")
+    p = sub.add_parser("transcribe", help="transcribe audio files or folders", description=TRANSCRIBE_HELP)
     p.add_argument("paths", nargs="+", metavar="AUDIO",
                    help="audio files or folders (a first argument ending in .pt is the model)")
     p.add_argument("-m", "--model", type=Path, default=None,
@@ -396,56 +402,41 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from .config import DecodeConfig
-    from .transcribe import transcribe_files
+    from .formats import format_srt, format_vtt, format_word_lines, json_line, transcript_json
+    from .transcribe import expand_paths, output_paths
 
     args.model, args.paths = _transcribe_model_and_paths(args)
-    model, tokenizer, device, batch_seconds = _load(args)
-    settings = _decode_settings(args)
     output_format = args.format or ("json" if args.json else "txt")
-    args.json = output_format == "json"
-    chunk_seconds = DecodeConfig.chunk_seconds if args.chunk_seconds is None else args.chunk_seconds
-    chunk_overlap = DecodeConfig.chunk_overlap if args.chunk_overlap is None else args.chunk_overlap
-    if settings.decoder != "greedy" or args.timestamps or output_format in ("srt", "vtt") or args.nbest > 1:
-        return _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format,
-                                    chunk_seconds, chunk_overlap)
-    results = transcribe_files(model, tokenizer, args.paths, device, batch_seconds, progress=show_progress(args),
-                               chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
+    subtitles = output_format in ("srt", "vtt")
+    outputs = None
+    if subtitles and args.out_dir is not None:
+        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
+    recognizer = _recognizer(args, nbest=max(args.nbest, 1))
+    timestamps = args.timestamps or subtitles
+    results = recognizer.pipeline.transcribe(args.paths, timestamps=timestamps, progress=show_progress(args))
+    if subtitles and args.out_dir is None and len(results) > 1:
+        raise ValueError(f"--format {output_format} with several files needs --out-dir")
     for r in results:
-        _report_file_warning(r)
+        if r.warning:  # read but not transcribed (too short): named on stderr; its empty transcript is still printed
+            print(f"asr transcribe: warning: {r.warning}", file=sys.stderr)
         if r.error:
-            _report_file_error(r, args.json)
-        elif args.json:
-            print(_json_line({"path": r.path, "text": r.text, "duration": round(r.duration, 3),
-                              **({"warning": r.warning} if r.warning else {})}))
+            print(f"asr transcribe: error: {r.error}", file=sys.stderr)
+        if output_format == "json":
+            print(json_line(transcript_json(r, nbest=args.nbest > 1)))
+        elif r.error:
+            continue
+        elif subtitles:
+            text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
+            if outputs is None:
+                print(text, end="")
+            else:
+                outputs[r.path].parent.mkdir(parents=True, exist_ok=True)
+                outputs[r.path].write_text(text, encoding="utf-8")
+                print(outputs[r.path])
+        elif timestamps:
+            print(format_word_lines(r.path, r.words), end="")
         else:
             print(f"{r.path}\t{r.text}")
-    return _transcribe_exit_code(results)
-
-
-def _report_file_warning(result) -> None:
-    """A file read but not transcribed (too short): named on stderr; its empty transcript is still printed."""
-    if result.warning:
-        print(f"asr transcribe: warning: {result.warning}", file=sys.stderr)
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    """Progress bars (tqdm, on stderr) only for a person watching: stderr is a terminal and no --quiet."""
-    return not getattr(args, "quiet", False) and sys.stderr.isatty()
-
-
-def _report_file_error(result, as_json: bool) -> None:
-    """A file that could not be transcribed: named on stderr, and as a JSON line when output is JSON."""
-    print(f"asr transcribe: error: {result.error}", file=sys.stderr)
-    if as_json:
-        print(_json_line({"path": result.path, "error": result.error}))
-
-
-def _json_line(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False)  # file names and text as written, not \u escapes
-
-
-def _transcribe_exit_code(results) -> int:
     failed = sum(1 for r in results if r.error)
     if failed:
         print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
@@ -453,15 +444,12 @@ def _transcribe_exit_code(results) -> int:
     return 0
 
 
-def _decode_settings(args: argparse.Namespace):
-    """decode section: checkpoint config < decode.yaml next to the checkpoint < command-line options."""
-    from .decode import decode_settings
-
-    return decode_settings(args.decode_config, args.model, args.decode_config_file, decoder=args.decoder, beam_size=args.beam_size,
-                           lm=args.lm, lexicon=args.lexicon, lm_weight=args.lm_weight, word_score=args.word_score)
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars (tqdm, on stderr) only for a person watching: stderr is a terminal and no --quiet."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
-def _describe(settings) -> str:
+def _describe(settings: DecodeConfig) -> str:
     if settings.decoder == "greedy":
         return "greedy"
     text = f"{settings.decoder} (beam {settings.beam_size}"
@@ -469,54 +457,6 @@ def _describe(settings) -> str:
         text += (f", lm {settings.lm or 'none'}, lexicon {settings.lexicon or 'none'}, "
                  f"lm_weight {settings.lm_weight:g}, word_score {settings.word_score:g}")
     return text + ")"
-
-
-def _transcribe_detailed(args, model, tokenizer, device, batch_seconds, settings, output_format,
-                         chunk_seconds: float, chunk_overlap: float) -> int:
-    """transcribe with a beam decoder, n-best lists or word timestamps (asr.align)."""
-    from .align import format_srt, format_vtt, format_word_lines, transcribe_files_detailed, words_to_json
-    from .decode import decoder_from_settings
-
-    timestamps = args.timestamps or output_format in ("srt", "vtt")
-    outputs = None
-    if output_format in ("srt", "vtt") and args.out_dir is not None:
-        from .transcribe import expand_paths, output_paths
-
-        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
-    decoder = decoder_from_settings(settings, tokenizer, device, nbest=max(args.nbest, 1))
-    results = transcribe_files_detailed(model, tokenizer, args.paths, device, decoder, batch_seconds,
-                                        timestamps=timestamps, progress=show_progress(args),
-                                        chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
-    subtitles = output_format in ("srt", "vtt")
-    if subtitles and args.out_dir is None and len(results) > 1:
-        raise ValueError(f"--format {output_format} with several files needs --out-dir")
-    for r in results:
-        _report_file_warning(r)
-        if r.error:
-            _report_file_error(r, output_format == "json")
-        elif output_format == "json":
-            obj = {"path": r.path, "text": r.text, "duration": round(r.duration, 3)}
-            if r.warning:
-                obj["warning"] = r.warning
-            if r.words is not None:
-                obj["words"] = words_to_json(r.words)
-            if args.nbest > 1:
-                obj["nbest"] = [{"text": t, "score": round(sc, 4)} for t, sc in r.nbest]
-            print(_json_line(obj))
-        elif subtitles:
-            text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
-            if args.out_dir is None:
-                print(text, end="")
-            else:
-                out = outputs[r.path]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(text, encoding="utf-8")
-                print(out)
-        elif timestamps:
-            print(format_word_lines(r.path, r.words), end="")
-        else:
-            print(f"{r.path}\t{r.text}")
-    return _transcribe_exit_code(results)
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -531,7 +471,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
-    p.add_argument("--decoder", default=None, choices=["greedy", "beam", "beam-lm", "gpu-beam"],
+    p.add_argument("--decoder", default=None, choices=DECODERS,
                    help="default: the model's decode settings (its config, then decode.yaml next to it)")
     p.add_argument("--max-batch", type=int, default=8, help="requests transcribed together (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
@@ -550,7 +490,7 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
-    from .serve import ServeConfig, serve
+    from .serving.http import ServeConfig, serve
     from .transcribe import default_model_path
 
     if args.threads:

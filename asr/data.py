@@ -25,7 +25,8 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from .audio import read_audio, to_mono_and_rate
-from .text import CharTokenizer
+from .files import write_text_atomic
+from .text import Tokenizer
 
 
 @dataclass
@@ -73,13 +74,7 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
 
 def write_manifest(path: str | os.PathLike, utts: Sequence[Utterance]) -> None:
     """Writes atomically: a reader never sees half a manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for utt in utts:
-            f.write(utt.to_json() + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(utt.to_json() + "\n" for utt in utts))
 
 
 def load_utterance_audio(utt: Utterance, sample_rate: int) -> torch.Tensor:
@@ -111,7 +106,7 @@ class SpeechDataset(Dataset):
     def __init__(
         self,
         utts: Sequence[Utterance],
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         sample_rate: int,
         preload: bool = False,
         num_threads: int = 4,

@@ -1,6 +1,9 @@
-"""Turning CTC outputs into text, and running a model over many utterances in length-sorted batches.
+"""Turning CTC outputs into text: greedy best path, CTC prefix beam search, flashlight's lexicon and
+KenLM search, torchaudio's CUDA search, all behind one `Decoder` interface; and the decode settings
+(the checkpoint's, then decode.yaml, then explicit options).
 
-Shapes: log-probs (B, T, V), lengths (B,).
+Shapes: log-probs (B, T, V), lengths (B,). This module imports torch only inside the decoders that
+need it, so the greedy decoder and the settings work without torch (asr.serving.onnx_runtime).
 """
 
 from __future__ import annotations
@@ -10,62 +13,41 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Protocol
 
-from .data import BucketBatchSampler
-from .model import CTCModel
+import numpy as np
+
 from .text import Tokenizer
+
+if TYPE_CHECKING:  # torch is imported where a decoder needs it: the ONNX runtime decodes without it
+    import torch
+
+    from .config import DecodeConfig
+
+
+def greedy_ids(log_probs, blank: int = 0) -> list[int]:
+    """Best path of one utterance: (T, V) log-probs (numpy, or a CPU tensor) -> label ids, the
+    argmax per frame with repeats merged and blanks dropped."""
+    return collapse(np.asarray(log_probs).argmax(axis=-1), blank)
+
+
+def collapse(best: np.ndarray, blank: int = 0) -> list[int]:
+    """CTC's many-to-one map on a (T,) label path: repeats merge, blanks drop. The one place it is done."""
+    best = np.asarray(best)
+    keep = (best != blank) & np.r_[True, best[1:] != best[:-1]]
+    return best[keep].tolist()
 
 
 def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path: argmax per frame, merge repeats, drop blanks. Returns label ids per utterance."""
-    best = log_probs.argmax(dim=-1)  # (B, T)
-    # Keep a frame when it differs from the previous one (repeats merge) and is not blank.
-    changed = torch.ones_like(best, dtype=torch.bool)
-    changed[:, 1:] = best[:, 1:] != best[:, :-1]
-    keep = changed & (best != blank)
-    best, keep, lengths = best.cpu(), keep.cpu(), lengths.cpu()
-    return [best[i, : lengths[i]][keep[i, : lengths[i]]].tolist() for i in range(best.shape[0])]
-
-
-@torch.inference_mode()
-def transcribe_waves(
-    model: CTCModel,
-    tokenizer: Tokenizer,
-    waves: Sequence[torch.Tensor],
-    device: torch.device,
-    batch_seconds: float = 300.0,
-    progress: bool = False,
-) -> list[str]:
-    """Greedy transcripts of mono waveforms (each (samples,) at the model's rate), in input order.
-
-    Waveforms are grouped into batches of similar length (at most `batch_seconds` of padded audio)
-    so little compute goes to padding.
-    """
-    rate = model.feature_config.sample_rate
-    durations = [max(w.shape[0], 1) / rate for w in waves]
-    sampler = BucketBatchSampler(durations, batch_seconds, shuffle=False)
-    texts: list[str] = [""] * len(waves)
-    batches = sampler.epoch_batches(0)
-    for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
-        for index, text in zip(batch, _decode_batch(model, tokenizer, [waves[i] for i in batch], device)):
-            texts[index] = text
-    return texts
-
-
-def _decode_batch(model: CTCModel, tokenizer: Tokenizer, waves: list[torch.Tensor], device: torch.device) -> list[str]:
-    lengths = torch.tensor([w.shape[0] for w in waves])
-    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True).to(device, non_blocking=True)
-    log_probs, out_lengths = model(padded, lengths.to(device))
-    return [tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, tokenizer.blank)]
+    """Best path of a batch: (B, T, V) log-probs (any device), (B,) lengths -> label ids per utterance.
+    The argmax runs where the log-probs are; only the (B, T) labels come to the CPU."""
+    best = log_probs.argmax(dim=-1).cpu().numpy()
+    return [collapse(best[i, : int(n)], blank) for i, n in enumerate(lengths.tolist())]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Beam search: our CTC prefix beam search (no LM), flashlight's lexicon/KenLM search through
-# torchaudio, torchaudio's CUDA search, behind one interface: a decoder maps (B, T, V) log-probs and
-# (B,) lengths to an n-best list of Hypothesis per utterance.
+# Decoders: a decoder maps (B, T, V) log-probs and (B,) lengths to an n-best list of Hypothesis per
+# utterance.
 
 DECODERS = ("greedy", "beam", "beam-lm", "gpu-beam")
 LM_EXTRA_HINT = "pip install 'asr[lm]' (flashlight-text)"
@@ -76,6 +58,27 @@ class Hypothesis:
     text: str
     score: float  # log-probability: of the best path (greedy), of the prefix (beam), or flashlight's total
     tokens: list[int] = field(default_factory=list)
+
+
+class Decoder(Protocol):
+    """What every decoder is: (B, T, V) log-probs (a numpy array or a tensor) and (B,) frame counts
+    -> per utterance its hypotheses, best first (at least one)."""
+
+    def __call__(self, log_probs: np.ndarray | torch.Tensor, lengths: np.ndarray | torch.Tensor) -> list[list[Hypothesis]]:
+        ...
+
+
+def _numpy(x) -> np.ndarray:
+    """A numpy array of log-probs or lengths given as numpy or as a tensor on any device."""
+    if not hasattr(x, "detach"):
+        return np.asarray(x)
+    return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+
+
+def _tensor(x) -> torch.Tensor:
+    import torch
+
+    return torch.as_tensor(x)
 
 
 def ctc_prefix_beam_search(
@@ -97,12 +100,11 @@ def ctc_prefix_beam_search(
     With beam_size 1 the search keeps one path, the best one per frame: the greedy result.
     Returns up to `nbest` (label ids, log-probability), best first.
     """
-    lp = log_probs.detach().float().cpu().numpy() if isinstance(log_probs, torch.Tensor) else np.asarray(log_probs, np.float32)
+    lp = np.asarray(_numpy(log_probs), np.float32)
     T, V = lp.shape
     if beam_size <= 1 or T == 0:
         best = lp.argmax(axis=1)
-        keep = (best != blank) & np.r_[True, best[1:] != best[:-1]]
-        return [(best[keep].tolist(), float(lp[np.arange(T), best].sum()))]
+        return [(collapse(best, blank), float(lp[np.arange(T), best].sum()))]
     neg_inf = np.float32(-np.inf)
     # Trie of prefixes: node 0 is the empty prefix.
     node_parent: list[int] = [-1]
@@ -181,11 +183,14 @@ class GreedyDecoder:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        ids = greedy_decode(log_probs, lengths, self.tokenizer.blank)
-        best = log_probs.max(dim=-1).values.cpu()
-        scores = [float(best[i, : int(lengths[i])].sum()) for i in range(len(ids))]
-        return [[Hypothesis(self.tokenizer.decode(x), s, x)] for x, s in zip(ids, scores)]
+    def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
+        log_probs, lengths = _numpy(log_probs), _numpy(lengths)
+        out = []
+        for i, n in enumerate(lengths.tolist()):
+            frames = log_probs[i, : int(n)]
+            ids = greedy_ids(frames, self.tokenizer.blank)
+            out.append([Hypothesis(self.tokenizer.decode(ids), float(frames.max(axis=-1).sum()), ids)])
+        return out
 
 
 class PrefixBeamDecoder:
@@ -194,8 +199,8 @@ class PrefixBeamDecoder:
     def __init__(self, tokenizer: Tokenizer, beam_size: int = 10, nbest: int = 1):
         self.tokenizer, self.beam_size, self.nbest = tokenizer, beam_size, nbest
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        log_probs, lengths = log_probs.detach().float().cpu(), lengths.cpu()
+    def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
+        log_probs, lengths = _numpy(log_probs), _numpy(lengths)
         out = []
         for i in range(log_probs.shape[0]):
             found = ctc_prefix_beam_search(log_probs[i, : int(lengths[i])], self.beam_size, self.tokenizer.blank, self.nbest)
@@ -220,6 +225,8 @@ SILENCE_TOKEN = "<silence>"  # the extra token flashlight fills the frames betwe
 
 
 def _with_silence_column(log_probs: torch.Tensor, blank: int) -> torch.Tensor:
+    import torch
+
     """(B, T, V) log-probs -> (B, T, V + 1) with a silence column: log(p_blank(t) + max over labels k
     of min(p_k(t - 1), p_k(t))), the probability that frame t is blank or still holds the label of
     frame t - 1. Which label a hypothesis ended its word with is not known to flashlight's column,
@@ -255,6 +262,8 @@ class FlashlightDecoder:
                              "--model CKPT --out LEXICON): lexicon-free search with a word LM is not supported")
         if lexicon:
             _check_lexicon(lexicon, tokenizer.lexicon_tokens)
+        import torch
+
         self.tokenizer = tokenizer
         self.lexicon = bool(lexicon)
         tokens = list(tokenizer.lexicon_tokens)
@@ -280,8 +289,10 @@ class FlashlightDecoder:
             blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>",
         )
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        log_probs, lengths = log_probs.detach().float().cpu(), lengths.cpu().to(torch.int64)
+    def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
+        import torch
+
+        log_probs, lengths = _tensor(_numpy(log_probs)), _tensor(_numpy(lengths)).to(torch.int64)
         if self._closing_frame is not None:
             # Our char models end an utterance without a word separator, but a lexicon spelling 'w o r d |'
             # completes a word only at '|': one extra frame that is surely '|' closes the last word.
@@ -308,6 +319,8 @@ class CudaBeamDecoder:
 
     def __init__(self, tokenizer: Tokenizer, device: torch.device, beam_size: int = 10, nbest: int = 1,
                  blank_skip_threshold: float = 0.95):
+        import torch
+
         if torch.device(device).type != "cuda" or not torch.cuda.is_available():
             raise RuntimeError(f"--decoder gpu-beam needs a CUDA device (got device {str(device)!r}"
                                f"{'' if torch.cuda.is_available() else ', and CUDA is not available here'}); "
@@ -316,19 +329,22 @@ class CudaBeamDecoder:
             raise ValueError("gpu-beam needs the blank at label 0")
         from torchaudio.models.decoder import cuda_ctc_decoder
 
-        self.tokenizer = tokenizer
+        self.tokenizer, self.device = tokenizer, torch.device(device)
         self.decoder = cuda_ctc_decoder(tokenizer.lexicon_tokens, nbest=nbest, beam_size=beam_size,
                                         blank_skip_threshold=blank_skip_threshold)
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
-        results = self.decoder(log_probs.float().contiguous(), lengths.to(log_probs.device, torch.int32))
+    def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
+        import torch
+
+        log_probs = _tensor(log_probs).to(self.device, torch.float32).contiguous()
+        results = self.decoder(log_probs, _tensor(lengths).to(self.device, torch.int32))
         return [[Hypothesis(self.tokenizer.decode(h.tokens), float(h.score), list(h.tokens)) for h in hyps] for hyps in results]
 
 
 def make_decoder(name: str, tokenizer: Tokenizer, device: torch.device | str = "cpu", beam_size: int = 10,
                  lm: str = "", lexicon: str = "", lm_weight: float = 2.0, word_score: float = 0.0,
-                 nbest: int = 1, beam_threshold: float = 25.0):
-    """A callable (log_probs (B, T, V), lengths (B,)) -> n-best Hypothesis lists, by decoder name."""
+                 nbest: int = 1, beam_threshold: float = 25.0) -> Decoder:
+    """The decoder of DECODERS called `name`."""
     if name == "greedy":
         return GreedyDecoder(tokenizer)
     if name == "beam":
@@ -336,46 +352,17 @@ def make_decoder(name: str, tokenizer: Tokenizer, device: torch.device | str = "
     if name == "beam-lm":
         return FlashlightDecoder(tokenizer, lm, lexicon, beam_size, lm_weight, word_score, nbest, beam_threshold)
     if name == "gpu-beam":
-        return CudaBeamDecoder(tokenizer, torch.device(device), beam_size, nbest)
+        return CudaBeamDecoder(tokenizer, device, beam_size, nbest)
     raise ValueError(f"unknown decoder {name!r} (choose from {', '.join(DECODERS)})")
 
 
-@torch.inference_mode()
-def decode_waves(
-    model: CTCModel,
-    decoder,
-    waves: Sequence[torch.Tensor],
-    device: torch.device,
-    batch_seconds: float = 300.0,
-    progress: bool = False,
-    keep_log_probs: bool = False,
-) -> tuple[list[list[Hypothesis]], list[torch.Tensor] | None]:
-    """N-best lists of mono waveforms in input order, batched like `transcribe_waves`; with
-    keep_log_probs also each utterance's (T, V) log-probs on the CPU (for alignment)."""
-    rate = model.feature_config.sample_rate
-    durations = [max(w.shape[0], 1) / rate for w in waves]
-    sampler = BucketBatchSampler(durations, batch_seconds, shuffle=False)
-    hyps: list[list[Hypothesis]] = [[] for _ in waves]
-    kept: list[torch.Tensor] | None = [torch.empty(0)] * len(waves) if keep_log_probs else None
-    for batch in tqdm(sampler.epoch_batches(0), desc="decoding", unit="batch", disable=not progress, leave=False):
-        lengths = torch.tensor([waves[i].shape[0] for i in batch])
-        padded = torch.nn.utils.rnn.pad_sequence([waves[i] for i in batch], batch_first=True).to(device, non_blocking=True)
-        log_probs, out_lengths = model(padded, lengths.to(device))
-        for index, nbest in zip(batch, decoder(log_probs, out_lengths)):
-            hyps[index] = nbest
-        if kept is not None:
-            cpu, cpu_lengths = log_probs.float().cpu(), out_lengths.cpu()
-            for j, index in enumerate(batch):
-                kept[index] = cpu[j, : int(cpu_lengths[j])].clone()
-    return hyps, kept
-
-
-def decode_settings(config_decode, model_path: str | os.PathLike | None = None,
-                    decode_file: str | os.PathLike | None = None, **given):
-    """The decode section to use: the checkpoint's config, then `decode_file`, or without one
-    `decode.yaml` next to the checkpoint when present (written by scripts/tune_decoder.py; a mapping,
-    optionally under a `decode:` key), then the options given on the command line (None: not
-    given). Relative LM and lexicon paths in a decode file are relative to that file. beam-lm from a
+def decode_settings(config_decode: DecodeConfig, model_path: str | os.PathLike | None = None,
+                    decode_file: str | os.PathLike | None = None, **given) -> DecodeConfig:
+    """The decode section to use, in the one order of precedence of every caller (the CLI, the API,
+    the server): the checkpoint's config, then `decode_file`, or without one `decode.yaml` next to
+    the checkpoint when present (written by scripts/tune_decoder.py; a mapping, optionally under a
+    `decode:` key), then the options given explicitly (None: not given), batch_seconds and
+    chunk_seconds/chunk_overlap included. Relative LM and lexicon paths in a decode file are relative to that file. beam-lm from a
     file (not given) falls back to greedy, with one line on stderr, where flashlight-text is missing.
     Returns a new DecodeConfig."""
     import copy
@@ -422,7 +409,8 @@ def flashlight_available() -> bool:
         return False
 
 
-def decoder_from_settings(settings, tokenizer: Tokenizer, device: torch.device | str = "cpu", nbest: int = 1):
+def decoder_from_settings(settings: DecodeConfig, tokenizer: Tokenizer, device: torch.device | str = "cpu",
+                          nbest: int = 1) -> Decoder:
     return make_decoder(settings.decoder, tokenizer, device, settings.beam_size, settings.lm, settings.lexicon,
                         settings.lm_weight, settings.word_score, nbest, settings.beam_threshold)
 

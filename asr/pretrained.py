@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from . import encoder_files
+from .files import write_atomic
 from .encoder_files import (ENCODER_STRIDE, ENV_VAR, GET_ONE, HOP_LENGTH, MAX_MEL_FRAMES, N_FFT,  # noqa: F401
                             SAMPLE_RATE, check_identity, encode_windows, encoder_frames, encoder_identity,
                             find_encoder, mel_windows)
@@ -155,12 +156,7 @@ class FeatureCache:
         stored = feats.to(torch.float16).cpu()
         self.memory[key] = stored
         if self.folder is not None:
-            path = self._file(key, device_type)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
-                np.save(f, stored.numpy())
-            os.replace(tmp, path)
+            write_atomic(self._file(key, device_type), lambda f: np.save(f, stored.numpy()), durable=False)
         return stored
 
 

@@ -1,32 +1,45 @@
-"""Transcribing audio files with a trained checkpoint: files or folders in, one result per file out.
+"""Transcription: audio in (files, folders, arrays), one `Transcript` per input out, by the same steps
+for every caller: `asr transcribe`, `asr decode`, `asr.load().transcribe`, `asr serve`, the ONNX
+runtime and scripts/peers.py all build a `Pipeline` and call `Pipeline.transcribe`.
 
-A file that cannot be read is reported with its error and does not stop the others.
+Steps: read each input (a file's header once: a short file is read whole, a long one streamed) ->
+mono at the model's rate -> the acoustic model on length-sorted batches (at most `batch_seconds` of
+padded audio) -> the decoder -> word timings from a forced alignment -> `Transcript`. An input that
+cannot be read is reported in its Transcript and does not stop the others.
 
-Files longer than `chunk_seconds` are streamed from disk in overlapping chunks, so memory for audio
-and activations does not grow with their length (only the output log-probs do, ~14 MB per hour).
-The chunks start on the encoder's frame grid; each chunk contributes its output frames up to the
-middle of its overlap with the next one, and greedy CTC runs once over the frames so joined, so no
-word is doubled or lost at a seam by text-level merging. Beam search and word alignment
-(asr.align) cut the joined frames at pauses instead (`pause_segments`).
+Inputs longer than `chunk_seconds` are read in overlapping chunks, so memory for audio and
+activations does not grow with their length (only the output log-probs do, ~14 MB per hour). The
+chunks start on the encoder's frame grid; each chunk contributes its output frames up to the middle
+of its overlap with the next one, so the joined frames are the whole input's (`FrameStitcher`). The
+joined frames are then cut at pauses (`pause_segments`) into pieces of at most `chunk_seconds`, each
+decoded and aligned on its own, so neither the search nor the alignment grows with the input.
+
+This module imports no torch: the model step is an `AcousticModel`, either `TorchModel` (a CTCModel;
+torch is imported there) or asr.serving.onnx_runtime.OnnxRecognizer (onnxruntime and numpy).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Protocol, Sequence, Union
 
 import numpy as np
 import soundfile
-import torch
 from tqdm import tqdm
 
-from .audio import AudioError, load_audio, to_mono_and_rate, unreadable
-from .decode import greedy_decode, transcribe_waves
-from .model import CTCModel
+from .align import Word, word_timings
+from .audio import AudioError, read_audio, unreadable
+from .decode import Decoder, GreedyDecoder, Hypothesis
 from .text import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import CTCModel
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".opus", ".ogg", ".mp3", ".sph", ".aiff", ".aif", ".au"}
 # Audio shorter than this holds no word: the shortest recordings of FSDD (3000 single spoken digits,
@@ -34,20 +47,75 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".opus", ".ogg", ".mp3", ".sph", ".aiff", "
 # as "si". Shorter files get an empty transcript and a warning (`min_audio_samples`).
 MIN_SPEECH_SECONDS = 0.12
 
+# An input: an audio file (or a folder of them), or float samples (samples,) or (samples, channels) with their rate.
+AudioInput = Union[str, os.PathLike, "tuple[np.ndarray, int]"]
+
 
 @dataclass
 class Transcript:
-    path: str
+    """What transcribing one input gives: the one result type of every caller."""
+
+    path: str | None = None  # the file; None for samples
     text: str = ""
-    duration: float = 0.0
-    error: str = ""  # non-empty when the file could not be transcribed
-    warning: str = ""  # non-empty when the file was read but not transcribed (too short): text is ""
+    duration: float = 0.0  # seconds of audio
+    error: str = ""  # non-empty when the input could not be transcribed
+    warning: str = ""  # non-empty when it was read but not transcribed (too short): text is ""
+    words: list[Word] | None = None  # with timestamps: each word's start, end and confidence
+    nbest: list[tuple[str, float]] | None = None  # (text, score), best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def min_audio_samples(model: CTCModel) -> int:
+class AcousticModel(Protocol):
+    """The model step of the pipeline: waveforms at its rate -> per-frame CTC log-probs."""
+
+    sample_rate: int  # Hz of the waveforms it takes
+    samples_per_frame: int  # input samples per output frame
+    min_samples: int  # the shortest input that gives one output frame computed from audio alone
+
+    def to_model_rate(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        """(samples,) or (samples, channels) float32 at `rate` -> (samples',) mono at sample_rate."""
+
+    def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Mono waveforms (samples,) at sample_rate -> each one's (T, V) log-probs, run as one batch."""
+
+
+class TorchModel:
+    """A CTCModel on a device as the pipeline's AcousticModel: torchaudio's resampler, one padded
+    batch per call, log-probs back on the CPU as float32."""
+
+    def __init__(self, model: CTCModel, device: torch.device | str = "cpu"):
+        import torch
+
+        self.model, self.device = model, torch.device(device)
+        self.sample_rate = model.feature_config.sample_rate
+        self.samples_per_frame = model.samples_per_frame
+        self.min_samples = model.min_samples()
+
+    def to_model_rate(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        import torch
+
+        from .audio import to_mono_and_rate
+
+        return to_mono_and_rate(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), rate,
+                                self.sample_rate).numpy()
+
+    def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            lengths = torch.tensor([w.shape[0] for w in waves])
+            padded = torch.nn.utils.rnn.pad_sequence([torch.as_tensor(w) for w in waves], batch_first=True)
+            log_probs, out_lengths = self.model(padded.to(self.device, non_blocking=True), lengths.to(self.device))
+            log_probs = log_probs.float().cpu().numpy()
+        return [log_probs[i, :n] for i, n in enumerate(out_lengths.cpu().tolist())]
+
+
+def min_audio_samples(acoustic: AcousticModel) -> int:
     """The shortest audio (samples at the model's rate) that is transcribed: enough for one output
-    frame computed from audio alone (`CTCModel.min_samples`) and at least MIN_SPEECH_SECONDS."""
-    return max(model.min_samples(), math.ceil(MIN_SPEECH_SECONDS * model.feature_config.sample_rate))
+    frame computed from audio alone and at least MIN_SPEECH_SECONDS."""
+    return max(acoustic.min_samples, math.ceil(MIN_SPEECH_SECONDS * acoustic.sample_rate))
 
 
 def too_short_warning(path: str | os.PathLike, samples: int, min_samples: int, sample_rate: int) -> str:
@@ -94,148 +162,232 @@ def output_paths(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     return outputs
 
 
-def transcribe_files(
-    model: CTCModel,
-    tokenizer: Tokenizer,
-    paths: Sequence[str | os.PathLike],
-    device: torch.device,
-    batch_seconds: float = 300.0,
-    progress: bool = False,
-    chunk_seconds: float = 30.0,
-    chunk_overlap: float = 4.0,
-) -> list[Transcript]:
-    """One Transcript per file, in the order of `expand_paths(paths)`. Files longer than
-    `chunk_seconds` (0: none) are transcribed chunk by chunk with `transcribe_long`."""
-    rate = model.feature_config.sample_rate
-    min_samples = min_audio_samples(model)
-    results, readable, waves, long_files = load_files(
-        paths, rate, Transcript, defer=long_file_test(model, chunk_seconds, chunk_overlap), min_samples=min_samples)
-    for result in long_files:
-        try:
-            result.text, result.duration = transcribe_long(
-                model, tokenizer, Path(result.path), device, chunk_seconds, chunk_overlap, batch_seconds, progress)
-        except AudioError as e:
-            result.error = str(e)
-            continue
-        result.warning = too_short_warning(result.path, round(result.duration * rate), min_samples, rate)
-        if result.warning:  # only when chunk_seconds is shorter than that
-            result.text = ""
-    for result, text in zip(readable, transcribe_waves(model, tokenizer, waves, device, batch_seconds, progress)):
-        result.text = text
-    return results
+@dataclass
+class Pipeline:
+    """The one way from audio to transcripts: an acoustic model, its tokenizer, a decoder and the
+    batching and chunking settings (asr.api.Recognizer resolves them: checkpoint < decode.yaml <
+    explicit arguments)."""
 
+    acoustic: AcousticModel
+    tokenizer: Tokenizer
+    decoder: Decoder
+    batch_seconds: float = 300.0  # padded audio seconds per model batch
+    chunk_seconds: float = 30.0  # longer inputs are read in chunks of this length (0: never)
+    chunk_overlap: float = 4.0  # seconds shared by consecutive chunks
 
-def long_file_test(model: CTCModel, chunk_seconds: float, chunk_overlap: float) -> Callable[[Path], bool] | None:
-    """Whether a file must be read in chunks (its header says it is longer than `chunk_seconds`);
-    None when chunking is off (chunk_seconds 0). Bad chunk options fail here, not once per file."""
-    if not chunk_seconds:
-        return None
-    chunk_layout(model, chunk_seconds, chunk_overlap)
-    return lambda path: not shorter_than(path, chunk_seconds)
+    @classmethod
+    def for_model(cls, model: CTCModel, tokenizer: Tokenizer, device: torch.device | str = "cpu",
+                  decoder: Decoder | None = None, **settings: float) -> Pipeline:
+        """The pipeline of a CTCModel held in memory (greedy unless `decoder` is given); settings:
+        batch_seconds, chunk_seconds, chunk_overlap. asr.api.load builds one from a checkpoint path."""
+        return cls(TorchModel(model, device), tokenizer, decoder or GreedyDecoder(tokenizer), **settings)
 
+    @property
+    def frame_shift(self) -> float:
+        """Seconds between consecutive output frames."""
+        return self.acoustic.samples_per_frame / self.acoustic.sample_rate
 
-def load_files(
-    paths: Sequence[str | os.PathLike],
-    sample_rate: int,
-    new_result: Callable[[str], Any] = Transcript,
-    defer: Callable[[Path], bool] | None = None,
-    min_samples: int = 0,
-) -> tuple[list, list, list[torch.Tensor], list]:
-    """Expand `paths` and read each audio file at `sample_rate`, one result object per path
-    (`new_result(path)`, with .error/.duration set here). Returns (all results in order, the results of
-    the files read, their waveforms, the results of files left unread because `defer(path)` was true).
-    A file shorter than `min_samples` gets a .warning (`too_short_warning`) and is not among those read."""
-    results, readable, waves, deferred = [], [], [], []
-    for path in expand_paths(paths):
-        result = new_result(str(path))
-        results.append(result)
-        if path.is_dir():
-            result.error = f"{path}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
-        elif defer is not None and defer(path):
-            deferred.append(result)
-        else:
+    def transcribe(self, inputs: Sequence[AudioInput], timestamps: bool = False, progress: bool = False) -> list[Transcript]:
+        """One Transcript per input, in order, folders replaced by the audio files below them
+        (`expand_paths`). `timestamps`: words with start, end and confidence. `progress`: bars on
+        stderr. Bad chunk settings raise ValueError before anything is read."""
+        if self.chunk_seconds:
+            chunk_layout(self.acoustic, self.chunk_seconds, self.chunk_overlap)
+        results, short, long = self._read(inputs)
+        self._run_short(short, timestamps, progress)
+        for result, item, seconds in long:
+            self._run_long(result, item, seconds, timestamps, progress)
+        for result in results:
+            if result.warning:  # too short: an empty transcript, like a file of silence
+                result.nbest, result.words = [("", 0.0)], [] if timestamps else None
+        return results
+
+    def _read(self, inputs: Sequence[AudioInput]):
+        """(all results, [(result, wave at the model's rate)] for inputs read whole, [(result, input,
+        header seconds)] for those to be read in chunks)."""
+        results: list[Transcript] = []
+        short: list[tuple[Transcript, np.ndarray]] = []
+        long: list[tuple[Transcript, Path | tuple[np.ndarray, int], float]] = []
+        rate = self.acoustic.sample_rate
+        for index, item in enumerate(_expand(inputs)):
+            result = Transcript(str(item) if isinstance(item, Path) else None)
+            results.append(result)
             try:
-                wave = load_audio(path, sample_rate)
+                seconds = _stated_seconds(item, index)
+                if self.chunk_seconds and not 0 < seconds <= self.chunk_seconds:  # unknown length: streamed
+                    long.append((result, item, seconds))
+                    continue
+                samples, native = read_audio(item) if isinstance(item, Path) else item
+                wave = self.acoustic.to_model_rate(samples, native)
             except AudioError as e:
                 result.error = str(e)
                 continue
-            result.duration = wave.shape[0] / sample_rate
-            result.warning = too_short_warning(path, wave.shape[0], min_samples, sample_rate)
-            if result.warning:
-                continue
-            readable.append(result)
-            waves.append(wave)
-    return results, readable, waves, deferred
+            result.duration = wave.shape[0] / rate
+            result.warning = too_short_warning(_name(item, index), wave.shape[0], min_audio_samples(self.acoustic), rate)
+            if not result.warning:
+                short.append((result, wave))
+        return results, short, long
+
+    def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool) -> None:
+        """Inputs read whole: length-sorted batches through the model and the decoder."""
+        for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
+            for i, frames, nbest in zip(batch, log_probs, self.decode(log_probs)):
+                result = short[i][0]
+                result.text = nbest[0].text if nbest else ""
+                result.nbest = [(h.text, h.score) for h in nbest]
+                if timestamps:
+                    result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
+
+    def _model_batches(self, waves: Sequence[np.ndarray], progress: bool) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+        """The batched inference loop: (indices into `waves`, their (T, V) log-probs) per batch of
+        similar length (`length_batches`, at most `batch_seconds` of padded audio)."""
+        rate = self.acoustic.sample_rate
+        batches = length_batches([max(w.shape[0], 1) / rate for w in waves], self.batch_seconds)
+        for batch in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
+            yield batch, self.acoustic.log_probs([waves[i] for i in batch])
+
+    def _run_long(self, result: Transcript, item, seconds: float, timestamps: bool, progress: bool) -> None:
+        """An input read in chunks: its joined frames decoded and aligned piece by piece, cut at pauses."""
+        rate = self.acoustic.sample_rate
+        try:
+            frames, result.duration = self.long_log_probs(item, progress, seconds)
+        except AudioError as e:
+            result.error = str(e)
+            return
+        result.warning = too_short_warning(result.path, round(result.duration * rate), min_audio_samples(self.acoustic), rate)
+        if result.warning:  # only when chunk_seconds is shorter than that
+            return
+        max_frames = max(1, int(self.chunk_seconds / self.frame_shift))
+        texts, score, words = [], 0.0, []
+        for start, end in pause_segments(frames, self.tokenizer.blank, max_frames, max_frames // 3,
+                                         self.tokenizer.word_separator, self.tokenizer.word_start_ids):
+            best = self.decode([frames[start:end]])[0][0]
+            if best.text:
+                texts.append(best.text)
+            score += best.score
+            if timestamps:
+                words += word_timings(frames[start:end], best.text, self.tokenizer, self.frame_shift,
+                                      offset=start * self.frame_shift)
+        result.text = " ".join(texts)
+        result.nbest = [(result.text, score)]
+        if timestamps:
+            result.words = _clip(words, result.duration)
+
+    def decode(self, log_probs: Sequence[np.ndarray]) -> list[list[Hypothesis]]:
+        """Per-utterance (T, V) log-probs -> their n-best lists, by the decoder on one padded batch."""
+        lengths = np.array([lp.shape[0] for lp in log_probs], dtype=np.int64)
+        padded = np.zeros((len(log_probs), int(lengths.max(initial=0)), log_probs[0].shape[-1]) if log_probs else (0, 0, 0),
+                          dtype=np.float32)
+        for i, lp in enumerate(log_probs):
+            padded[i, : lp.shape[0]] = lp
+        return self.decoder(padded, lengths)
+
+    def log_probs(self, waves: Sequence[np.ndarray], progress: bool = False) -> list[np.ndarray]:
+        """Each waveform's (T, V) log-probs (at the model's rate, not chunked), run in length-sorted
+        batches, for callers that keep the log-probs (decoder tuning)."""
+        out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(waves)
+        for batch, log_probs in self._model_batches(waves, progress):
+            for i, frames in zip(batch, log_probs):
+                out[i] = frames
+        return out
+
+    def long_log_probs(self, item: str | os.PathLike | tuple[np.ndarray, int], progress: bool = False,
+                       seconds: float | None = None) -> tuple[np.ndarray, float]:
+        """((T, V) log-probs of the whole input, its duration in seconds) for audio of any length
+        (a file, or (samples, rate)), read in chunks of `chunk_seconds` overlapping by `chunk_overlap`
+        and run through the model a batch of chunks (at most `batch_seconds` of audio) at a time.
+        Only the log-probs grow with the input, never the audio or the activations. Raises AudioError
+        for a file that cannot be read. With `progress`, a bar on stderr counts the seconds done
+        (of `seconds`, the length the header states; None: read here)."""
+        if seconds is None:
+            seconds = _stated_seconds(item if isinstance(item, tuple) else Path(item), 0)
+        rate = self.acoustic.sample_rate
+        chunk, hop, frame = chunk_layout(self.acoustic, self.chunk_seconds, self.chunk_overlap)
+        stitcher = FrameStitcher(hop // frame, (chunk - hop) // frame)
+        per_batch = max(1, int(self.batch_seconds // self.chunk_seconds))
+        pending: list[np.ndarray] = []
+        pieces: list[np.ndarray] = []
+        samples = 0
+        name = Path(item).name if not isinstance(item, tuple) else "samples"
+        bar = tqdm(total=round(seconds) or None, desc=name, unit="s", disable=not progress, leave=False, mininterval=1.0)
+        with bar:
+            for k, (wave, last) in enumerate(read_chunks(item, rate, chunk, hop, self.acoustic.to_model_rate)):
+                pending.append(wave)
+                bar.update(round((k * hop + wave.shape[0]) / rate) - round(samples / rate))
+                samples = k * hop + wave.shape[0]
+                if len(pending) < per_batch and not last:
+                    continue
+                log_probs = self.acoustic.log_probs(pending)
+                for i, frames in enumerate(log_probs):
+                    pieces.append(stitcher.take(frames, last=last and i == len(pending) - 1))
+                pending = []
+        return np.concatenate(pieces), samples / rate
 
 
-def transcribe_long(
-    model: CTCModel,
-    tokenizer: Tokenizer,
-    path: str | os.PathLike,
-    device: torch.device,
-    chunk_seconds: float = 30.0,
-    chunk_overlap: float = 4.0,
-    batch_seconds: float = 300.0,
-    progress: bool = False,
-) -> tuple[str, float]:
-    """(greedy transcript, duration in seconds) of one audio file of any length, read and decoded in
-    chunks (see `long_log_probs`). Raises AudioError for a file that cannot be read."""
-    log_probs, duration = long_log_probs(model, path, device, chunk_seconds, chunk_overlap, batch_seconds, progress)
-    ids = greedy_decode(log_probs.unsqueeze(0), torch.tensor([log_probs.shape[0]]), tokenizer.blank)[0]
-    return tokenizer.decode(ids), duration
+def length_batches(durations: Sequence[float], max_seconds: float) -> list[list[int]]:
+    """Indices in batches of similar length, shortest first: sorted by duration (ties in input
+    order) and cut where the padded size (longest x count) would pass `max_seconds`, as
+    asr.data.BucketBatchSampler cuts them without shuffling."""
+    batches: list[list[int]] = []
+    longest = 0.0
+    for i in sorted(range(len(durations)), key=lambda i: (durations[i], i)):
+        if batches and max(longest, durations[i]) * (len(batches[-1]) + 1) <= max_seconds:
+            batches[-1].append(i)
+            longest = max(longest, durations[i])
+        else:
+            batches.append([i])
+            longest = durations[i]
+    return batches
 
 
-def long_log_probs(
-    model: CTCModel,
-    path: str | os.PathLike,
-    device: torch.device,
-    chunk_seconds: float = 30.0,
-    chunk_overlap: float = 4.0,
-    batch_seconds: float = 300.0,
-    progress: bool = False,
-) -> tuple[torch.Tensor, float]:
-    """((T, V) log-probs of the whole file on the CPU, its duration in seconds) for an audio file of
-    any length, read in chunks of `chunk_seconds` overlapping by `chunk_overlap` and run through the
-    model a batch of chunks (at most `batch_seconds` of audio) at a time. Only the log-probs grow
-    with the file (about 14 MB per hour for 29 characters at 33 frames/s), never the audio or
-    the activations. Raises AudioError for a file that cannot be read. With `progress`, a bar on
-    stderr counts the seconds of audio done."""
-    chunk, hop, frame = chunk_layout(model, chunk_seconds, chunk_overlap)
-    stitcher = FrameStitcher(hop // frame, (chunk - hop) // frame)
-    per_batch = max(1, int(batch_seconds // chunk_seconds))
-    pending: list[torch.Tensor] = []
-    pieces: list[torch.Tensor] = []
-    samples = 0
-    rate = model.feature_config.sample_rate
-    bar = tqdm(total=round(_header_seconds(path)) or None, desc=Path(path).name, unit="s", disable=not progress,
-               leave=False, mininterval=1.0)
-    with torch.inference_mode(), bar:
-        for k, (wave, last) in enumerate(read_chunks(path, rate, chunk, hop)):
-            pending.append(wave)
-            bar.update(round((k * hop + wave.shape[0]) / rate) - round(samples / rate))
-            samples = k * hop + wave.shape[0]
-            if len(pending) < per_batch and not last:
-                continue
-            lengths = torch.tensor([w.shape[0] for w in pending])
-            padded = torch.nn.utils.rnn.pad_sequence(pending, batch_first=True).to(device)
-            log_probs, out_lengths = model(padded, lengths.to(device))
-            log_probs, out_lengths = log_probs.float().cpu(), out_lengths.cpu()
-            for i in range(len(pending)):
-                pieces.append(stitcher.take(log_probs[i, : out_lengths[i]], last=last and i == len(pending) - 1))
-            pending = []
-    return torch.cat(pieces), samples / model.feature_config.sample_rate
+def _expand(inputs: Sequence[AudioInput]) -> list[Path | tuple[np.ndarray, int]]:
+    """Paths through `expand_paths`, samples as they are, in order."""
+    items: list[Path | tuple[np.ndarray, int]] = []
+    for item in inputs:
+        items += [item] if isinstance(item, tuple) else expand_paths([item])
+    return items
 
 
-def chunk_layout(model: CTCModel, chunk_seconds: float, chunk_overlap: float) -> tuple[int, int, int]:
+def _name(item: Path | tuple, index: int) -> str:
+    """How messages name an input: its path, or its position for samples."""
+    return str(item) if isinstance(item, Path) else f"input {index} (samples)"
+
+
+def _stated_seconds(item: Path | tuple[np.ndarray, int], index: int) -> float:
+    """The input's length in seconds, from a file's header (read once here; 0 when it states none);
+    AudioError for a folder or a file that cannot be opened, or samples with NaN or infinities."""
+    if isinstance(item, tuple):
+        samples, rate = item
+        if samples.size == 0:
+            raise AudioError(f"{_name(item, index)}: the file holds no audio samples")
+        if not np.isfinite(samples).all():
+            raise AudioError(f"{_name(item, index)}: the audio holds NaN or infinite samples")
+        return samples.shape[0] / rate
+    if item.is_dir():
+        raise AudioError(f"{item}: folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+    if not item.is_file():
+        raise AudioError(f"{item}: no such file")
+    try:
+        info = soundfile.info(str(item))
+    except Exception as e:  # libsndfile raises several types for unreadable files
+        raise unreadable(item, e) from None
+    return info.frames / info.samplerate if 0 < info.frames < 2**62 else 0.0
+
+
+def _clip(words: list[Word], duration: float) -> list[Word]:
+    """The last frame may reach past the end of the audio: keep timings inside it."""
+    return [Word(w.word, min(w.start, duration), min(w.end, duration), w.confidence) for w in words]
+
+
+def chunk_layout(acoustic: AcousticModel, chunk_seconds: float, chunk_overlap: float) -> tuple[int, int, int]:
     """(chunk, hop, frame) in samples at the model's rate: chunks start every `hop` samples and
     overlap by chunk - hop; both are whole numbers of encoder output frames of `frame` samples, so
     every chunk's frames fall on the same grid as the whole file's."""
     if chunk_overlap < 0 or chunk_seconds <= chunk_overlap:
         raise ValueError(f"chunk length ({chunk_seconds} s) must exceed the chunk overlap ({chunk_overlap} s) >= 0")
-    features = model.feature_config
-    frame = model.samples_per_frame
-    overlap = 2 * round(chunk_overlap * features.sample_rate / frame / 2) * frame  # even: the seam is its middle
-    hop = max(1, round((chunk_seconds - chunk_overlap) * features.sample_rate / frame)) * frame
+    rate, frame = acoustic.sample_rate, acoustic.samples_per_frame
+    overlap = 2 * round(chunk_overlap * rate / frame / 2) * frame  # even: the seam is its middle
+    hop = max(1, round((chunk_seconds - chunk_overlap) * rate / frame)) * frame
     return hop + overlap, hop, frame
 
 
@@ -250,7 +402,7 @@ class FrameStitcher:
         self.chunks = 0  # chunks added so far
         self.next_frame = 0  # first frame (of the whole file) not yet taken
 
-    def take(self, frames: torch.Tensor, last: bool = False) -> torch.Tensor:
+    def take(self, frames: np.ndarray, last: bool = False) -> np.ndarray:
         """frames: (T, ...) per-frame output of the next chunk -> the rows of it that the file keeps."""
         start = self.chunks * self.hop_frames
         end = frames.shape[0] if last else self.hop_frames + self.half_overlap
@@ -261,7 +413,7 @@ class FrameStitcher:
 
 
 def pause_segments(
-    log_probs: torch.Tensor,
+    log_probs: np.ndarray,
     blank: int,
     max_frames: int,
     search_frames: int,
@@ -276,7 +428,7 @@ def pause_segments(
     preferring pauses between words (holding a separator, or followed by a label of
     `word_start_ids`): a CTC model also emits blanks between the letters of a word. With no pause
     there, the cut falls at the limit."""
-    best = log_probs.argmax(dim=-1).tolist()
+    best = np.asarray(log_probs).argmax(axis=-1).tolist()
     total = len(best)
     silent = {blank} if separator is None else {blank, separator}
     # Each maximal pause as (first frame, end frame, between words?).
@@ -304,46 +456,71 @@ def pause_segments(
     return segments
 
 
-def read_chunks(path: str | os.PathLike, sample_rate: int, chunk: int, hop: int) -> Iterator[tuple[torch.Tensor, bool]]:
-    """Stream a file as mono chunks at `sample_rate`: (samples [k * hop, k * hop + chunk) of the
-    file, is_last) for k = 0, 1, ... until the chunk that reaches the end. Only about one chunk of
-    the file is held in memory. Each chunk is resampled from the file's rate with a margin around it,
-    from a position on the resampler's own grid, so it equals that stretch of the whole resampled
-    file (up to float rounding)."""
-    path = Path(path)
-    try:
-        f = soundfile.SoundFile(str(path))
-    except Exception as e:  # libsndfile raises several types for unreadable files
-        raise unreadable(path, e) from None
-    with f:
-        native = f.samplerate
+def read_chunks(
+    item: str | os.PathLike | tuple[np.ndarray, int],
+    sample_rate: int,
+    chunk: int,
+    hop: int,
+    to_model_rate: Callable[[np.ndarray, int], np.ndarray],
+) -> Iterator[tuple[np.ndarray, bool]]:
+    """Stream a file (or (samples, rate)) as mono chunks at `sample_rate`: (samples [k * hop, k * hop
+    + chunk) of it, is_last) for k = 0, 1, ... until the chunk that reaches the end. Only about one
+    chunk of a file is held in memory. Each chunk is brought to the model's rate by `to_model_rate`
+    with a margin around it, from a position on the resampler's own grid, so it equals that stretch
+    of the whole resampled input (up to float rounding)."""
+    with _blocks(item) as (read, native):
         g = math.gcd(native, sample_rate)
         unit_in, unit_out = native // g, sample_rate // g  # resampler grid: unit_in native = unit_out model samples
         margin = math.ceil(max(256, 16 * native / sample_rate) / unit_in) if native != sample_rate else 0
-        buffer = np.zeros((0, f.channels), dtype=np.float32)
+        buffer: np.ndarray | None = None
         buffer_start, eof, k = 0, False, 0  # buffer holds native samples from buffer_start on
         while True:
             a, b = k * hop, k * hop + chunk  # model samples wanted
             first_unit = max(a // unit_out - margin, 0)
             needed = (-(-b // unit_out) + margin) * unit_in + 1  # native samples to have read (+1: is there more?)
-            while not eof and buffer_start + buffer.shape[0] < needed:
-                block = _read_block(f, path, max(needed - buffer_start - buffer.shape[0], 1 << 16))
+            while not eof and buffer_start + (0 if buffer is None else buffer.shape[0]) < needed:
+                block = read(max(needed - buffer_start - (0 if buffer is None else buffer.shape[0]), 1 << 16))
                 eof = block.shape[0] == 0
-                buffer = np.concatenate([buffer, block])
-            total = buffer_start + buffer.shape[0]  # native samples read; the file's length once eof
+                buffer = block if buffer is None else np.concatenate([buffer, block])
+            total = buffer_start + buffer.shape[0]  # native samples read; the input's length once eof
             if total == 0:
-                raise AudioError(f"{path}: the file holds no audio samples")
+                raise AudioError(f"{'samples' if isinstance(item, tuple) else item}: the file holds no audio samples")
             piece = buffer[first_unit * unit_in - buffer_start : needed - buffer_start]
-            wave = to_mono_and_rate(torch.from_numpy(piece), native, sample_rate)
+            wave = to_model_rate(piece, native)
             offset = first_unit * unit_out  # model sample at wave[0]
-            length = -(-total * sample_rate // native)  # the whole file's length at the model rate (once eof)
+            length = -(-total * sample_rate // native)  # the whole input's length at the model rate (once eof)
             last = eof and length <= b
-            yield wave[a - offset : min(b, length) - offset].contiguous(), last
+            yield np.ascontiguousarray(wave[a - offset : min(b, length) - offset]), last
             if last:
                 return
             k += 1
             drop = max((k * hop) // unit_out - margin, 0) * unit_in - buffer_start
             buffer, buffer_start = buffer[drop:], buffer_start + drop
+
+
+@contextmanager
+def _blocks(item: str | os.PathLike | tuple[np.ndarray, int]) -> Iterator[tuple[Callable[[int], np.ndarray], int]]:
+    """(read(n) -> the next (<= n, channels) float32 samples, native rate) of a file or of samples."""
+    if isinstance(item, tuple):
+        samples, rate = item
+        samples = np.asarray(samples, dtype=np.float32).reshape(samples.shape[0], -1)
+        position = 0
+
+        def read_samples(frames: int) -> np.ndarray:
+            nonlocal position
+            block = samples[position : position + frames]
+            position += block.shape[0]
+            return block
+
+        yield read_samples, int(rate)
+        return
+    path = Path(item)
+    try:
+        f = soundfile.SoundFile(str(path))
+    except Exception as e:  # libsndfile raises several types for unreadable files
+        raise unreadable(path, e) from None
+    with f:
+        yield (lambda frames: _read_block(f, path, frames)), f.samplerate
 
 
 def _read_block(f: soundfile.SoundFile, path: Path, frames: int) -> np.ndarray:
@@ -356,22 +533,33 @@ def _read_block(f: soundfile.SoundFile, path: Path, frames: int) -> np.ndarray:
     return block
 
 
-def _header_seconds(path: str | os.PathLike) -> float:
-    """The length the file's header states, in seconds (0 when it states none or cannot be read)."""
-    try:
-        info = soundfile.info(str(path))
-    except Exception:
-        return 0.0
-    return info.frames / info.samplerate if 0 < info.frames < 2**62 else 0.0
+def transcribe_files(
+    model: CTCModel,
+    tokenizer: Tokenizer,
+    paths: Sequence[str | os.PathLike],
+    device: torch.device | str = "cpu",
+    batch_seconds: float = 300.0,
+    progress: bool = False,
+    chunk_seconds: float = 30.0,
+    chunk_overlap: float = 4.0,
+    decoder: Decoder | None = None,
+    timestamps: bool = False,
+) -> list[Transcript]:
+    """`Pipeline.transcribe` of files with a CTCModel (greedy unless `decoder` is given), for scripts
+    and tests that hold a model rather than a checkpoint path (asr.api.load takes a path)."""
+    pipeline = Pipeline.for_model(model, tokenizer, device, decoder, batch_seconds=batch_seconds,
+                                  chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
+    return pipeline.transcribe(paths, timestamps, progress)
 
 
-def shorter_than(path: Path, seconds: float) -> bool:
-    """Whether the header says the file is at most `seconds` long (False when it cannot say)."""
-    try:
-        info = soundfile.info(str(path))
-    except Exception:  # unreadable: load_audio reports it
-        return True
-    return 0 < info.frames < 2**62 and info.frames <= seconds * info.samplerate
+def transcribe_waves(model: CTCModel, tokenizer: Tokenizer, waves: Sequence[Any], device: torch.device | str = "cpu",
+                     batch_seconds: float = 300.0, progress: bool = False) -> list[str]:
+    """Greedy transcripts of mono waveforms ((samples,) arrays or tensors at the model's rate, not
+    chunked), in input order, through `Pipeline.transcribe`."""
+    rate = model.feature_config.sample_rate
+    items = [(np.asarray(w.detach().cpu() if hasattr(w, "detach") else w, dtype=np.float32), rate) for w in waves]
+    pipeline = Pipeline.for_model(model, tokenizer, device, batch_seconds=batch_seconds, chunk_seconds=0)
+    return [r.text for r in pipeline.transcribe(items, progress=progress)]
 
 
 DEFAULT_MODEL = "en-whisper-tiny-bilstm-ctc.pt"  # the pretrained English model, in models/ of the repository

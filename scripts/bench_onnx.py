@@ -1,4 +1,4 @@
-"""ONNX (asr.onnx_runtime, no torch) against torch on a manifest: transcripts equal or not, the largest
+"""ONNX (asr.serving.onnx_runtime, no torch) against torch on a manifest: transcripts equal or not, the largest
 log-prob difference, and CPU RTFx of each, one file at a time (batch of one, as a service would run
 a request), from the waveform in memory to the greedy transcript (features included; for a
 whisper-frontend model both sides run the same CTranslate2 encoder, with torch's or numpy's log-mel).
@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asr.checkpoint import load_model  # noqa: E402
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
 from asr.decode import greedy_decode  # noqa: E402
-from asr.onnx_export import export_onnx  # noqa: E402
-from asr.onnx_runtime import OnnxRecognizer, greedy_ids  # noqa: E402
+from asr.serving.onnx_export import export_onnx  # noqa: E402
+from asr.decode import greedy_ids  # noqa: E402
+from asr.serving.onnx_runtime import OnnxRecognizer  # noqa: E402
 
 
 def main() -> int:

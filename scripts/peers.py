@@ -268,49 +268,45 @@ def parse_asr_system(spec: str) -> tuple[Path, str]:
 
 
 def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
-    """Our checkpoint, decoded as `asr decode` decodes it (batched, on the CPU)."""
+    """Our checkpoint through asr's one transcription pipeline (asr.api.Recognizer), on the CPU."""
     import torch
 
-    from asr.checkpoint import load_model
-    from asr.decode import decode_settings, decode_waves, decoder_from_settings, transcribe_waves
+    from asr.api import Recognizer
 
     path, mode = parse_asr_system(spec)
     if not path.is_file():
         raise SystemExit(f"peers.py: {path}: checkpoint not found (system {spec!r})")
     torch.set_num_threads(threads)
-    device = torch.device("cpu")
-    model, tokenizer, config = load_model(path, device)
-    batch_seconds = config.decode.batch_seconds
     files: list[str | os.PathLike] = [path]
     if mode == "greedy":
-        decoder, described = None, "greedy"
+        recognizer = Recognizer(path, "cpu", decoder="greedy")
+        described = "greedy"
     else:
-        # --lm/--lexicon, else those of the checkpoint's decode settings (models/decode.yaml names the shipped ones)
-        settings = decode_settings(config.decode, path, decoder="beam-lm", lm=_str_or_none(args.lm),
-                                   lexicon=_str_or_none(args.lexicon), lm_weight=args.lm_weight,
-                                   beam_size=args.beam_size, word_score=args.word_score)
+        # --lm/--lexicon, else those of the checkpoint's decode settings (models/decode.yaml names the shipped
+        # ones); the LM loads here, before the clock
+        recognizer = Recognizer(path, "cpu", decoder="beam-lm", lm=_str_or_none(args.lm), lexicon=_str_or_none(args.lexicon),
+                                lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score)
+        settings = recognizer.settings
         if not settings.lm or not settings.lexicon:
             raise SystemExit(f"peers.py: system {spec!r} needs --lm and --lexicon (or a decode.yaml next to it naming them)")
-        decoder = decoder_from_settings(settings, tokenizer, device)  # loads the LM: before the clock
         files += [settings.lm, settings.lexicon]
         described = (f"beam-lm (beam {settings.beam_size}, lm_weight {settings.lm_weight:g}, "
                      f"word_score {settings.word_score:g})")
+    rate = recognizer.sample_rate
 
     def transcribe(waves: Sequence[np.ndarray]) -> list[str]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(w)) for w in waves]
-        if decoder is None:
-            return transcribe_waves(model, tokenizer, tensors, device, batch_seconds)
-        return [h[0].text if h else "" for h in decode_waves(model, decoder, tensors, device, batch_seconds)[0]]
+        return [r.text for r in recognizer.pipeline.transcribe([(np.asarray(w, np.float32), rate) for w in waves])]
 
     note = "checkpoint" + (" + LM + lexicon" if mode == "lm" else "")
+    model = recognizer.model
     if model.feature_config.frontend == "whisper":  # the frozen encoder's folder is part of what it runs
         from asr.encoder_files import find_encoder
 
         files.append(find_encoder(model.feature_config.encoder))
         note += " + Whisper encoder folder"
     name = system_name(spec)
-    return System(name, model.feature_config.sample_rate, disk_size(*files), note,
-                  f"{described}, torch threads {threads}, batches of {batch_seconds:g} s", transcribe)
+    return System(name, rate, disk_size(*files), note,
+                  f"{described}, torch threads {threads}, batches of {recognizer.settings.batch_seconds:g} s", transcribe)
 
 
 def _str_or_none(path: str | os.PathLike | None) -> str | None:
@@ -475,19 +471,15 @@ def read_rows(path: Path) -> list[Row]:
 
 def write_results(out_dir: Path, rows: Sequence[Row], cpu: str) -> None:
     """peers.json and peers.md, rewritten whole (atomically) each time."""
+    from asr.files import write_text_atomic
+
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"cpu": cpu, "rows": [asdict(r) for r in rows]}
-    _write_atomic(out_dir / "peers.json", json.dumps(data, indent=2) + "\n")
+    write_text_atomic(out_dir / "peers.json", json.dumps(data, indent=2) + "\n")
     notes = sorted({f"- {r.system}: {r.settings}; size = {r.size_note}" for r in rows})
     runs = [f"- {r.system} on {r.set} ({r.subset}), {r.date}: `{r.command}`" for r in rows]
     text = f"CPU: {cpu}\n\n{format_table(rows)}\n" + "\n".join(notes + runs) + "\n"
-    _write_atomic(out_dir / "peers.md", text)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(out_dir / "peers.md", text)
 
 
 def cpu_model() -> str:

@@ -40,10 +40,10 @@ from asr.audio import load_audio  # noqa: E402
 from asr.checkpoint import load_model  # noqa: E402
 from asr.config import load_config  # noqa: E402
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
-from asr.decode import PrefixBeamDecoder, transcribe_waves  # noqa: E402
+from asr.decode import PrefixBeamDecoder  # noqa: E402
 from asr.score import score  # noqa: E402
 from asr.training import train  # noqa: E402
-from asr.transcribe import transcribe_files  # noqa: E402
+from asr.transcribe import Pipeline, transcribe_files, transcribe_waves  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -55,7 +55,6 @@ def smallest_lead(log_probs: torch.Tensor, ahead: list[int], behind: list[int]) 
 
 def letters(seed: int, work: Path) -> dict:
     """The quantities bounded by the tests of tests/test_reliability.py that use `trained`."""
-    from asr.align import transcribe_files_detailed
     from synth import synth_utterance
     from test_reliability import SYNTH_WORDS, frame_agreement, train_letters_model, whole_and_chunked, write_ten_minutes
 
@@ -81,8 +80,8 @@ def letters(seed: int, work: Path) -> dict:
     path = work / "long2.wav"
     soundfile.write(path, synth_utterance(text, seed=4), 16000)
     plain = transcribe_waves(model, tokenizer, [load_audio(path, 16000)], CPU)[0]
-    beam = transcribe_files_detailed(model, tokenizer, [path], CPU, PrefixBeamDecoder(tokenizer, 4), timestamps=True,
-                                     chunk_seconds=10, chunk_overlap=2)[0].text
+    beam = transcribe_files(model, tokenizer, [path], CPU, chunk_seconds=10, chunk_overlap=2,
+                            decoder=PrefixBeamDecoder(tokenizer, 4), timestamps=True)[0].text
     row["beam vs greedy WER"] = round(score({"f": plain}, {"f": beam}).wer, 2)
 
     noise = np.random.default_rng(0)
@@ -116,7 +115,6 @@ def fixed_chunks(seed: int, work: Path) -> dict:
     log-prob difference between whole-file and chunked frames with the test's 4 s overlap, and with
     less overlap (how much context the model needs). `seed` is unused: the model has no training."""
     from test_reliability import fixed_model, whole_and_chunked, write_ten_minutes
-    from asr.transcribe import long_log_probs
 
     dev = SHARED / "libri-other" / "dev"
     if not dev.is_dir():
@@ -127,7 +125,8 @@ def fixed_chunks(seed: int, work: Path) -> dict:
     row = {"frames": whole.shape[0], "overlap 4 s": f"{(chunked - whole).abs().max().item():.2e}",
            "neighbour frames: mean largest difference": f"{(whole[1:] - whole[:-1]).abs().amax(-1).mean().item():.3f}"}
     for overlap in (1.0, 0.0):
-        chunked, _ = long_log_probs(model, ten, CPU, chunk_seconds=30, chunk_overlap=overlap)
+        pipeline = Pipeline.for_model(model, None, CPU, chunk_seconds=30, chunk_overlap=overlap)
+        chunked = torch.from_numpy(pipeline.long_log_probs(ten)[0])
         row[f"overlap {overlap:g} s"] = f"{(chunked - whole).abs().max().item():.2e}"
     return row
 

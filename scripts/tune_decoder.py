@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asr.checkpoint import load_model, resolve_device  # noqa: E402
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
-from asr.decode import FlashlightDecoder, GreedyDecoder, decode_waves, load_flashlight_lm  # noqa: E402
+from asr.decode import FlashlightDecoder, GreedyDecoder, load_flashlight_lm  # noqa: E402
+from asr.transcribe import Pipeline  # noqa: E402
 from asr.score import score  # noqa: E402
 
 
@@ -42,8 +43,8 @@ def dev_log_probs(model_path, manifest, max_utts: int = 0, device: str = "auto")
         utts = utts[:max_utts]
     rate = model.feature_config.sample_rate
     waves = [load_utterance_audio(u, rate) for u in utts]
-    _, log_probs = decode_waves(model, GreedyDecoder(tokenizer), waves, device, keep_log_probs=True)
-    return tokenizer, utts, sum(w.shape[0] for w in waves) / rate, log_probs
+    log_probs = Pipeline.for_model(model, tokenizer, device).log_probs([w.numpy() for w in waves])
+    return tokenizer, utts, sum(w.shape[0] for w in waves) / rate, [torch.from_numpy(lp) for lp in log_probs]
 
 
 def main(argv: list[str] | None = None) -> int:

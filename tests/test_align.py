@@ -1,4 +1,4 @@
-"""Word timestamps (CTC forced alignment), subtitle formats, and `asr transcribe --timestamps`
+"""Word timestamps (CTC forced alignment) and `asr transcribe --timestamps` in each output format
 / --format / --nbest; the FSDD test checks timestamps against known speech positions."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -16,69 +15,19 @@ import pytest
 import soundfile
 import torch
 
-from asr.align import WordTiming, format_srt, format_vtt, group_cues, word_timings, words_to_json
+from asr.align import forced_align_ids, word_timings
 from asr.checkpoint import load_model, save_checkpoint
 from asr.cli import main as asr_main
 from asr.config import load_config
+from asr.formats import words_to_json
 from asr.model import CTCModel
 from asr.text import CharTokenizer
+from test_formats import parse_srt, parse_vtt
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 TOKENIZER = CharTokenizer()
-
-SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)\n")
-VTT_CUE = re.compile(r"(\d\d):(\d\d):(\d\d)\.(\d\d\d) --> (\d\d):(\d\d):(\d\d)\.(\d\d\d)\n(.+)\n")
-
-
-def parse_srt(text: str) -> list[tuple[float, float, str]]:
-    """A strict SubRip reader: numbered cues separated by one blank line, nothing else."""
-    blocks = text.split("\n\n") if text else []
-    cues = []
-    for i, block in enumerate(blocks, 1):
-        block = block if block.endswith("\n") else block + "\n"
-        m = SRT_CUE.fullmatch(block)
-        assert m, f"not an SRT cue: {block!r}"
-        assert int(m[1]) == i
-        g = [int(x) for x in m.groups()[1:9]]
-        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m[10]))
-    return cues
-
-
-def parse_vtt(text: str) -> list[tuple[float, float, str]]:
-    assert text.startswith("WEBVTT\n\n")
-    body = text[len("WEBVTT\n\n"):]
-    cues = []
-    for block in body.split("\n\n") if body else []:
-        block = block if block.endswith("\n") else block + "\n"
-        m = VTT_CUE.fullmatch(block)
-        assert m, f"not a WebVTT cue: {block!r}"
-        g = [int(x) for x in m.groups()[:8]]
-        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, m[9]))
-    return cues
-
-
-WORDS = [WordTiming("hello", 0.5, 0.9, 0.9), WordTiming("world", 1.0, 1.4, 0.8), WordTiming("again", 3.2, 3.6, 0.7),
-         WordTiming("and", 3.7, 3.8, 0.9), WordTiming("an", 3661.0, 3661.25, 0.9)]
-
-
-def test_srt_and_vtt_parse_and_keep_the_times():
-    srt = parse_srt(format_srt(WORDS))
-    vtt = parse_vtt(format_vtt(WORDS))
-    assert srt == vtt
-    # A pause longer than a second starts a new cue.
-    assert [c[2] for c in srt] == ["hello world", "again and", "an"]
-    assert srt[0][:2] == (0.5, 1.4) and srt[2][:2] == (3661.0, 3661.25)
-    assert format_srt([]) == "" and parse_vtt(format_vtt([])) == []
-
-
-def test_cues_split_long_runs():
-    words = [WordTiming(f"w{i}", i * 0.4, i * 0.4 + 0.3, 1.0) for i in range(20)]
-    cues = group_cues(words, max_words=7, max_seconds=5.0)
-    assert [len(c[2].split()) for c in cues] == [7, 7, 6]
-    assert all(b - a <= 5.0 for a, b, _ in cues)
-
 
 @pytest.fixture(scope="module")
 def random_model():
@@ -103,7 +52,7 @@ def test_timestamps_monotonic_and_inside_the_audio(random_model, text):
     assert [w.word for w in words] == text.split()
     for w in words:
         assert 0.0 <= w.start < w.end <= seconds + 1e-6
-        assert 0.0 < w.score <= 1.0
+        assert 0.0 < w.confidence <= 1.0
     for a, b in zip(words, words[1:]):
         assert a.end <= b.start
 
@@ -347,6 +296,28 @@ def test_word_confidence_is_the_mean_posterior_of_the_words_aligned_frames():
     log_probs = _posterior_log_probs([(label, min(p, 1.0 - 1e-6)) for label, p in frames], len(TOKENIZER))
     timings = word_timings(log_probs, "ab cab", TOKENIZER, 0.04)
     assert [t.word for t in timings] == ["ab", "cab"]
-    assert timings[0].score == pytest.approx(1.0, abs=1e-3)
-    assert timings[1].score == pytest.approx(0.6, abs=1e-3)
-    assert words_to_json(timings)[1] == {"word": "cab", "start": 0.2, "end": 0.36, "confidence": timings[1].score}
+    assert timings[0].confidence == pytest.approx(1.0, abs=1e-3)
+    assert timings[1].confidence == pytest.approx(0.6, abs=1e-3)
+    assert words_to_json(timings)[1] == {"word": "cab", "start": 0.2, "end": 0.36, "confidence": timings[1].confidence}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_forced_align_ids_takes_torchaudios_path(seed):
+    """The numpy Viterbi search gives torchaudio.functional.forced_align's path, ties included (log-probs
+    rounded to integers tie often), so word times did not move when alignment stopped needing torch."""
+    import torchaudio.functional as F
+
+    rng = np.random.default_rng(seed)
+    for trial in range(60):
+        frames, vocab = int(rng.integers(5, 120)), int(rng.integers(3, 8))
+        x = rng.standard_normal((frames, vocab)).astype(np.float32) * rng.choice([0.5, 3.0, 10.0])
+        x = x.astype(np.float32)
+        log_probs = np.round(x) if trial % 3 == 0 else torch.log_softmax(torch.from_numpy(x), -1).numpy()
+        ids = rng.integers(1, vocab, size=int(rng.integers(1, max(2, frames // 2)))).tolist()
+        if len(ids) + sum(a == b for a, b in zip(ids, ids[1:])) > frames:
+            continue
+        path, scores = forced_align_ids(log_probs, ids, blank=0)
+        expected, expected_scores = F.forced_align(torch.from_numpy(log_probs)[None].contiguous(),
+                                                   torch.tensor([ids], dtype=torch.int32), blank=0)
+        assert path == expected[0].tolist()
+        assert scores == expected_scores[0].tolist()

@@ -333,3 +333,25 @@ def test_console_script_help():
     assert result.returncode == 0, result.stderr
     assert "usage: asr" in result.stdout
     assert "transcribe" in result.stdout
+
+
+def test_transcribe_and_the_api_resolve_settings_in_one_order(checkpoint, tmp_path):
+    """Chunk length and batch size come, for `asr transcribe` as for `asr.load`, from the checkpoint,
+    then decode.yaml next to it, then what is given explicitly (they once disagreed: the CLI took the
+    class default chunk length and ignored decode.yaml's batch_seconds)."""
+    import asr
+    from asr.cli import _recognizer
+
+    model = tmp_path / "model.pt"
+    shutil.copy(checkpoint, model)
+    (tmp_path / "decode.yaml").write_text("chunk_seconds: 12\nchunk_overlap: 2\nbatch_seconds: 45\n")
+
+    def settings(pipeline):
+        return pipeline.batch_seconds, pipeline.chunk_seconds, pipeline.chunk_overlap
+
+    args = build_parser().parse_args(["transcribe", "-m", str(model), "x.wav", "--device", "cpu"])
+    assert settings(_recognizer(args).pipeline) == settings(asr.load(model).pipeline) == (45.0, 12.0, 2.0)
+    args = build_parser().parse_args(["transcribe", "-m", str(model), "x.wav", "--device", "cpu", "--chunk-seconds",
+                                      "20", "--batch-seconds", "60"])
+    assert settings(_recognizer(args).pipeline) == settings(asr.load(model, chunk_seconds=20, batch_seconds=60).pipeline) \
+        == (60.0, 20.0, 2.0)

@@ -12,7 +12,7 @@ from asr.checkpoint import load_model
 from asr.cli import main as asr_main
 from asr.config import load_config
 from asr.data import read_manifest
-from asr.decode import transcribe_waves
+from asr.transcribe import transcribe_waves
 from asr.data import load_utterance_audio
 from asr.score import read_texts, score
 from asr.training import train

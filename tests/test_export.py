@@ -19,7 +19,8 @@ from asr.checkpoint import (  # noqa: E402
 )
 from asr.cli import main  # noqa: E402
 from asr.config import load_config  # noqa: E402
-from asr.decode import decode_settings, transcribe_waves  # noqa: E402
+from asr.decode import decode_settings  # noqa: E402
+from asr.transcribe import transcribe_waves  # noqa: E402
 from asr.model import CTCModel, count_parameters  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
 from asr.transcribe import DEFAULT_MODEL, default_model_path  # noqa: E402

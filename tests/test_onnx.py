@@ -1,5 +1,6 @@
-"""asr export onnx and asr.onnx_runtime: the graph gives torch's log-probs (within 1e-4) for batches
-with padding and lengths other than the export example's, for LSTM/GRU and conv/stack subsampling;
+"""asr export onnx and asr.serving.onnx_runtime (and its alias asr.onnx_runtime): the graph gives
+torch's log-probs (within 1e-4) for batches with padding and lengths other than the export example's,
+for LSTM/GRU and conv/stack subsampling;
 numpy features equal LogMel's; the runtime transcribes the synthetic corpus exactly, without
 importing torch. For the frozen Whisper-encoder frontend: numpy's Whisper log-mel (which
 the torch frontend calls too) equals torch.stft's, the graph gives torch's log-probs (within 1e-4, windows over 30 s included),
@@ -27,8 +28,9 @@ from asr.config import load_config  # noqa: E402
 from asr.data import read_manifest  # noqa: E402
 from asr.features import FeatureConfig, LogMel  # noqa: E402
 from asr.model import CTCModel  # noqa: E402
-from asr.onnx_export import export_onnx  # noqa: E402
-from asr.onnx_runtime import OnnxRecognizer, greedy_ids, hann_window, log_mel, mel_filterbank  # noqa: E402
+from asr.serving.onnx_export import export_onnx  # noqa: E402
+from asr.decode import greedy_ids  # noqa: E402
+from asr.serving.onnx_runtime import OnnxRecognizer, hann_window, log_mel, mel_filterbank  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
 from encoder_support import needs_encoder  # noqa: E402
 
@@ -217,7 +219,7 @@ def test_whisper_runtime_transcribes_like_torch_without_importing_torch(whisper_
             wave = torch.from_numpy(soundfile.read(f, dtype="float32")[0])
             log_probs, frames = model(wave[None], torch.tensor([wave.shape[0]]))
             expected.append(tokenizer.decode(greedy_ids(log_probs[0, : int(frames[0])].numpy(), tokenizer.blank)))
-    code = ("import sys\nfrom asr.onnx_runtime import main\ncode = main(sys.argv[1:])\n"
+    code = ("import sys\nfrom asr.serving.onnx_runtime import main\ncode = main(sys.argv[1:])\n"
             "assert 'torch' not in sys.modules, 'the ONNX runtime imported torch'\nsys.exit(code)")
     run = subprocess.run([sys.executable, "-c", code, str(path), "--threads", "1", *map(str, files)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300,

@@ -16,7 +16,7 @@ import torch
 from asr.checkpoint import save_checkpoint
 from asr.config import load_config
 from asr.data import Utterance, load_utterance_audio, read_manifest, write_manifest
-from asr.decode import transcribe_waves
+from asr.transcribe import transcribe_waves
 from asr.checkpoint import load_model
 from asr.lm import build_ngram_model, write_arpa, write_lexicon
 from asr.model import CTCModel

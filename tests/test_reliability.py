@@ -24,19 +24,18 @@ from hypothesis import strategies as st
 torch.set_num_threads(1)
 
 import asr.training.step as train_step  # noqa: E402
-from asr.audio import load_audio  # noqa: E402
+from asr.audio import load_audio, to_mono_and_rate  # noqa: E402
 from asr.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from asr.cli import main  # noqa: E402
 from asr.config import load_config  # noqa: E402
 from asr.data import read_manifest  # noqa: E402
-from asr.decode import greedy_decode, transcribe_waves  # noqa: E402
+from asr.decode import greedy_decode  # noqa: E402
 from asr.corpora import reason_category  # noqa: E402
 from asr.score import score  # noqa: E402
 from asr.training import TrainState, train  # noqa: E402
-from asr.align import transcribe_files_detailed  # noqa: E402
 from asr.decode import PrefixBeamDecoder  # noqa: E402
 from asr.transcribe import (  # noqa: E402
-    FrameStitcher, long_log_probs, pause_segments, read_chunks, transcribe_files, transcribe_long,
+    FrameStitcher, Pipeline, pause_segments, read_chunks, transcribe_files, transcribe_waves,
 )
 from conftest import tracked_models  # noqa: E402
 from synth import synth_utterance, write_synth_corpus  # noqa: E402
@@ -369,6 +368,10 @@ def test_cuda_oom_on_a_single_utterance_is_raised(synth_manifest, tmp_path, monk
 # --------------------------------------------------------------------------- 4. long audio
 
 
+def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    return to_mono_and_rate(torch.from_numpy(np.ascontiguousarray(samples)), rate, 16000).numpy()
+
+
 def test_read_chunks_equals_slices_of_the_whole_file(tmp_path):
     rng = np.random.default_rng(0)
     chunk, hop = 4800, 3840
@@ -376,16 +379,17 @@ def test_read_chunks_equals_slices_of_the_whole_file(tmp_path):
         path = tmp_path / f"noise{rate}.wav"
         soundfile.write(path, (0.1 * rng.standard_normal((int(rate * 1.37) + 7, channels))).astype(np.float32), rate,
                         subtype="FLOAT")
-        whole = load_audio(path, 16000)
-        chunks = list(read_chunks(path, 16000, chunk, hop))
-        assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True]
-        assert (len(chunks) - 1) * hop < whole.shape[0] <= (len(chunks) - 1) * hop + chunk
-        for k, (wave, _) in enumerate(chunks):
-            torch.testing.assert_close(wave, whole[k * hop : k * hop + chunk], atol=1e-6, rtol=0)
+        whole = load_audio(path, 16000).numpy()
+        for source in (path, soundfile.read(path, dtype="float32")):  # a file, and its samples with their rate
+            chunks = list(read_chunks(source, 16000, chunk, hop, to_16k))
+            assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True]
+            assert (len(chunks) - 1) * hop < whole.shape[0] <= (len(chunks) - 1) * hop + chunk
+            for k, (wave, _) in enumerate(chunks):
+                np.testing.assert_allclose(wave, whole[k * hop : k * hop + chunk], atol=1e-6, rtol=0)
     for n in (hop, chunk, chunk + 1, hop + chunk):  # ends exactly on a chunk boundary, or one past it
         path = tmp_path / f"len{n}.wav"
         soundfile.write(path, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000, subtype="FLOAT")
-        chunks = list(read_chunks(path, 16000, chunk, hop))
+        chunks = list(read_chunks(path, 16000, chunk, hop, to_16k))
         assert sum(w.shape[0] for w, _ in chunks) - (len(chunks) - 1) * (chunk - hop) == n
         assert chunks[-1][1] and chunks[-1][0].shape[0] > chunk - hop or len(chunks) == 1
 
@@ -462,7 +466,9 @@ def test_short_files_identical_with_and_without_chunking(trained, tmp_path):
     assert [(r.text, r.duration) for r in chunked] == [(r.text, r.duration) for r in plain]
     assert plain[0].text == "bad cab"  # the model does transcribe its letters
     # One file read as a single chunk by the streaming path gives the same text as well.
-    assert transcribe_long(model, tokenizer, paths[1], CPU, 30, 4)[0] == plain[1].text
+    frames, _ = Pipeline.for_model(model, tokenizer, CPU, chunk_seconds=30, chunk_overlap=4).long_log_probs(paths[1])
+    assert tokenizer.decode(greedy_decode(torch.from_numpy(frames)[None], torch.tensor([len(frames)]),
+                                          tokenizer.blank)[0]) == plain[1].text
 
 
 def test_long_synthetic_file_chunked_matches_unchunked(trained, tmp_path):
@@ -493,8 +499,8 @@ def test_long_file_beam_search_and_timestamps_are_chunked(trained, tmp_path):
     soundfile.write(path, synth_utterance(text, seed=4), 16000)
     duration = soundfile.info(str(path)).duration
     plain = transcribe_waves(model, tokenizer, [load_audio(path, 16000)], CPU)[0]
-    result = transcribe_files_detailed(model, tokenizer, [path], CPU, PrefixBeamDecoder(tokenizer, 4),
-                                       timestamps=True, chunk_seconds=10, chunk_overlap=2)[0]
+    result = transcribe_files(model, tokenizer, [path], CPU, chunk_seconds=10, chunk_overlap=2,
+                              decoder=PrefixBeamDecoder(tokenizer, 4), timestamps=True)[0]
     assert result.error == "" and result.duration == pytest.approx(duration, abs=1e-3)
     assert duration > 30  # several pieces
     assert score({"f": plain}, {"f": result.text}).wer <= 3.0
@@ -564,7 +570,8 @@ def whole_and_chunked(model, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     wave = load_audio(path, rate)
     with torch.inference_mode():
         log_probs, frames = model(wave[None], torch.tensor([wave.shape[0]]))
-    chunked, duration = long_log_probs(model, path, CPU, chunk_seconds=30, chunk_overlap=4)
+    chunked, duration = Pipeline.for_model(model, None, CPU, chunk_seconds=30, chunk_overlap=4).long_log_probs(path)
+    chunked = torch.from_numpy(chunked)
     assert duration == pytest.approx(wave.shape[0] / rate)
     whole = log_probs[0, : frames[0]].float()
     assert chunked.shape == whole.shape  # the same frame grid: nothing lost or doubled at the seams

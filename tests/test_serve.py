@@ -24,7 +24,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
 from asr.data import read_manifest  # noqa: E402
-from asr.serve import RequestError, ServeConfig, decode_upload, wav_truncation  # noqa: E402
+from asr.serving.http import RequestError, ServeConfig, decode_upload, wav_truncation  # noqa: E402
 from server_process import ROOT, request, start_server, stop_server  # noqa: E402
 
 MAX_UPLOAD_MB = 1.0
@@ -238,7 +238,7 @@ class FakeRecognizer:
 def test_worker_batches_and_isolates_a_failing_request():
     import asyncio
 
-    from asr.serve import BatchWorker
+    from asr.serving.http import BatchWorker
 
     async def scenario():
         recognizer = FakeRecognizer(delay=0.05)
@@ -260,7 +260,7 @@ def test_worker_batches_and_isolates_a_failing_request():
 def test_a_full_queue_answers_503():
     import asyncio
 
-    from asr.serve import BatchWorker
+    from asr.serving.http import BatchWorker
 
     async def scenario():
         worker = BatchWorker(FakeRecognizer(delay=0.3), ServeConfig(max_batch=1, queue_size=1))

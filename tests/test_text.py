@@ -408,7 +408,7 @@ def test_word_timestamps_group_bpe_pieces(bpe):
     for timing, (start, stop) in zip(timings, spans):
         assert timing.start == pytest.approx(start * 0.03)
         assert timing.end == pytest.approx(stop * 0.03)
-        assert timing.score == pytest.approx(0.9, abs=1e-3)
+        assert timing.confidence == pytest.approx(0.9, abs=1e-3)
 
 
 def test_lexicon_spellings(bpe, tmp_path):

@@ -9,7 +9,7 @@ Routes:
                                  `timestamp_granularities[]` are accepted and ignored, so existing
                                  clients work unchanged.
   GET  /health                   {"status": "ok", ...} once the model is loaded
-  GET  /                         the web page (asr/static/index.html)
+  GET  /                         the web page (asr/serving/static/index.html)
 
 Stack: Starlette (routing, requests, multipart parsing via python-multipart) on uvicorn. Both are
 small, widely deployed and actively maintained ASGI projects (Starlette is what FastAPI is built
@@ -19,7 +19,8 @@ runs in one worker thread, one batch at a time.
 Requests flow: the upload is read with a size limit (413 over it), decoded and checked in a thread
 (400 for empty, unreadable, truncated, too short or too long audio), then queued. A bounded queue
 (503 when full) feeds one worker that takes up to `max_batch` waiting requests at once and
-transcribes them as one batch (`asr.api.Recognizer.transcribe`); if a batch fails, its requests
+transcribes them as one batch (`asr.api.Recognizer.transcribe`, the bytes decoded to samples and
+passed on as arrays: no temporary file); if a batch fails, its requests
 are retried one by one so one bad request cannot fail the others. Every error is JSON in the
 OpenAI shape: {"error": {"message", "type", "param", "code"}}.
 """
@@ -34,12 +35,16 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import numpy as np
 import soundfile
 
-from .align import WordTiming, format_srt, format_vtt, group_cues
+from ..formats import format_srt, format_vtt, group_cues, words_to_json
+from ..transcribe import Transcript
+
+if TYPE_CHECKING:
+    from ..api import Recognizer
 
 log = logging.getLogger("asr.serve")
 
@@ -130,25 +135,46 @@ def _first_line(error: Exception) -> str:
 
 # --- responses ------------------------------------------------------------------------------------
 
-def format_response(result: Any, response_format: str) -> tuple[str | dict, str]:
-    """An asr.api.Result -> (body, media type) in one of RESPONSE_FORMATS."""
-    timings = [WordTiming(w.word, w.start, w.end, w.confidence) for w in result.words]
+def format_response(result: Transcript, response_format: str) -> tuple[str | dict, str]:
+    """A transcript (with words) -> (body, media type) in one of RESPONSE_FORMATS."""
     if response_format == "json":
         return {"text": result.text}, "application/json"
     if response_format == "text":
         return result.text + "\n", "text/plain; charset=utf-8"
     if response_format == "srt":
-        return format_srt(timings), "text/plain; charset=utf-8"
+        return format_srt(result.words), "text/plain; charset=utf-8"
     if response_format == "vtt":
-        return format_vtt(timings), "text/vtt; charset=utf-8"
-    words = [{"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence} for w in result.words]
+        return format_vtt(result.words), "text/vtt; charset=utf-8"
+    words = words_to_json(result.words)
     segments = []
-    for i, (start, end, text) in enumerate(group_cues(timings)):
+    for i, (start, end, text) in enumerate(group_cues(result.words)):
         inside = [w.confidence for w in result.words if start <= w.start and w.end <= end]
         segments.append({"id": i, "start": start, "end": end, "text": text,
                          "confidence": round(sum(inside) / len(inside), 3) if inside else 0.0})
     return ({"task": "transcribe", "language": "english", "duration": result.duration, "text": result.text,
              "words": words, "segments": segments}, "application/json")
+
+
+def checked_form(form: Any) -> tuple[Any, str]:
+    """(the uploaded file, the response format) of a parsed multipart form; RequestError (400) for a
+    missing or text 'file', an unknown response_format or an unknown field."""
+    fields = list(form.keys())
+    upload = form.get("file")
+    if upload is None:
+        got = ", ".join(repr(f) for f in fields) or "none"
+        raise RequestError(400, f"missing form field 'file' (the audio file to transcribe); fields sent: {got}", "file")
+    if isinstance(upload, str):
+        raise RequestError(400, "form field 'file' must be a file upload, not a text value", "file")
+    response_format = str(form.get("response_format") or "json")
+    if response_format not in RESPONSE_FORMATS:
+        raise RequestError(400, f"unsupported response_format {response_format!r}; choose one of "
+                                f"{', '.join(RESPONSE_FORMATS)}", "response_format")
+    unknown = [f for f in fields if f not in IGNORED_FIELDS | {"file", "response_format"}]
+    if unknown:
+        raise RequestError(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; this endpoint takes "
+                                "'file' and 'response_format' (and OpenAI's model, language, prompt, temperature, "
+                                "timestamp_granularities[], which it ignores)", unknown[0])
+    return upload, response_format
 
 
 # --- the batching worker --------------------------------------------------------------------------
@@ -157,7 +183,7 @@ class BatchWorker:
     """A bounded queue of (samples, rate) jobs and one task that feeds them to the recognizer, up
     to `max_batch` at a time, in a single thread: the model never runs two batches at once."""
 
-    def __init__(self, recognizer: Any, config: ServeConfig):
+    def __init__(self, recognizer: Recognizer, config: ServeConfig):
         self.recognizer, self.config = recognizer, config
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=config.queue_size)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-model")
@@ -172,7 +198,7 @@ class BatchWorker:
             self.task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, samples: np.ndarray, rate: int) -> Any:
+    async def submit(self, samples: np.ndarray, rate: int) -> Transcript:
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(((samples, rate), future))
@@ -198,7 +224,7 @@ class BatchWorker:
             self.requests += len(jobs)
             try:
                 results = await loop.run_in_executor(self.executor, self.recognizer.transcribe, [a for a, _ in jobs])
-                outcomes: list[tuple[Any, Exception | None]] = [(r, None) for r in results]
+                outcomes: list[tuple[Transcript | None, Exception | None]] = [(r, None) for r in results]
             except Exception as batch_error:  # find the request that failed; the others still get answers
                 if len(jobs) == 1:
                     outcomes = [(None, batch_error)]
@@ -220,7 +246,7 @@ class BatchWorker:
 
 # --- the application ------------------------------------------------------------------------------
 
-def create_app(recognizer: Any, config: ServeConfig | None = None, model_name: str = ""):
+def create_app(recognizer: Recognizer, config: ServeConfig | None = None, model_name: str = ""):
     """The Starlette application serving `recognizer` (an asr.api.Recognizer)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -231,7 +257,7 @@ def create_app(recognizer: Any, config: ServeConfig | None = None, model_name: s
 
     config = config or ServeConfig()
     limit = int(config.max_upload_mb * 1e6)
-    page = resources.files("asr").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = resources.files("asr.serving").joinpath("static/index.html").read_text(encoding="utf-8")
     state: dict[str, BatchWorker] = {}
 
     def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -265,22 +291,7 @@ def create_app(recognizer: Any, config: ServeConfig | None = None, model_name: s
             await form.close()
 
     async def answer(form) -> Response:
-        fields = list(form.keys())
-        upload = form.get("file")
-        if upload is None:
-            got = ", ".join(repr(f) for f in fields) or "none"
-            raise RequestError(400, f"missing form field 'file' (the audio file to transcribe); fields sent: {got}", "file")
-        if isinstance(upload, str):
-            raise RequestError(400, "form field 'file' must be a file upload, not a text value", "file")
-        response_format = str(form.get("response_format") or "json")
-        if response_format not in RESPONSE_FORMATS:
-            raise RequestError(400, f"unsupported response_format {response_format!r}; choose one of "
-                                    f"{', '.join(RESPONSE_FORMATS)}", "response_format")
-        unknown = [f for f in fields if f not in IGNORED_FIELDS | {"file", "response_format"}]
-        if unknown:
-            raise RequestError(400, f"unknown form field(s) {', '.join(map(repr, unknown))}; this endpoint takes "
-                                    "'file' and 'response_format' (and OpenAI's model, language, prompt, temperature, "
-                                    "timestamp_granularities[], which it ignores)", unknown[0])
+        upload, response_format = checked_form(form)
         name = upload.filename or "file"
         data = await upload.read()
         samples, rate = await asyncio.to_thread(decode_upload, data, name, config)
@@ -326,7 +337,7 @@ def create_app(recognizer: Any, config: ServeConfig | None = None, model_name: s
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
-def serve(recognizer: Any, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+def serve(recognizer: Recognizer, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           model_name: str = "") -> None:
     """Run the server until interrupted."""
     import uvicorn

@@ -1,5 +1,5 @@
 """`asr export onnx`: the model from its frontend's normalized features to CTC log-probs as an ONNX
-graph (`CTCModel.encode`), with everything the torch-free runtime (asr.onnx_runtime) needs stored in
+graph (`CTCModel.encode`), with everything the torch-free runtime (asr.serving.onnx_runtime) needs stored in
 the file's metadata: the feature settings and normalizer statistics, the tokenizer, the frame shift,
 and for the whisper frontend the encoder's identity (the encoder itself is not in the graph: the
 runtime runs it with CTranslate2, as training did, and refuses another encoder).
@@ -14,6 +14,7 @@ bidirectional LSTM of a 0.7 M-parameter model in 10 minutes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -23,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_model
-from .features import LogMel
+from ..checkpoint import load_model
+from ..files import write_atomic
+from .onnx_runtime import METADATA_KEY  # the metadata_props entry holding the JSON below
+from ..features import LogMel
 
-METADATA_KEY = "asr"  # the metadata_props entry holding the JSON below
 OPSET = 17
 
 
@@ -53,9 +55,12 @@ def onnx_metadata(model: Any, tokenizer: Any, source: str) -> dict[str, Any]:
         "normalizer": {"mean": model.normalizer.mean.tolist(), "std": model.normalizer.std.tolist()},
         "tokenizer": tokenizer.to_dict(),
         "frame_shift": model.frame_shift,
+        # The pipeline's frame grid and shortest input (asr.transcribe.AcousticModel).
+        "samples_per_frame": model.samples_per_frame,
+        "min_samples": model.min_samples(),
     }
     if features.frontend == "whisper":
-        from .encoder_files import HOP_LENGTH, N_FFT, SAMPLE_RATE
+        from ..encoder_files import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
         # Whisper's own log-mel settings (the encoder's input), and the encoder's output width (the graph's input).
         metadata["features"] = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
@@ -76,30 +81,24 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: in
                          f"{frontend!r} ({type(model.frontend).__name__})")
     model = model.float().eval()
     example = (torch.randn(2, 120, model.frontend.dim), torch.tensor([120, 90], dtype=torch.int64))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            # The exporter warns that LSTM initial states fixed at the example's batch size break other
-            # batch sizes; ours are zeros shaped from the input at run time (tests run batches of 1 and 3).
-            warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
-            # Shape arithmetic in Python (e.g. the subsampler's frame count) is traced with a warning
-            # per use; the graph keeps time dynamic (tests run other lengths than the example's).
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is chosen, see above
-            torch.onnx.export(
-                _Encoder(model).eval(), example, str(tmp), input_names=["features", "lengths"],
-                output_names=["log_probs", "out_lengths"], opset_version=opset, dynamo=False,
-                dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
-                              "log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}})
-        graph = onnx.load(str(tmp))
-        metadata = onnx_metadata(model, tokenizer, Path(checkpoint).name)
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-        onnx.checker.check_model(graph)
-        onnx.save(graph, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    exported = io.BytesIO()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The exporter warns that LSTM initial states fixed at the example's batch size break other
+        # batch sizes; ours are zeros shaped from the input at run time (tests run batches of 1 and 3).
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
+        # Shape arithmetic in Python (e.g. the subsampler's frame count) is traced with a warning
+        # per use; the graph keeps time dynamic (tests run other lengths than the example's).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is chosen, see above
+        torch.onnx.export(
+            _Encoder(model).eval(), example, exported, input_names=["features", "lengths"],
+            output_names=["log_probs", "out_lengths"], opset_version=opset, dynamo=False,
+            dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
+                          "log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}})
+    graph = onnx.load_from_string(exported.getvalue())
+    metadata = onnx_metadata(model, tokenizer, Path(checkpoint).name)
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.checker.check_model(graph)
+    write_atomic(out, lambda f: f.write(graph.SerializeToString()))
     return metadata

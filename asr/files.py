@@ -1,0 +1,64 @@
+"""Writing files so that a reader never sees half of one: into a temporary file beside it, flushed to
+disk, then renamed over it (a rename within a folder is atomic). The one home of this pattern for
+checkpoints, manifests, ONNX models, hypotheses and reports. Imports no torch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """Where a write to `path` by this process goes before the rename."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], durable: bool = True) -> None:
+    """`write(f)` into a temporary file, then rename it to `path` (its folder is made): `path` is at
+    every moment either its old or its new complete version. The temporary file goes if `write` fails.
+    `durable`: also flush file and folder to disk, so a power cut keeps it (a cache that can be rebuilt
+    skips these syncs: they cost milliseconds per file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not durable:
+        return
+    # The rename itself is durable only once the directory entry is on disk.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """`text` as UTF-8 into `path`, atomically (`write_atomic`)."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy a file such that `path` is at every moment either its old or its new complete version."""
+    with open(source, "rb") as src:
+        write_atomic(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes to `path` that never finished (their process was killed).
+    Call it only where no other process is writing `path`. Returns what was removed."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
