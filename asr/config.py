@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from .features import FeatureConfig, SpecAugmentConfig
+from .frontend import FeatureConfig
+from .frontend.specaug import SpecAugmentConfig
 from .model import ModelConfig
 from .text import TokenizerConfig
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .features import FeatureConfig, GlobalNormalizer, frame_mask, make_frontend
+from .frontend import FeatureConfig, make_frontend
+from .frontend.logmel import GlobalNormalizer, frame_mask
 
 
 @dataclass

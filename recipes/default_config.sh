@@ -6,7 +6,7 @@ default_config() {
   local gpu=${1:-$root/conf/librispeech.yaml} cpu_logmel=${2:-$root/conf/librispeech_small.yaml}
   if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "$gpu"
-  elif python -c 'from asr.pretrained import find_encoder; import ctranslate2; find_encoder()' 2>/dev/null; then
+  elif python -c 'from asr.frontend.whisper import find_encoder; import ctranslate2; find_encoder()' 2>/dev/null; then
     echo "$root/conf/whisper_bilstm_cpu.yaml"
   else
     echo "no pretrained encoder installed (pip install \"asr[pretrained]\"): training log-mel features from scratch" >&2

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from asr.config import load_config
 from asr.data import SpeechDataset, change_speed, read_manifest, total_hours
-from asr.features import make_frontend
+from asr.frontend import make_frontend
 from asr.text import build_tokenizer
 
 

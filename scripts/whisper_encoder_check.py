@@ -1,4 +1,4 @@
-"""How close asr.whisper_encoder (Whisper's encoder in PyTorch, weights from model.bin) comes to
+"""How close asr.frontend.whisper_torch (Whisper's encoder in PyTorch, weights from model.bin) comes to
 CTranslate2 running the same model.bin, float32 and int8, on real speech; and how fast each runs.
 
     OMP_NUM_THREADS=1 python scripts/whisper_encoder_check.py --manifest data/libri_dev.jsonl --limit 20
@@ -6,7 +6,7 @@ CTranslate2 running the same model.bin, float32 and int8, on real speech; and ho
 Prints one Markdown row per CTranslate2 compute type: per-frame cosine (min and mean over frames),
 the largest absolute difference, the mean relative difference (|a - b| / |b| per frame), the largest
 |value| of CTranslate2's output (for scale), and seconds of audio encoded per second by each.
-Each utterance's log-mel is asr.encoder_files.whisper_log_mel, cut into the same <= 30 s windows.
+Each utterance's log-mel is asr.frontend.whisper_numpy.whisper_log_mel, cut into the same <= 30 s windows.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from asr.data import load_utterance_audio, read_manifest  # noqa: E402
-from asr.encoder_files import SAMPLE_RATE, encode_windows, find_encoder, mel_windows, whisper_log_mel  # noqa: E402
-from asr.whisper_encoder import load_whisper_encoder  # noqa: E402
+from asr.frontend.whisper_numpy import SAMPLE_RATE, encode_windows, find_encoder, mel_windows, whisper_log_mel  # noqa: E402
+from asr.frontend.whisper_torch import load_whisper_encoder  # noqa: E402
 
 
 def torch_encode(encoder: torch.nn.Module, mel: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ def encoder_available() -> bool:
     try:
         import ctranslate2  # noqa: F401
 
-        from asr.encoder_files import find_encoder
+        from asr.frontend.whisper_numpy import find_encoder
 
         find_encoder()
         return True

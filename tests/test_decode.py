@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 from asr.config import load_config  # noqa: E402
 from asr.decode import greedy_decode  # noqa: E402
 from asr.transcribe import transcribe_waves  # noqa: E402
-from asr.features import RunningStats  # noqa: E402
+from asr.frontend.logmel import RunningStats  # noqa: E402
 from asr.model import CTCModel  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
 

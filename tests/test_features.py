@@ -1,4 +1,4 @@
-"""asr.features: log-mel against librosa, normalization statistics and SpecAugment."""
+"""asr.frontend.logmel and asr.frontend.specaug: log-mel against librosa, normalization statistics and SpecAugment."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.features import (
-    FeatureConfig,
-    GlobalNormalizer,
-    LogMel,
-    RunningStats,
-    SpecAugmentConfig,
-    frame_mask,
-    spec_augment,
-    time_warp,
-)
+from asr.frontend import FeatureConfig
+from asr.frontend.logmel import GlobalNormalizer, LogMel, RunningStats, frame_mask
+from asr.frontend.specaug import SpecAugmentConfig, spec_augment, time_warp
 
 SR = 16000
 HOP = 160

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from asr.features import FeatureConfig
+from asr.frontend import FeatureConfig
 from asr.model import CTCModel, ModelConfig, count_parameters
 
 SR = 16000

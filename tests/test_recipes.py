@@ -150,7 +150,7 @@ def test_cpu_default_config_is_the_pretrained_encoder_when_installed():
     try:
         import ctranslate2  # noqa: F401
 
-        from asr.pretrained import find_encoder
+        from asr.frontend.whisper import find_encoder
 
         find_encoder()
         expected = f"{ROOT}/conf/whisper_bilstm_cpu.yaml"

@@ -278,7 +278,7 @@ def test_experiments_score_every_dev_set_and_a_run_may_train_on_its_own_manifest
 def test_cache_features_caches_the_speed_perturbed_copies_training_reads(manifest, tmp_path, monkeypatch):
     """scripts/cache_features.py --speed fills the cache so that a run with train.speed_perturb
     never calls the encoder: the keys of its perturbed copies are the ones training looks up."""
-    from asr import pretrained
+    from asr.frontend import whisper as pretrained
 
     small = tmp_path / "small.jsonl"
     small.write_text("".join(manifest.read_text().splitlines(keepends=True)[:3]))

@@ -27,7 +27,7 @@ from torch import nn
 from ..checkpoint import load_model
 from ..files import write_atomic
 from .onnx_runtime import METADATA_KEY  # the metadata_props entry holding the JSON below
-from ..features import LogMel
+from ..frontend.logmel import LogMel
 
 OPSET = 17
 
@@ -60,7 +60,7 @@ def onnx_metadata(model: Any, tokenizer: Any, source: str) -> dict[str, Any]:
         "min_samples": model.min_samples(),
     }
     if features.frontend == "whisper":
-        from ..encoder_files import HOP_LENGTH, N_FFT, SAMPLE_RATE
+        from ..frontend.whisper_numpy import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
         # Whisper's own log-mel settings (the encoder's input), and the encoder's output width (the graph's input).
         metadata["features"] = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,

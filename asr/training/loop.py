@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..checkpoint import copy_atomic, remove_stale_temp_files, resolve_device, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
-from ..features import RunningStats
+from ..frontend.logmel import RunningStats
 from ..model import CTCModel, count_parameters
 from ..text import Tokenizer, build_tokenizer
 from .distributed import (

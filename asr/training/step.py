@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import Batch
-from ..features import SpecAugmentConfig, spec_augment
+from ..frontend.specaug import SpecAugmentConfig, spec_augment
 from ..model import CTCModel
 from .state import TrainState
 

@@ -2,7 +2,7 @@
 folder to use, which encoder it is (its identity, checked against the one a model was trained on),
 Whisper's log-mel, the <= 30 s windows a long input is encoded in, and encoding window by window.
 
-Both the training frontend (asr.pretrained, which needs torch) and the torch-free ONNX runtime
+Both the training frontend (asr.frontend.whisper, which needs torch) and the torch-free ONNX runtime
 (asr.serving.onnx_runtime) use these, so the two find, check and window the encoder the same way.
 
 Shapes: log-mel (n_mels, F) float32, 100 frames per second; encoder output (ceil(F / 2), D).

@@ -19,7 +19,7 @@ it (normalizer, subsampling, BiLSTM, CTC, decoding) is the same as with log-mel 
   chunks of long files).
 - Each utterance is encoded alone, so its features do not depend on what it is batched with.
 - Finding the encoder, its identity check, Whisper's log-mel (numpy) and the 30 s windows live in
-  asr.encoder_files (no torch), shared with the torch-free ONNX runtime so that both give the int8
+  asr.frontend.whisper_numpy (no torch), shared with the torch-free ONNX runtime so that both give the int8
   encoder bit-identical input; their names are importable from here as well.
 - Training computes each utterance's features once: `FeatureCache` keeps them in memory and on disk,
   keyed by a hash of the waveform and the encoder's identity, so an epoch costs only the BiLSTM.
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import encoder_files
-from .files import write_atomic
-from .encoder_files import (ENCODER_STRIDE, ENV_VAR, GET_ONE, HOP_LENGTH, MAX_MEL_FRAMES, N_FFT,  # noqa: F401
+from ..files import write_atomic
+from . import whisper_numpy
+from .whisper_numpy import (ENCODER_STRIDE, ENV_VAR, GET_ONE, HOP_LENGTH, MAX_MEL_FRAMES, N_FFT,  # noqa: F401
                             SAMPLE_RATE, check_identity, encode_windows, encoder_frames, encoder_identity,
                             find_encoder, mel_windows)
 
@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 
 def whisper_log_mel(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     """(S,) float 16 kHz -> (n_mels, S // 160) Whisper log-mel (see the module docstring), on the
-    CPU: asr.encoder_files.whisper_log_mel, the numpy function the torch-free ONNX runtime calls too
+    CPU: asr.frontend.whisper_numpy.whisper_log_mel, the numpy function the torch-free ONNX runtime calls too
     (the encoder takes its input from the CPU anyway)."""
-    return torch.from_numpy(encoder_files.whisper_log_mel(wave.detach().float().cpu().numpy(), n_mels))
+    return torch.from_numpy(whisper_numpy.whisper_log_mel(wave.detach().float().cpu().numpy(), n_mels))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""asr.whisper_encoder: the CTranslate2 model.bin reader, and Whisper's encoder in PyTorch computing
+"""asr.frontend.whisper_torch: the CTranslate2 model.bin reader, and Whisper's encoder in PyTorch computing
 what CTranslate2 computes from the same weights."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr.whisper_encoder import WhisperEncoder, load_whisper_encoder, read_ctranslate2_variables
+from asr.frontend.whisper_torch import WhisperEncoder, load_whisper_encoder, read_ctranslate2_variables
 from conftest import chirp
 from encoder_support import needs_encoder
 
@@ -145,7 +145,7 @@ def test_torch_encoder_matches_ctranslate2_float32_on_the_installed_model():
     two sum in other orders in float32. Bounds: 1e-2 and 0.9999, ten times those."""
     import ctranslate2
 
-    from asr.encoder_files import encode_windows, find_encoder, whisper_log_mel
+    from asr.frontend.whisper_numpy import encode_windows, find_encoder, whisper_log_mel
 
     folder = find_encoder()
     mel = whisper_log_mel(chirp(f0=120.0, f1=3000.0, seconds=3.0))

@@ -8,7 +8,7 @@ time), so the two compute the same function (`scripts/whisper_encoder_check.py` 
 
 Architecture (openai/whisper `AudioEncoder`): two 3-wide convolutions with GELU (the second of
 stride 2), sinusoidal positions (stored in model.bin), pre-LayerNorm blocks of
-multi-head self-attention and a 4x GELU MLP, a final LayerNorm. Like `asr.encoder_files`, inputs
+multi-head self-attention and a 4x GELU MLP, a final LayerNorm. Like `asr.frontend.whisper_numpy`, inputs
 are not padded to 30 s: positions are sliced to the input's length, as CTranslate2 does.
 
 model.bin (CTranslate2 binary format 6, `ctranslate2/specs/model_spec.py`): uint32 version, the
@@ -115,7 +115,7 @@ class WhisperEncoder(nn.Module):
         x = nn.functional.gelu(self.conv2(nn.functional.gelu(self.conv1(mel)))).transpose(1, 2)
         if x.shape[1] > self.positions.shape[0]:
             raise ValueError(f"{x.shape[1]} encoder frames exceed the encoder's {self.positions.shape[0]} positions "
-                             "(30 s): cut the log-mel into windows (asr.encoder_files.mel_windows)")
+                             "(30 s): cut the log-mel into windows (asr.frontend.whisper_numpy.mel_windows)")
         states = [x + self.positions[: x.shape[1]]]
         for block in self.blocks:
             states.append(block(states[-1]))
@@ -128,7 +128,7 @@ class WhisperEncoder(nn.Module):
 
 
 def load_whisper_encoder(folder: str | Path, dtype: torch.dtype = torch.float32) -> WhisperEncoder:
-    """The encoder of a CTranslate2 Whisper model folder (as asr.encoder_files.find_encoder gives
+    """The encoder of a CTranslate2 Whisper model folder (as asr.frontend.whisper_numpy.find_encoder gives
     it), its float16 weights converted to `dtype`, in eval mode."""
     path = Path(folder) / "model.bin"
     if not path.is_file():
