@@ -30,15 +30,14 @@ import io
 import os
 import pickle
 import re
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from .config import Config, config_from_dict
-from .files import copy_atomic, remove_stale_temp_files, temp_path, write_atomic  # noqa: F401 (train imports these here)
+from .files import write_atomic
 from .model import CTCModel
 from .text import Tokenizer, tokenizer_from_dict
 

@@ -33,10 +33,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .files import write_atomic
 from .text import normalize
 
 log = logging.getLogger(__name__)
@@ -515,11 +516,10 @@ def _set_backoffs(model: NgramModel) -> None:
 
 def write_arpa(model: NgramModel, path: str | os.PathLike) -> None:
     """Write the model as an ARPA file (log10 probabilities and backoff weights)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     words = np.array(model.words, dtype=object)
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(binary: BinaryIO) -> None:
+        f = io.TextIOWrapper(binary, encoding="utf-8")
         f.write("\\data\\\n")
         for n, table in enumerate(model.orders, 1):
             f.write(f"ngram {n}={len(table.word)}\n")
@@ -545,7 +545,10 @@ def write_arpa(model: NgramModel, path: str | os.PathLike) -> None:
                     ]
                 f.write("".join(lines))
         f.write("\n\\end\\\n")
-    os.replace(tmp, path)
+        f.flush()
+        f.detach()  # leave the file to write_atomic, which syncs and closes it
+
+    write_atomic(path, write)
 
 
 def write_lexicon(words: Iterable[str], path: str | os.PathLike, word_separator: str = "|",

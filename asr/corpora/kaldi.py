@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from ..files import write_text_atomic
 from ..text import CharTokenizer, normalize
 from .common import Candidate, Corpus, PrepareResult, add_output_options, corpus_root, drop_markers, keep_valid, \
     read_lines
@@ -183,9 +184,7 @@ def export_kaldi(utts: Sequence[Utterance], data_dir: str | os.PathLike) -> Path
         if name not in files and (data / name).exists():
             (data / name).unlink()
     for name, lines in files.items():
-        tmp = data / f".{name}.tmp"
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, data / name)
+        write_text_atomic(data / name, "".join(line + "\n" for line in lines))
     return data
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,9 +28,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import copy_atomic, remove_stale_temp_files, resolve_device, save_checkpoint
+from ..checkpoint import resolve_device, save_checkpoint
 from ..config import Config, TrainConfig
 from ..data import Batch, BucketBatchSampler, SpeechDataset, Utterance, collate, total_hours
+from ..files import copy_atomic, remove_stale_temp_files
 from ..frontend.logmel import RunningStats
 from ..model import CTCModel, count_parameters
 from ..text import Tokenizer, build_tokenizer

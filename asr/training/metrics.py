@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -20,6 +19,7 @@ import torch
 from ..config import Config
 from ..data import Batch, BucketBatchSampler, SpeechDataset, collate
 from ..decode import greedy_decode
+from ..files import write_text_atomic
 from ..model import CTCModel
 from ..score import score
 from ..text import Tokenizer
@@ -184,9 +184,7 @@ def drop_metrics_after(path: Path, state: TrainState) -> None:
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [r for r in records if (r["step"], r["epoch"]) <= (state.step, state.epoch)]
     if len(kept) < len(records):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_training(exp_dir: str | Path, out: str | Path | None = None) -> Path:
