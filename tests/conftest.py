@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,10 +25,41 @@ NUMERICAL_TESTS = (
 )
 
 
+# Tests marked `cuda` compare the GPU with the CPU (tests/test_gpu.py). Without CUDA they are skipped,
+# unless this variable is 1: then they run with the CPU standing in for the GPU (a dry run of the
+# test code itself: each comparison is CPU against CPU, and what needs CUDA alone skips). The GPU
+# check's CPU mode (scripts/gpu_check.sh --cpu) runs them so.
+CUDA_DRY_RUN_ENV = "ASR_CUDA_TESTS_ON_CPU"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the NUMERICAL_TESTS `numerical`; skip the tests marked `cuda` where no CUDA device is
+    (CI), unless asked to dry-run them."""
     for item in items:
         if item.nodeid.removeprefix("tests/").startswith(NUMERICAL_TESTS):
             item.add_marker(pytest.mark.numerical)
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked or os.environ.get(CUDA_DRY_RUN_ENV) == "1":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA device, and none is here ({CUDA_DRY_RUN_ENV}=1 dry-runs it on the CPU)")
+    for item in marked:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cuda_device():
+    """The device a `cuda` test compares with the CPU: the first GPU, or in a dry run the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if os.environ.get(CUDA_DRY_RUN_ENV) == "1":
+        return torch.device("cpu")
+    pytest.skip("needs a CUDA device")
 
 
 def tone(freq: float = 440.0, seconds: float = 1.0, sr: int = 16000, amplitude: float = 0.5) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""scripts/gpu_check.sh, the one command a lent GPU machine runs, proven here on the CPU at tiny sizes
+(`--cpu`): every step runs, is timed and recorded, the output folder holds what the device tool brings
+back, and the `cuda` tests dry-run with the CPU standing in for the GPU. A GPU session then starts
+from a command that ran here the day before, not from one nobody ran."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from asr.checkpoint import load_model
+from asr.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+PROBE = "gpu_check_probe-0.1-py3-none-any.whl"
+# What the device tool brings back: at most 8 files, no folders needed.
+OUTPUT_FILES = {"summary.md", "summary.json", "check.log", "best.pt", "train.log", "metrics.jsonl"}
+
+
+def _gpu_check_module():
+    if "gpu_check" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gpu_check"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["gpu_check"]
+
+
+def _probe_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel, so that the setup step's pip install --target runs for real."""
+    files = {
+        "gpu_check_probe/__init__.py": "VALUE = 1\n",
+        "gpu_check_probe-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpu-check-probe\nVersion: 0.1\n",
+        "gpu_check_probe-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    files["gpu_check_probe-0.1.dist-info/RECORD"] = "\n".join(record + ["gpu_check_probe-0.1.dist-info/RECORD,,"]) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / PROBE, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return folder
+
+
+def _run(out: Path, *options: str, timeout: float = 480) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SCRIPT), "--cpu", str(out), *options], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
+    """About 100 s on 2 cores: the steps' own subprocesses (pytest, two training runs, torchrun)."""
+    out = tmp_path / "out"
+    run = _run(out, "--wheels", str(_probe_wheel(tmp_path / "wheels")), "--minutes", "6")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+
+    files = {p.name for p in out.iterdir()}
+    assert files == OUTPUT_FILES and all(p.is_file() for p in out.iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert [s["name"] for s in summary["steps"]] == list(_gpu_check_module().STEPS)
+    for step in summary["steps"]:
+        assert step["status"] == "ok", step
+        assert step["seconds"] > 0 and step["commands"], step
+    assert summary["mode"] == "cpu" and summary["seconds"] < 6 * 60
+
+    # setup: the wheel was installed into a folder that comes first on the steps' path
+    setup = steps["setup"]["figures"]
+    assert setup["wheels"] == [PROBE] and setup["sys_path"][0].endswith("site")
+    assert setup["modules"]["torch"][0].isdigit() and setup["nvidia_smi"] in ("not found", setup["nvidia_smi"])
+    # pytest: the cuda tests dry-ran (gpu-beam alone needs CUDA) and recorded their figures
+    tests = steps["pytest"]["figures"]
+    assert tests["passed"] >= 8 and tests.get("failed", 0) == 0
+    assert {r["test"] for r in tests["recorded"]} >= {"test_logmel_features_match_the_cpu",
+                                                      "test_one_training_update_matches_the_cpu[bf16]"}
+    assert any("gpu-beam needs CUDA" in line for line in tests["outcomes"])
+    # the benchmarks, the torchrun comparison and the training run
+    assert steps["bench_train"]["figures"]["ratio"] > 0
+    assert float(steps["bench_infer"]["figures"]["gpu_config"]["RTFx"]) > 0
+    torchrun = steps["torchrun"]["figures"]["torchrun"]
+    assert torchrun["identical_tensors"] == torchrun["tensors"] and torchrun["losses_identical"]
+    train = steps["train"]["figures"]
+    assert train["updates"] == 8 and train["best_pt"] == "copied"
+    model, tokenizer, config = load_model(out / "best.pt")
+    assert config.model.num_layers == 1 and len(tokenizer) > 20
+
+    report = (out / "summary.md").read_text()
+    for name in steps:
+        assert f"| {name} | ok |" in report
+    log = (out / "check.log").read_text()
+    assert all(f"== {name}: ok" in log for name in steps)
+
+
+def test_gpu_check_keeps_to_its_time_budget(tmp_path):
+    """With no time left every step is skipped, saying why, and the summary is still written."""
+    out = tmp_path / "out"
+    run = _run(out, "--wheels", str(tmp_path / "none"), "--minutes", "0.05", timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["skipped"] * 6
+    assert all(s["note"] for s in summary["steps"])
+    assert "no time left" in summary["steps"][0]["note"]
+
+
+def test_gpu_profile_overrides_are_valid():
+    """The GPU mode's configs and overrides, which only a GPU machine runs, load here (a misspelt key
+    would otherwise first show in a GPU session)."""
+    gpu = _gpu_check_module().GPU
+    load_config(REPO / "conf" / "librispeech.yaml", gpu.bench_train_overrides)
+    load_config(REPO / gpu.torchrun_config, gpu.torchrun_overrides + ["train.device=cuda"])
+    config = load_config(REPO / gpu.train_config, gpu.train_overrides + ["train.device=cuda", "train.epochs=7"])
+    assert config.train.num_workers == 4
+
+
+@pytest.mark.parametrize("args", [["OUT", "--only", "nonsense"], []])
+def test_gpu_check_refuses_bad_arguments(args):
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), *args], capture_output=True, text=True)
+    assert run.returncode == 2 and "usage" in run.stderr
