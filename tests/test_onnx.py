@@ -1,4 +1,4 @@
-"""asr export onnx and asr.serving.onnx_runtime (and its alias asr.onnx_runtime): the graph gives
+"""asr export onnx and asr.serving.onnx_runtime: the graph gives
 torch's log-probs (within 1e-4) for batches with padding and lengths other than the export example's,
 for LSTM/GRU and conv/stack subsampling;
 numpy features equal LogMel's; the runtime transcribes the synthetic corpus exactly, without
@@ -102,7 +102,7 @@ def test_exported_model_transcribes_like_torch_without_importing_torch(synth_mod
     assert asr_main(["export", "onnx", str(checkpoint), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     utts = read_manifest(manifest)
-    code = ("import sys\nfrom asr.onnx_runtime import main\ncode = main(sys.argv[1:])\n"
+    code = ("import sys\nfrom asr.serving.onnx_runtime import main\ncode = main(sys.argv[1:])\n"
             "assert 'torch' not in sys.modules, 'the ONNX runtime imported torch'\nsys.exit(code)")
     run = subprocess.run([sys.executable, "-c", code, str(out), "--threads", "1", *[u.audio for u in utts]],
                          capture_output=True, text=True, cwd=ROOT, timeout=300,
