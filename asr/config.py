@@ -64,6 +64,9 @@ class TrainConfig:
     # model and tokenizer settings) instead of a random initialization, with a fresh optimizer and
     # schedule ("": from scratch). Only read when a run starts; --resume continues from last.pt.
     init_from: str = ""
+    # A frontend that trains (features.frontend whisper-torch with finetune_blocks or "weighted" layers)
+    # learns at train.lr x this, on the same schedule: pretrained blocks want a smaller step than a fresh head.
+    frontend_lr_scale: float = 1.0
 
 
 @dataclass
