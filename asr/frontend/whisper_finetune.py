@@ -112,8 +112,9 @@ class WhisperTorchFrontend(nn.Module):
                 pieces.append(torch.stack(states if self.layers == "weighted" else states[-2:])[:, 0])
         return torch.cat(pieces, dim=-2)
 
-    def cached_states(self, wave: torch.Tensor) -> torch.Tensor:
-        """frozen_states(wave), from the cache when training keeps one."""
+    def encode_one(self, wave: torch.Tensor) -> torch.Tensor:
+        """frozen_states(wave), from the cache when training keeps one (PretrainedEncoder.encode_one's counterpart,
+        which scripts/cache_features.py calls to fill the cache ahead of training)."""
         if self.cache is None:
             return self.frozen_states(wave)
         return self.cache.fetch(wave, lambda: self.frozen_states(wave))
@@ -121,7 +122,7 @@ class WhisperTorchFrontend(nn.Module):
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """waves: (B, S) float, lengths: (B,) samples -> (B, T, dim) float32 features, (B,) frames."""
         samples = [int(n) for n in lengths.tolist()]
-        frozen = [self.cached_states(waves[i, :n]).to(waves.device, torch.float32) for i, n in enumerate(samples)]
+        frozen = [self.encode_one(waves[i, :n]).to(waves.device, torch.float32) for i, n in enumerate(samples)]
         if self.layers == "weighted":
             weights = self.layer_weights.softmax(0)[:, None, None]
             outputs = [(weights * states).sum(0) for states in frozen]

@@ -259,11 +259,12 @@ def _build_data(
 def _build_model(config: Config, tokenizer: Tokenizer, device: torch.device) -> CTCModel:
     """A freshly initialized model (draws from the global torch RNG) on `device`."""
     model = CTCModel(config.features, config.model, len(tokenizer)).to(device)
-    if hasattr(model.frontend, "use_cache"):  # a frozen pretrained encoder: compute each utterance once
+    if hasattr(model.frontend, "use_cache"):  # a pretrained encoder: its frozen part runs once per utterance
         cache = config.train.feature_cache
         model.frontend.use_cache(os.path.expanduser(cache) if cache else None)
-        log.info("frozen encoder %s; its features are cached in memory%s", config.features.encoder_id,
-                 f" and in {cache}" if cache else "")
+        trained = sum(p.numel() for p in model.frontend.parameters())
+        log.info("encoder %s, frozen%s; its frozen part's outputs are cached in memory%s", config.features.encoder_id,
+                 f" but for {trained:,} trained parameters" if trained else "", f" and in {cache}" if cache else "")
     return model
 
 
