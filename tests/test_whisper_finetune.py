@@ -183,6 +183,28 @@ def test_a_fine_tuned_checkpoint_holds_the_top_block_and_loads(encoder_folder, c
     torch.testing.assert_close(model.frontend.top_blocks[0].qkv.weight, payload["model"]["frontend.top_blocks.0.qkv.weight"])
 
 
+def test_a_fine_tuning_run_resumes_exactly(encoder_folder, corpus, tmp_path):
+    """The block's parameter group and learning rate, and the EMA copy of the block, come back from
+    last.pt; and the first run of the process (which loads the encoder) starts from the same weights."""
+    overrides = OVERRIDES + [f"features.encoder={encoder_folder}", "features.finetune_blocks=1",
+                             "train.frontend_lr_scale=0.5", "train.ema_decay=0.9", "train.max_steps=3"]
+    train(load_config(None, overrides), corpus, corpus[:2], tmp_path / "full")
+    train(load_config(None, overrides + ["train.max_steps=2"]), corpus, corpus[:2], tmp_path / "cut")
+    train(load_config(None, overrides), corpus, corpus[:2], tmp_path / "cut", resume=True)
+    a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(tmp_path / "cut" / "last.pt")
+    assert "frontend.top_blocks.0.qkv.weight" in a["ema"]
+    for entry in ("model", "ema"):
+        for key in a[entry]:
+            assert torch.equal(a[entry][key], b[entry][key]), (entry, key)
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
+
+
+def test_a_negative_frontend_learning_rate_scale_is_refused(encoder_folder, corpus, tmp_path):
+    with pytest.raises(ValueError, match="train.frontend_lr_scale must be 0 .* or more, got -1.0"):
+        train(load_config(None, OVERRIDES + [f"features.encoder={encoder_folder}", "train.frontend_lr_scale=-1"]),
+              corpus, corpus[:2], tmp_path)
+
+
 def _whisper_checkpoint(encoder_folder, corpus, folder):
     """A checkpoint as the whisper frontend writes one: trained here on the float last layer
     (whisper-torch without fine-tuning has no frontend weights either), recorded as frontend whisper."""

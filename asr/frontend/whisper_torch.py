@@ -145,7 +145,11 @@ def load_whisper_encoder(folder: str | Path, dtype: torch.dtype = torch.float32)
         layers = sum(1 for name in v if name.endswith("self_attention/linear_0/weight"))
         dim, n_mels, _ = v["encoder/conv1/weight"].shape
         heads = int(v["encoder/num_heads"])
-        encoder = WhisperEncoder(n_mels, dim, heads, layers, v["encoder/position_encodings/encodings"].shape[0])
+        # Built without memory or random draws (its weights come from the file): loading an encoder
+        # must not move the global RNG, or a training run's initial weights would depend on whether
+        # the process had loaded one before.
+        with torch.device("meta"):
+            encoder = WhisperEncoder(n_mels, dim, heads, layers, v["encoder/position_encodings/encodings"].shape[0])
         state = {"conv1.weight": v["encoder/conv1/weight"], "conv1.bias": v["encoder/conv1/bias"],
                  "conv2.weight": v["encoder/conv2/weight"], "conv2.bias": v["encoder/conv2/bias"],
                  "positions": v["encoder/position_encodings/encodings"],
@@ -160,5 +164,5 @@ def load_whisper_encoder(folder: str | Path, dtype: torch.dtype = torch.float32)
                 state[f"blocks.{i}.{name}.bias"] = v[f"encoder/layer_{i}/{theirs}/{'beta' if norm else 'bias'}"]
     except KeyError as e:
         raise ValueError(f"{path}: not a Whisper encoder (missing variable {e})") from None
-    encoder.load_state_dict({k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in state.items()})
+    encoder.load_state_dict({k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in state.items()}, assign=True)
     return encoder.to(dtype).eval()
