@@ -230,8 +230,9 @@ def test_init_from_a_whisper_head_fine_tunes_it_under_the_encoders_top_block(enc
 
 def test_init_from_a_whisper_head_into_other_widths_or_encoders_is_refused(encoder_folder, corpus, tmp_path):
     source, _ = _whisper_checkpoint(encoder_folder, corpus, tmp_path / "whisper")
-    with pytest.raises(ValueError, match=rf"{source}: cannot fine-tune from it \(train.init_from\): this run's "
-                                         r"features.frontend 'whisper' -> 'whisper-torch'; features.encoder_layers 'last' -> 'last2'"):
+    refusal = (rf"{source}: cannot fine-tune from it \(train.init_from\): this run's features.frontend 'whisper' -> "
+               r"'whisper-torch'; features.encoder_layers 'last' -> 'last2'")
+    with pytest.raises(ValueError, match=refusal):
         train(load_config(None, OVERRIDES + [f"features.encoder={encoder_folder}", "features.encoder_layers=last2",
                                              f"train.init_from={source}"]), corpus, corpus[:2], tmp_path / "wide")
     with pytest.raises(ValueError, match=r"features.encoder_id '.*' -> 'other:0123'"):

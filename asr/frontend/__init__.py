@@ -44,6 +44,7 @@ class FeatureConfig:
 
 
 ENCODER_LAYERS = ("last", "weighted", "last2")
+WHISPER_FRONTENDS = ("whisper", "whisper-torch")  # the frontends that run an installed Whisper encoder folder
 
 
 def check_feature_config(config: FeatureConfig) -> None:
