@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from asr.checkpoint import load_model, read_checkpoint, save_checkpoint
-from asr.config import load_config
+from asr.config import ConfigError, load_config
 from asr.data import read_manifest
 from asr.frontend import FeatureConfig, make_frontend
 from asr.frontend.whisper_finetune import WhisperTorchFrontend, frozen_encoder
@@ -67,6 +67,17 @@ def test_the_whisper_torch_options_are_refused_on_other_frontends(frontend):
     for options in ({"finetune_blocks": 1}, {"encoder_layers": "last2"}):
         with pytest.raises(ValueError, match=f"apply to features.frontend whisper-torch only, not '{frontend}'"):
             make_frontend(FeatureConfig(frontend=frontend, **options))
+
+
+def test_a_config_with_such_settings_is_refused_when_read(tmp_path):
+    """Before any data is read: the error names the file (and the overrides)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("features:\n  frontend: whisper\n  finetune_blocks: 2\n")
+    with pytest.raises(ConfigError, match=rf"{path}: features.encoder_layers and features.finetune_blocks apply to"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"defaults with overrides features.encoder_layers=all: "
+                                          r"features.encoder_layers must be one of"):
+        load_config(None, ["features.encoder_layers=all"])
 
 
 # --------------------------------------------------------------------------- features
