@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .frontend import FeatureConfig
+from .frontend import FeatureConfig, check_feature_config
 from .frontend.specaug import SpecAugmentConfig
 from .model import ModelConfig
 from .text import TokenizerConfig
@@ -64,6 +64,9 @@ class TrainConfig:
     # model and tokenizer settings) instead of a random initialization, with a fresh optimizer and
     # schedule ("": from scratch). Only read when a run starts; --resume continues from last.pt.
     init_from: str = ""
+    # A frontend that trains (features.frontend whisper-torch with finetune_blocks or "weighted" layers)
+    # learns at train.lr x this, on the same schedule: pretrained blocks want a smaller step than a fresh head.
+    frontend_lr_scale: float = 1.0
 
 
 @dataclass
@@ -107,7 +110,17 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         section = getattr(config, section_name)
         for key, value in values.items():
             set_option(section, section_name, key, value, source)
+    check_options(config, source)
     return config
+
+
+def check_options(config: Config, source: str) -> None:
+    """The checks that span options (each option's type is checked as it is set): a ConfigError
+    naming the source, before any data is read or model built."""
+    try:
+        check_feature_config(config.features)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
@@ -122,6 +135,8 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
             data = yaml.safe_load(f) or {}
     config = config_from_dict(data, source)
     apply_overrides(config, overrides)
+    if overrides:
+        check_options(config, f"{source} with overrides {' '.join(overrides)}")
     return config
 
 

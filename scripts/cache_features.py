@@ -30,7 +30,7 @@ from asr.text import build_tokenizer
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a config with features.frontend: whisper")
+    parser.add_argument("config", help="a config with features.frontend: whisper or whisper-torch")
     parser.add_argument("manifests", nargs="+")
     parser.add_argument("--cache", default=None, help="cache folder (default: the config's train.feature_cache)")
     parser.add_argument("--speed", type=float, nargs="+", default=[1.0], metavar="FACTOR",

@@ -299,7 +299,9 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
 
     note = "checkpoint" + (" + LM + lexicon" if mode == "lm" else "")
     model = recognizer.model
-    if model.feature_config.frontend == "whisper":  # the frozen encoder's folder is part of what it runs
+    from asr.frontend import WHISPER_FRONTENDS
+
+    if model.feature_config.frontend in WHISPER_FRONTENDS:  # the encoder's folder is part of what it runs
         from asr.frontend.whisper_numpy import find_encoder
 
         files.append(find_encoder(model.feature_config.encoder))

@@ -114,7 +114,7 @@ def test_logmel_models_do_not_need_the_pretrained_extra(monkeypatch):
 
 def test_an_unknown_frontend_is_named_in_the_error():
     config = load_config(None, ["features.frontend=mfcc"])
-    with pytest.raises(ValueError, match="features.frontend must be 'logmel' or 'whisper', not 'mfcc'"):
+    with pytest.raises(ValueError, match="features.frontend must be 'logmel', 'whisper' or 'whisper-torch', not 'mfcc'"):
         CTCModel(config.features, config.model, 30)
 
 

@@ -129,6 +129,16 @@ def test_encoder_is_whispers_architecture(tmp_path):
         encoder(torch.zeros(1, 8, 101))
 
 
+def test_loading_the_encoder_leaves_the_random_state_alone(tmp_path):
+    """A training run seeds, then builds its model: the encoder it loads (for the first time in the
+    process, or not) must not change the head's initial weights."""
+    write_model_bin(tmp_path / "model.bin", tiny_encoder_variables())
+    before = torch.random.get_rng_state()
+    encoder = load_whisper_encoder(tmp_path)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(p.device.type == "cpu" for p in encoder.parameters()) and encoder.positions.device.type == "cpu"
+
+
 def test_missing_or_foreign_model_bin(tmp_path):
     with pytest.raises(FileNotFoundError, match="no CTranslate2 model.bin"):
         load_whisper_encoder(tmp_path)

@@ -36,6 +36,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -117,14 +118,17 @@ def encoder_info(configured: str = "", expected_identity: str = "") -> EncoderIn
 
 class FeatureCache:
     """Encoder outputs by waveform: in memory (float16) and, with a folder, on disk as one .npy per
-    utterance under <folder>/<encoder sha256[:16]>-<device type>/, so a second run or a resumed one
-    skips the encoder too. Keys hash the waveform's samples: the same audio read from another path is
-    found, and speed-perturbed copies are cached as what they are (other audio)."""
+    utterance under <folder>/<encoder sha256[:16]>[-<variant>]-<device type>/, so a second run or a
+    resumed one skips the encoder too. `variant` names what is cached when it is not the encoder's
+    last layer (the whisper-torch frontend's layer choice), so variants never read each other's files.
+    Keys hash the waveform's samples: the same audio read from another path is found, and
+    speed-perturbed copies are cached as what they are (other audio)."""
 
-    def __init__(self, identity: str, folder: str | os.PathLike | None = None):
+    def __init__(self, identity: str, folder: str | os.PathLike | None = None, variant: str = ""):
         self.memory: dict[str, torch.Tensor] = {}
         self.identity = identity
         self.folder = Path(folder) if folder else None
+        self.variant = variant
 
     def __deepcopy__(self, memo: dict) -> "FeatureCache":
         return self  # a copy of the model (EMA weights) shares the features, which do not train
@@ -137,7 +141,8 @@ class FeatureCache:
 
     def _file(self, key: str, device_type: str) -> Path:
         assert self.folder is not None
-        return self.folder / f"{self.identity.split(':')[-1][:16]}-{device_type}" / key[:2] / f"{key}.npy"
+        variant = f"-{self.variant}" if self.variant else ""
+        return self.folder / f"{self.identity.split(':')[-1][:16]}{variant}-{device_type}" / key[:2] / f"{key}.npy"
 
     def get(self, key: str, device_type: str) -> torch.Tensor | None:
         found = self.memory.get(key)
@@ -152,12 +157,35 @@ class FeatureCache:
         return found
 
     def put(self, key: str, device_type: str, feats: torch.Tensor) -> torch.Tensor:
-        """Store (T, D) features; returns them as stored (float16)."""
+        """Store (T, D) features (or any shape: (L, T, D) layers); returns them as stored (float16)."""
         stored = feats.to(torch.float16).cpu()
         self.memory[key] = stored
         if self.folder is not None:
             write_atomic(self._file(key, device_type), lambda f: np.save(f, stored.numpy()), durable=False)
         return stored
+
+    def fetch(self, wave: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`wave`'s features as float32: from the cache, else compute() stored. Training sees the
+        float16 values the cache keeps from the first epoch on."""
+        key, device_type = self.key(wave), wave.device.type
+        found = self.get(key, device_type)
+        if found is None:
+            found = self.put(key, device_type, compute())
+        return found.float()
+
+
+def check_sample_rate(config) -> None:
+    """The Whisper frontends take 16 kHz audio only (features.sample_rate)."""
+    if config.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"the {config.frontend} frontend takes {SAMPLE_RATE} Hz audio: set features.sample_rate to "
+                         f"{SAMPLE_RATE}, not {config.sample_rate}")
+
+
+def num_encoder_frames(num_samples: torch.Tensor) -> torch.Tensor:
+    """(B,) input samples -> (B,) Whisper-encoder output frames (log-mel frames of whisper_log_mel,
+    which pads inputs of up to N_FFT // 2 samples to one frame, halved by the stride-2 convolution)."""
+    mel = torch.div(num_samples.clamp_min(N_FFT // 2 + 1), HOP_LENGTH, rounding_mode="floor")
+    return torch.div(mel + ENCODER_STRIDE - 1, ENCODER_STRIDE, rounding_mode="floor").clamp_min(1)
 
 
 class PretrainedEncoder(nn.Module):
@@ -168,9 +196,7 @@ class PretrainedEncoder(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if config.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"the whisper frontend takes {SAMPLE_RATE} Hz audio: set features.sample_rate to "
-                             f"{SAMPLE_RATE}, not {config.sample_rate}")
+        check_sample_rate(config)
         info = encoder_info(config.encoder, config.encoder_id)
         if not config.encoder_id:
             config.encoder_id = info.identity  # recorded in the config, so in every checkpoint
@@ -187,8 +213,7 @@ class PretrainedEncoder(nn.Module):
         self.cache = FeatureCache(self.config.encoder_id, folder)
 
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
-        mel = torch.div(num_samples.clamp_min(N_FFT // 2 + 1), HOP_LENGTH, rounding_mode="floor")
-        return torch.div(mel + ENCODER_STRIDE - 1, ENCODER_STRIDE, rounding_mode="floor").clamp_min(1)
+        return num_encoder_frames(num_samples)
 
     @torch.no_grad()
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,15 +225,7 @@ class PretrainedEncoder(nn.Module):
 
     def encode_one(self, wave: torch.Tensor) -> torch.Tensor:
         """(S,) -> (T, D) features of one utterance, from the cache when it holds them."""
-        device_type = wave.device.type
-        key = self.cache.key(wave) if self.cache is not None else ""
-        if self.cache is not None:
-            found = self.cache.get(key, device_type)
-            if found is not None:
-                return found.float()
-        mel = whisper_log_mel(wave, self.n_mels)
-        feats = encode_log_mel(_engine(self.folder, wave.device), mel)
-        if self.cache is not None:
-            # Training sees the float16 values the cache keeps, from the first epoch on.
-            return self.cache.put(key, device_type, feats).float()
-        return feats
+        def compute() -> torch.Tensor:
+            return encode_log_mel(_engine(self.folder, wave.device), whisper_log_mel(wave, self.n_mels))
+
+        return self.cache.fetch(wave, compute) if self.cache is not None else compute()

@@ -103,6 +103,18 @@ def mel_windows(mel_frames: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, mel_frames)) for start in range(0, mel_frames, size)]
 
 
+def encoder_windows(mel_frames: int) -> list[tuple[int, int]]:
+    """The mel_windows(mel_frames) as [start, end) encoder output frames: where each window's
+    output lies in the concatenation encode_windows returns."""
+    return [(start // ENCODER_STRIDE, start // ENCODER_STRIDE + encoder_frames(end - start))
+            for start, end in mel_windows(mel_frames)]
+
+
+def log_mel_frames(num_samples: int) -> int:
+    """How many frames whisper_log_mel gives for `num_samples` samples (short inputs are padded to one)."""
+    return max(num_samples, N_FFT // 2 + 1) // HOP_LENGTH
+
+
 _filterbanks: dict[int, np.ndarray] = {}
 
 

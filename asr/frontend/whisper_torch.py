@@ -74,7 +74,7 @@ def read_ctranslate2_variables(path: str | Path, prefix: str = "encoder/") -> di
     return variables
 
 
-class _Block(nn.Module):
+class Block(nn.Module):
     """Pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, dim: int, heads: int):
@@ -87,11 +87,15 @@ class _Block(nn.Module):
         self.mlp_in = nn.Linear(dim, 4 * dim)
         self.mlp_out = nn.Linear(4 * dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). `valid` (B, T) bool, True on real frames: of a batch of padded
+        sequences, each frame attends to its own sequence's real frames only, so padding never
+        changes them (the padded frames' outputs are meaningless)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.attention_norm(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
-        attended = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        mask = None if valid is None else valid[:, None, None, :]  # (B, heads, queries, keys) by broadcasting
+        attended = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                              attn_mask=mask)
         x = x + self.attention_out(attended.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp_out(nn.functional.gelu(self.mlp_in(self.mlp_norm(x))))
 
@@ -105,21 +109,24 @@ class WhisperEncoder(nn.Module):
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.register_buffer("positions", torch.zeros(max_positions, dim), persistent=True)
-        self.blocks = nn.ModuleList(_Block(dim, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.final_norm = nn.LayerNorm(dim)
 
-    def hidden_states(self, mel: torch.Tensor) -> list[torch.Tensor]:
+    def hidden_states(self, mel: torch.Tensor, num_blocks: int | None = None) -> list[torch.Tensor]:
         """(B, n_mels, F) log-mel -> [after the convolutions and positions, after block 1, ...,
         after the last block and the final LayerNorm], each (B, ceil(F / 2), D). The last entry is
-        what CTranslate2's `encode` returns. F / 2 may not exceed the stored positions (1500: 30 s)."""
+        what CTranslate2's `encode` returns. F / 2 may not exceed the stored positions (1500: 30 s).
+        With `num_blocks` below the number of blocks: only the states up to that block's output
+        (no final LayerNorm), the frozen part under fine-tuned top blocks."""
         x = nn.functional.gelu(self.conv2(nn.functional.gelu(self.conv1(mel)))).transpose(1, 2)
         if x.shape[1] > self.positions.shape[0]:
             raise ValueError(f"{x.shape[1]} encoder frames exceed the encoder's {self.positions.shape[0]} positions "
                              "(30 s): cut the log-mel into windows (asr.frontend.whisper_numpy.mel_windows)")
         states = [x + self.positions[: x.shape[1]]]
-        for block in self.blocks:
+        for block in self.blocks[:num_blocks]:
             states.append(block(states[-1]))
-        states[-1] = self.final_norm(states[-1])
+        if num_blocks is None or num_blocks >= len(self.blocks):
+            states[-1] = self.final_norm(states[-1])
         return states
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -138,7 +145,11 @@ def load_whisper_encoder(folder: str | Path, dtype: torch.dtype = torch.float32)
         layers = sum(1 for name in v if name.endswith("self_attention/linear_0/weight"))
         dim, n_mels, _ = v["encoder/conv1/weight"].shape
         heads = int(v["encoder/num_heads"])
-        encoder = WhisperEncoder(n_mels, dim, heads, layers, v["encoder/position_encodings/encodings"].shape[0])
+        # Built without memory or random draws (its weights come from the file): loading an encoder
+        # must not move the global RNG, or a training run's initial weights would depend on whether
+        # the process had loaded one before.
+        with torch.device("meta"):
+            encoder = WhisperEncoder(n_mels, dim, heads, layers, v["encoder/position_encodings/encodings"].shape[0])
         state = {"conv1.weight": v["encoder/conv1/weight"], "conv1.bias": v["encoder/conv1/bias"],
                  "conv2.weight": v["encoder/conv2/weight"], "conv2.bias": v["encoder/conv2/bias"],
                  "positions": v["encoder/position_encodings/encodings"],
@@ -153,5 +164,5 @@ def load_whisper_encoder(folder: str | Path, dtype: torch.dtype = torch.float32)
                 state[f"blocks.{i}.{name}.bias"] = v[f"encoder/layer_{i}/{theirs}/{'beta' if norm else 'bias'}"]
     except KeyError as e:
         raise ValueError(f"{path}: not a Whisper encoder (missing variable {e})") from None
-    encoder.load_state_dict({k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in state.items()})
+    encoder.load_state_dict({k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in state.items()}, assign=True)
     return encoder.to(dtype).eval()

@@ -77,8 +77,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: in
     model, tokenizer, _ = load_model(checkpoint, "cpu")
     frontend = model.feature_config.frontend
     if frontend not in ("logmel", "whisper") or (frontend == "logmel" and not isinstance(model.frontend, LogMel)):
+        why = (" (its encoder runs in PyTorch, with trained weights of its own the ONNX runtime does not have: "
+               "transcribe with the .pt)" if frontend == "whisper-torch" else "")
         raise ValueError(f"{checkpoint}: asr export onnx supports the logmel and whisper frontends, not "
-                         f"{frontend!r} ({type(model.frontend).__name__})")
+                         f"{frontend!r} ({type(model.frontend).__name__}){why}")
     model = model.float().eval()
     example = (torch.randn(2, 120, model.frontend.dim), torch.tensor([120, 90], dtype=torch.int64))
     exported = io.BytesIO()

@@ -158,7 +158,7 @@ def _set_up(
     tokenizer, train_set, dev_set, dev_ids = _build_data(config, train_utts, dev_utts, setup)
     model = _build_model(config, tokenizer, device)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98),
+        parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98),
         fused=device.type == "cuda",
     )
     if tc.loss_norm not in LOSS_NORMS:
@@ -205,11 +205,27 @@ def _set_up(
     return run
 
 
+def parameter_groups(model: CTCModel, tc: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the head, and (when the frontend trains, e.g. fine-tuned
+    Whisper blocks) the frontend at train.lr x train.frontend_lr_scale. Each group's "lr_scale" is
+    what the schedule multiplies train.lr by; one group when the frontend has nothing to train, as
+    before this option, so older last.pt optimizer states still load."""
+    frontend = [p for p in model.frontend.parameters() if p.requires_grad]
+    trained = {id(p) for p in frontend}
+    head = [p for p in model.parameters() if id(p) not in trained]
+    groups = [{"params": head, "lr": tc.lr, "lr_scale": 1.0}]
+    if frontend:
+        groups.append({"params": frontend, "lr": tc.lr * tc.frontend_lr_scale, "lr_scale": tc.frontend_lr_scale})
+    return groups
+
+
 def _check_train_settings(tc: TrainConfig) -> None:
     if not 0.0 <= tc.ema_decay < 1.0:
         raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {tc.ema_decay}")
     if tc.keep_epoch_checkpoints < 0:
         raise ValueError(f"train.keep_epoch_checkpoints must be 0 (none) or more, got {tc.keep_epoch_checkpoints}")
+    if tc.frontend_lr_scale < 0:
+        raise ValueError(f"train.frontend_lr_scale must be 0 (frontend not updated) or more, got {tc.frontend_lr_scale}")
 
 
 def _build_data(
@@ -243,11 +259,12 @@ def _build_data(
 def _build_model(config: Config, tokenizer: Tokenizer, device: torch.device) -> CTCModel:
     """A freshly initialized model (draws from the global torch RNG) on `device`."""
     model = CTCModel(config.features, config.model, len(tokenizer)).to(device)
-    if hasattr(model.frontend, "use_cache"):  # a frozen pretrained encoder: compute each utterance once
+    if hasattr(model.frontend, "use_cache"):  # a pretrained encoder: its frozen part runs once per utterance
         cache = config.train.feature_cache
         model.frontend.use_cache(os.path.expanduser(cache) if cache else None)
-        log.info("frozen encoder %s; its features are cached in memory%s", config.features.encoder_id,
-                 f" and in {cache}" if cache else "")
+        trained = sum(p.numel() for p in model.frontend.parameters())
+        log.info("encoder %s, frozen%s; its frozen part's outputs are cached in memory%s", config.features.encoder_id,
+                 f" but for {trained:,} trained parameters" if trained else "", f" and in {cache}" if cache else "")
     return model
 
 

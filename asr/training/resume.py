@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import RESUME_ENTRIES, read_checkpoint, weights_mismatch
 from ..config import Config, TrainConfig, config_from_dict
+from ..frontend import feature_width_factor
 from ..model import CTCModel
 from ..text import Tokenizer
 from .distributed import DistributedSetup
@@ -34,6 +35,11 @@ RESUME_GROWING_KEYS = ("train.epochs",)
 # These sections fix the shape and meaning of the weights: a run cannot continue with other values,
 # not even with --force-resume.
 RESUME_FIXED_SECTIONS = ("features", "model", "tokenizer")
+# train.init_from may start a features.frontend whisper-torch run from a head trained on the whisper
+# frontend (issue 23: the shipped head under fine-tuned top blocks): the same encoder (encoder_id) and
+# feature width, so the head's weights fit; these keys may differ, and the frontend's trained part
+# (top blocks, layer weights) starts from the encoder's own values.
+WHISPER_TO_TORCH_KEYS = ("features.frontend", "features.encoder_layers", "features.finetune_blocks")
 
 
 def check_resume_config(saved: Config, new: Config, force: bool = False, path: str | Path = "last.pt") -> list[str]:
@@ -68,11 +74,14 @@ def _apply_schedule_settings(optimizer: torch.optim.Optimizer, scheduler: torch.
     silently win after --force-resume), and the current learning rate is that of this run's schedule
     (e.g. stretched by more train.epochs) at the current step. With unchanged settings this sets the
     very values that were loaded, so an exact resume stays exact."""
-    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
-    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = tc.lr
+    # The groups of loop.parameter_groups: the head at train.lr, a trained frontend's at train.lr x train.frontend_lr_scale.
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr_scale"] = 1.0 if i == 0 else tc.frontend_lr_scale
+    scheduler.base_lrs = [tc.lr * group["lr_scale"] for group in optimizer.param_groups]
+    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base_lr
         group["weight_decay"] = tc.weight_decay
-        group["lr"] = tc.lr * factor(scheduler.last_epoch)
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
 
 
 def _weight_fitting_changes(saved: Config, new: Config) -> list[tuple[str, Any, Any]]:
@@ -103,12 +112,20 @@ def read_init_checkpoint(path: str, config: Config) -> dict[str, Any]:
     else would not fit the weights or would mean other symbols. Checked before any data is read."""
     payload = read_checkpoint(path, map_location="cpu")
     trained = config_from_dict(payload["config"], f"{path}: config")
+    head_moves = _whisper_head_to_torch(trained, config)
     differ = [f"{k} {old!r} -> {new!r}" for k, old, new in _weight_fitting_changes(trained, config)
-              if k.split(".")[0] in RESUME_FIXED_SECTIONS]
+              if k.split(".")[0] in RESUME_FIXED_SECTIONS and not (head_moves and k in WHISPER_TO_TORCH_KEYS)]
     if differ:
         raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): this run's {'; '.join(differ)} "
                          "differs from the settings it was trained with")
     return payload
+
+
+def _whisper_head_to_torch(trained: Config, new: Config) -> bool:
+    """Whether `new` runs a head trained on the whisper frontend on whisper-torch features of the
+    same width (see WHISPER_TO_TORCH_KEYS; the encoder identity is checked as any features key)."""
+    return (trained.features.frontend == "whisper" and new.features.frontend == "whisper-torch"
+            and feature_width_factor(new.features) == feature_width_factor(trained.features))
 
 
 def load_init_weights(model: CTCModel, tokenizer: Tokenizer, payload: dict[str, Any], path: str) -> None:
@@ -116,7 +133,11 @@ def load_init_weights(model: CTCModel, tokenizer: Tokenizer, payload: dict[str, 
     if payload["tokenizer"] != tokenizer.to_dict():
         raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): its tokenizer is not this run's")
     own = model.state_dict()
-    model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in payload["model"].items()})
+    weights = dict(payload["model"])
+    if payload["config"].get("features", {}).get("frontend") == "whisper":
+        # A whisper-frontend head has no frontend weights: whisper-torch's trained part keeps the encoder's.
+        weights.update({k: v for k, v in own.items() if k.startswith("frontend.") and k not in weights})
+    model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in weights.items()})
     log.info("initialized from %s (weights and feature normalization)", path)
 
 
