@@ -314,6 +314,10 @@ class FlashlightDecoder:
         return out
 
 
+# The first compute capability on which torchaudio's cuda_ctc_decoder is known to abort (see CudaBeamDecoder).
+HOPPER = (9, 0)
+
+
 class CudaBeamDecoder:
     """torchaudio's cuda_ctc_decoder: prefix beam search on the GPU, no LM."""
 
@@ -327,6 +331,13 @@ class CudaBeamDecoder:
                                "on a CPU use --decoder beam or beam-lm")
         if tokenizer.blank != 0:
             raise ValueError("gpu-beam needs the blank at label 0")
+        capability = torch.cuda.get_device_capability(device)
+        if capability >= HOPPER:
+            # Its top-k kernel writes past its shared memory (pytorch/audio#3754): on compute capability
+            # 9.0+ the process aborts at the first decode (seen on an H200, torchaudio 2.11), so refuse first.
+            raise RuntimeError(f"--decoder gpu-beam: torchaudio's CUDA beam search crashes the process on this "
+                               f"GPU (compute capability {capability[0]}.{capability[1]}; pytorch/audio#3754); "
+                               "use --decoder greedy on the GPU, or beam / beam-lm (they run on the CPU)")
         from torchaudio.models.decoder import cuda_ctc_decoder
 
         self.tokenizer, self.device = tokenizer, torch.device(device)

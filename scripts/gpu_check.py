@@ -403,6 +403,8 @@ class Check:
         result.figures["recorded"] = [json.loads(line) for line in self.figures_file.read_text().splitlines()
                                       if line.strip()] if self.figures_file.is_file() else []
         result.note = last_line(done.stdout)
+        if done.returncode < 0 or "Fatal Python error" in (done.stdout or ""):
+            raise StepFailed(f"pytest crashed (exit {done.returncode}): {crash_site(done.stdout)}")
         if done.returncode != 0:
             raise StepFailed(f"pytest exited {done.returncode}: {last_line(done.stdout)}")
         if not counts.get("passed"):
@@ -413,7 +415,8 @@ class Check:
         out = self.work / "bench_train.json"
         self.run(result, [self.python, "scripts/bench_train.py", "--config", "conf/librispeech.yaml",
                           "--train", str(self.data["bench"]), "--steps", str(self.profile.bench_train_steps),
-                          "--device", self.profile.device, "--json", str(out), *self.profile.bench_train_overrides],
+                          "--device", self.profile.device, "--json", str(out), *self.profile.bench_train_overrides,
+                          *self.args.bench_overrides],
                  timeout=self.profile.bench_timeout)
         figures = json.loads(out.read_text())
         result.figures.update(figures, bench_repeat=self.data["bench_repeat"])
@@ -612,6 +615,16 @@ def clip(text: str) -> str:
     return text[: MAX_LOG_BYTES // 5] + f"\n[... {len(text) - MAX_LOG_BYTES} characters left out ...]\n" + text[-4 * MAX_LOG_BYTES // 5:]
 
 
+def crash_site(text: str) -> str:
+    """Where a crashed pytest died: faulthandler's "Fatal Python error" line and the innermost test
+    frame of the crashing thread (the last line of such output lists extension modules, not the cause)."""
+    text = text or ""
+    fatal = next((line[line.index("Fatal Python error"):].strip() for line in text.splitlines()
+                  if "Fatal Python error" in line), "no fatal error line")
+    frames = re.findall(r'File "[^"]*(tests/test_\w+\.py)", line (\d+) in (\w+)', text)
+    return f"{fatal}; in {frames[0][2]} ({frames[0][0]}:{frames[0][1]})" if frames else fatal
+
+
 def last_line(text: str) -> str:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     return lines[-1].strip()[:300] if lines else ""
@@ -720,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheels", type=Path, default=REPO / ".whl", help="folder of wheels to install first (default .whl)")
     parser.add_argument("--only", type=lambda s: s.split(","), default=[], help=f"comma-separated steps to run ({', '.join(STEPS)})")
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[], help="comma-separated steps to leave out")
+    parser.add_argument("--bench-overrides", nargs="+", default=[], metavar="section.key=value",
+                        help="config overrides added to bench_train's (e.g. train.num_workers=12)")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (its path is in check.log)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.only + args.skip if s not in STEPS]

@@ -101,6 +101,15 @@ def test_gpu_beam_needs_cuda():
         make_decoder("gpu-beam", TOKENIZER, "cpu")
 
 
+def test_gpu_beam_refused_on_a_gpu_where_torchaudio_aborts(monkeypatch):
+    """torchaudio's CUDA beam search aborts the whole process on compute capability 9.0+ (run on an
+    H200, 2026-12-04): the decoder refuses before any decoding, saying what to use instead."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    with pytest.raises(RuntimeError, match=r"crashes the process on this GPU \(compute capability 9\.0.*use --decoder greedy"):
+        make_decoder("gpu-beam", TOKENIZER, "cuda")
+
+
 def test_beam_lm_without_flashlight_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "flashlight.lib.text", None)  # import raises ImportError
     with pytest.raises(RuntimeError, match=r"pip install 'asr\[lm\]'"):

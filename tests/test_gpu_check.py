@@ -129,3 +129,18 @@ def test_gpu_profile_overrides_are_valid():
 def test_gpu_check_refuses_bad_arguments(args):
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), *args], capture_output=True, text=True)
     assert run.returncode == 2 and "usage" in run.stderr
+
+
+def test_a_crashed_pytest_is_reported_by_its_fatal_error_and_test():
+    """On the H200 (2026-12-04) torchaudio's CUDA beam search aborted the pytest process; faulthandler's
+    output then ends with a list of extension modules, so the step names the error and the test instead."""
+    output = ('.s........Fatal Python error: Aborted\n\nThread 0x1 (most recent call first):\n'
+              '  File "/usr/lib/python3.12/threading.py", line 359 in wait\n\n'
+              'Current thread 0x2 (most recent call first):\n'
+              '  File "/x/torch/_ops.py", line 1269 in __call__\n'
+              '  File "/work/main/asr/decode.py", line 340 in __call__\n'
+              '  File "/work/main/tests/test_gpu.py", line 550 in test_gpu_beam_matches_the_cpu_beam_and_is_faster\n'
+              '  File "/x/_pytest/python.py", line 167 in pytest_pyfunc_call\n\n'
+              'Extension modules: numpy._core._multiarray_umath, torch._C (total: 2)\n')
+    assert _gpu_check_module().crash_site(output) == (
+        "Fatal Python error: Aborted; in test_gpu_beam_matches_the_cpu_beam_and_is_faster (tests/test_gpu.py:550)")
