@@ -270,6 +270,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-resume", action="store_true",
                    help="--resume, continuing with the new values of changed train/specaug keys (never model, "
                         "features or tokenizer ones)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out folder that holds a run: deletes its checkpoints, metrics.jsonl and "
+                        "logs first (without --resume or --overwrite such a folder is refused)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(run=_train)
 
@@ -278,8 +281,10 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import read_manifest
     from .training import distributed_setup_from_env, train
+    from .training.resume import check_out_dir
 
     config = load_config(args.config, args.overrides)
+    check_out_dir(args.out, args.resume or args.force_resume, args.overwrite)  # before the manifests are read
     train_utts, seen = [], {}
     for path in args.train:
         for u in read_manifest(path):
@@ -288,7 +293,7 @@ def _train(args: argparse.Namespace) -> int:
                                  "across training manifests")
             train_utts.append(u)
     state = train(config, train_utts, _dev_sets(args.dev), args.out, resume=args.resume or args.force_resume,
-                  force_resume=args.force_resume)
+                  force_resume=args.force_resume, overwrite=args.overwrite)
     if distributed_setup_from_env().is_main:  # under torchrun, one summary (rank 0's)
         print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
               f"checkpoints in {args.out}")
@@ -344,8 +349,10 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                             "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
         p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
         p.add_argument("--out-dir", type=Path, default=None,
-                       help="srt/vtt: write one file per input here, at the input's path relative to the folder "
-                            "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
+                       help="write one file per input here (.txt, .json, .srt or .vtt by --format, holding what would "
+                            "be printed for it), at the input's path relative to the folder holding all inputs "
+                            "(a/x.wav, b/x.wav -> a/x.srt, b/x.srt); files already there are refused before any work")
+        p.add_argument("--overwrite", action="store_true", help="--out-dir: replace output files that already exist")
         p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
 
 
@@ -402,15 +409,21 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from .files import write_text_atomic
     from .formats import format_srt, format_vtt, format_word_lines, json_line, transcript_json
-    from .transcribe import expand_paths, output_paths
+    from .transcribe import existing_outputs, expand_paths, output_paths
 
     args.model, args.paths = _transcribe_model_and_paths(args)
     output_format = args.format or ("json" if args.json else "txt")
     subtitles = output_format in ("srt", "vtt")
     outputs = None
-    if subtitles and args.out_dir is not None:
-        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
+    if args.out_dir is not None:  # name clashes and files already there: refused before any work
+        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)
+        clashing = [] if args.overwrite else existing_outputs(outputs.values())
+        if clashing:
+            named = ", ".join(map(str, clashing[:3])) + (f" and {len(clashing) - 3} more" if len(clashing) > 3 else "")
+            raise ValueError(f"--out-dir {args.out_dir}: {len(clashing)} output file(s) already exist ({named}); "
+                             "nothing was transcribed. Add --overwrite to replace them, or choose another --out-dir")
     recognizer = _recognizer(args, nbest=max(args.nbest, 1))
     timestamps = args.timestamps or subtitles
     results = recognizer.pipeline.transcribe(args.paths, timestamps=timestamps, progress=show_progress(args))
@@ -422,21 +435,20 @@ def _transcribe(args: argparse.Namespace) -> int:
         if r.error:
             print(f"asr transcribe: error: {r.error}", file=sys.stderr)
         if output_format == "json":
-            print(json_line(transcript_json(r, nbest=args.nbest > 1)))
+            text = json_line(transcript_json(r, nbest=args.nbest > 1)) + "\n"
         elif r.error:
             continue
         elif subtitles:
             text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
-            if outputs is None:
-                print(text, end="")
-            else:
-                outputs[r.path].parent.mkdir(parents=True, exist_ok=True)
-                outputs[r.path].write_text(text, encoding="utf-8")
-                print(outputs[r.path])
         elif timestamps:
-            print(format_word_lines(r.path, r.words), end="")
+            text = format_word_lines(r.path, r.words)
         else:
-            print(f"{r.path}\t{r.text}")
+            text = f"{r.path}\t{r.text}\n"
+        if outputs is None:
+            print(text, end="")
+        elif not r.error:  # a file that failed is named on stderr and gets no output file
+            write_text_atomic(outputs[r.path], text)
+            print(outputs[r.path])
     failed = sum(1 for r in results if r.error)
     if failed:
         print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
