@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -490,6 +491,19 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 over it)")
     p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio accepted (400 over it)")
+    p.add_argument("--max-samples", type=int, default=57_600_000,
+                   help="most decoded samples (channels x frames) per request, checked from the file's header before "
+                        "decoding (413 over it); default: 600 s of 48 kHz stereo, 230 MB as float32")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/ requests (401 otherwise), as OpenAI clients send "
+                        "it; default: $ASR_API_KEY (preferable: a command line is visible to other users)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. https://app.example:8443, or '*') whose pages may call the API; "
+                        "repeatable. Requests from other origins' pages are refused (403)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection has to send a request's headers (408 and closed after; 0: no limit)")
+    p.add_argument("--body-timeout", type=float, default=120.0,
+                   help="seconds a request has to send its body after its headers (408 and closed after; 0: no limit)")
     p.set_defaults(run=_serve)
 
 
@@ -502,19 +516,30 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
-    from .serving.http import ServeConfig, serve
+    from .serving.http import ServeConfig, bind_socket, is_loopback, serve
     from .transcribe import default_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_batch < 1 or args.queue_size < 1:
-        raise ValueError("--max-batch and --queue-size must be at least 1")
+    if args.max_batch < 1 or args.queue_size < 1 or args.max_samples < 1:
+        raise ValueError("--max-batch, --queue-size and --max-samples must be at least 1")
+    if args.header_timeout < 0 or args.body_timeout < 0:
+        raise ValueError("--header-timeout and --body-timeout must be 0 (no limit) or more")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("ASR_API_KEY", "")
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
+                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
+                         max_samples=args.max_samples, api_key=api_key,
+                         allow_origins=tuple(o.rstrip("/") for o in args.allow_origin),
+                         header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+    if not is_loopback(args.host) and not api_key:
+        print(f"asr serve: warning: listening on {args.host}, beyond this machine, without an API key: anyone who can "
+              "reach this port can use the server. Set --api-key or $ASR_API_KEY", file=sys.stderr)
+    sock = bind_socket(args.host, args.port)  # a port in use is reported now, not after the model has loaded
     model_path = args.model or default_model_path()
     recognizer = load(model_path, args.device, decoder=args.decoder)
-    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
-                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size)
-    print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/", file=sys.stderr)
-    serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name)
+    print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/"
+          + (" (API key required)" if api_key else ""), file=sys.stderr)
+    serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name, sock=sock)
     return 0
 
 

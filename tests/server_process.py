@@ -18,15 +18,22 @@ def request(port: int, method: str, path: str, body: bytes | None = None, conten
             timeout: float = 60.0) -> tuple[int, str, bytes]:
     """(status, content type, body). A server that answers before reading a large body may close the
     connection while it is being sent; its answer is still read."""
+    status, headers, data = exchange(port, method, path, body, {"Content-Type": content_type} if content_type else {},
+                                     timeout)
+    return status, headers.get("content-type", ""), data
+
+
+def exchange(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+             timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """(status, response headers with lower-case names, body) of a request with the given headers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": content_type} if content_type else {}
         try:
-            conn.request(method, path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=headers or {})
         except (BrokenPipeError, ConnectionResetError):
             pass
         response = conn.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
 
