@@ -477,7 +477,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP server: OpenAI-style /v1/audio/transcriptions, /health and a web page",
                        description="Serve a model over HTTP (Starlette on uvicorn; pip install 'asr[serve]'): POST "
                        "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
-                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
+                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio. Before "
+                       "listening beyond this machine (--host 0.0.0.0), set an API key (--api-key or $ASR_API_KEY).")
     p.add_argument("-m", "--model", type=Path, default=None,
                    help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-whisper-tiny-bilstm-ctc.pt")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
