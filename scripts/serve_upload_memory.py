@@ -26,6 +26,7 @@ from asr.serving.http import RequestError, ServeConfig, decode_upload  # noqa: E
 
 
 def silent_flac(channels: int, rate: int, seconds: int) -> bytes:
+    """Silence as 16-bit FLAC, written a second at a time (tests/test_serve.py uses it too)."""
     out = io.BytesIO()
     with soundfile.SoundFile(out, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
         for _ in range(seconds):

@@ -348,12 +348,13 @@ def post(port: int, data: bytes, headers: dict[str, str]) -> tuple[int, dict[str
 
 
 def silent_flac(channels: int, rate: int, seconds: int) -> bytes:
-    """Silence as 16-bit FLAC, written a second at a time: compresses to almost nothing."""
-    out = io.BytesIO()
-    with soundfile.SoundFile(out, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
-        for _ in range(seconds):
-            f.write(np.zeros((rate, channels), np.int16))
-    return out.getvalue()
+    """Silence as 16-bit FLAC (almost nothing once compressed), by scripts/serve_upload_memory.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_upload_memory", ROOT / "scripts" / "serve_upload_memory.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.silent_flac(channels, rate, seconds)
 
 
 def test_decoded_samples_are_bounded_from_the_header_before_decoding(monkeypatch):
