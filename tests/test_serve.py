@@ -526,4 +526,4 @@ def test_same_origin_compares_scheme_default_ports_host_and_port():
     assert not same_origin("https://example.org", "example.org:80")
     assert not same_origin("http://127.0.0.1:8001", "127.0.0.1:8000")
     assert not same_origin("null", "127.0.0.1:8000") and not same_origin("file://", "127.0.0.1:8000")
-    assert not same_origin("http://127.0.0.1:8000", "127.0.0.1:bad")
+    assert not same_origin("http://127.0.0.1:8000", "127.0.0.1:bad") and not same_origin("http://x:bad", "x")

@@ -28,11 +28,10 @@ closed), so slow clients cannot hold connections open; a client that hangs up is
 Requests flow: the upload is read with a size limit (413 over it); its header's channels x frames
 are checked against `max_samples` before decoding (413: a small FLAC of silence can decode to
 gigabytes); it is decoded and checked in a thread (400 for empty, unreadable, truncated, too short
-or too long audio), then queued. A bounded queue
-(503 with Retry-After when full) feeds one worker that takes up to `max_batch` waiting requests at once and
-transcribes them as one batch (`asr.api.Recognizer.transcribe`, the bytes decoded to samples and
-passed on as arrays: no temporary file); if a batch fails, its requests
-are retried one by one so one bad request cannot fail the others. Every error is JSON in the
+or too long audio), then queued. A bounded queue (503 with Retry-After when full) feeds one worker
+that takes up to `max_batch` waiting requests at once and transcribes them as one batch
+(`asr.api.Recognizer.transcribe`, the bytes decoded to samples and passed on as arrays: no temporary
+file); if a batch fails, its requests are retried one by one so one bad request cannot fail the others. Every error is JSON in the
 OpenAI shape: {"error": {"message", "type", "param", "code"}}.
 """
 
@@ -41,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import hmac
 import io
 import ipaddress
@@ -96,11 +96,9 @@ class RequestError(Exception):
     """A request the server refuses: HTTP status, message naming the problem, offending field, and
     extra response headers (Retry-After, WWW-Authenticate)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None,
-                 code: str | int | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-        self.headers, self.code = headers or {}, status if code is None else code
+        self.status, self.message, self.param, self.headers = status, message, param, headers or {}
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | int | None = None) -> dict:
@@ -330,14 +328,13 @@ def is_loopback(host: str) -> bool:
 def same_origin(origin: str, host: str) -> bool:
     """Whether a request's Origin header ("http://127.0.0.1:8000") names the server it was sent to
     (its Host header, "127.0.0.1:8000"): then the page making it is one this server served."""
-    parts = urlsplit(origin)
+    parts, target = urlsplit(origin), urlsplit(f"//{host}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = urlsplit(f"//{host}")
+    default = 443 if parts.scheme == "https" else 80
     try:
-        target_port = target.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # a Host header with a malformed port
+        port, target_port = parts.port or default, target.port or default
+    except ValueError:  # a malformed port in either header
         return False
     return (parts.hostname, port) == (target.hostname, target_port)
 
@@ -349,7 +346,8 @@ class AccessGuard:
 
     def __init__(self, app: ASGIApp, config: ServeConfig):
         self.app, self.config = app, config
-        self.key = config.api_key.encode("utf-8")
+        # Digests of equal length: the comparison's time tells neither the key's content nor its length.
+        self.key_digest = hashlib.sha256(config.api_key.encode("utf-8")).digest() if config.api_key else b""
 
     def allowed_origin(self, origin: str) -> bool:
         return "*" in self.config.allow_origins or origin.rstrip("/") in self.config.allow_origins
@@ -368,10 +366,11 @@ class AccessGuard:
         if cross and not allowed and method not in ("GET", "HEAD"):
             return await self.refuse(scope, receive, send, 403, self.origin_message(origin), "origin_not_allowed")
         extra = self.cors(origin) if allowed else {}
-        if self.key and path.startswith("/v1/") and method != "OPTIONS":
+        if self.key_digest and path.startswith("/v1/") and method != "OPTIONS":
             given = headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self.key):
+            digest = hashlib.sha256(token.strip().encode("utf-8")).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self.key_digest):
                 problem = "no API key was sent" if not given else "the API key is not valid"
                 return await self.refuse(scope, receive, send, 401, f"{problem}: this server needs the header "
                                          "'Authorization: Bearer <key>' (the key given to asr serve --api-key or "
@@ -443,7 +442,8 @@ def timed_protocol(header_timeout: float, body_timeout: float) -> type:
                 self.deadline = None
 
         def data_received(self, data: bytes) -> None:
-            if self.deadline is None and (self.cycle is None or self.cycle.response_complete and not self.cycle.more_body):
+            between_requests = self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
+            if self.deadline is None and between_requests:
                 self.arm(header_timeout, "headers")  # the next request on a kept-alive connection
             super().data_received(data)
 
@@ -524,9 +524,9 @@ def create_app(recognizer: Recognizer, config: ServeConfig | None = None, model_
     page = resources.files("asr.serving").joinpath("static/index.html").read_text(encoding="utf-8")
     state: dict[str, BatchWorker] = {}
 
-    def error_response(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None,
-                       code: str | int | None = None) -> JSONResponse:
-        return JSONResponse(error_body(status, message, param, code), status, headers)
+    def error_response(status: int, message: str, param: str | None = None,
+                       headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(error_body(status, message, param), status, headers)
 
     async def limited_body(request: Request) -> AsyncIterator[bytes]:
         received = 0
@@ -581,7 +581,7 @@ def create_app(recognizer: Recognizer, config: ServeConfig | None = None, model_
 
     async def on_request_error(request: Request, e: RequestError) -> Response:
         log.info("%s %s: %d %s", request.method, request.url.path, e.status, e.message)
-        return error_response(e.status, e.message, e.param, e.headers, e.code)
+        return error_response(e.status, e.message, e.param, e.headers)
 
     async def on_client_gone(request: Request, e: ClientDisconnect) -> Response:
         # The client hung up mid-upload (or its connection timed out, already logged): one line, no traceback;
