@@ -47,7 +47,8 @@ def free_port() -> int:
 def start_server(checkpoint: Path, log_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
     """`asr serve` as a subprocess on a free loopback port, once /health answers (at most 120 s)."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # No key from the environment: a test asks for one with --api-key.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ASR_API_KEY": ""}
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "asr.cli", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",
