@@ -501,6 +501,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (e.g. https://app.example:8443, or '*') whose pages may call the API; "
                         "repeatable. Requests from other origins' pages are refused (403)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="on loopback without an API key only requests whose Host is localhost, 127.0.0.1 or ::1 are "
+                        "answered (against DNS rebinding); also this name, e.g. a reverse proxy's. Repeatable")
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a connection has to send a request's headers (408 and closed after; 0: no limit)")
     p.add_argument("--body-timeout", type=float, default=120.0,
@@ -531,6 +534,7 @@ def _serve(args: argparse.Namespace) -> int:
                          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
                          max_samples=args.max_samples, api_key=api_key,
                          allow_origins=tuple(o.rstrip("/") for o in args.allow_origin),
+                         loopback_names_only=is_loopback(args.host) and not api_key, allow_hosts=tuple(args.allow_host),
                          header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     if not is_loopback(args.host) and not api_key:
         print(f"asr serve: warning: listening on {args.host}, beyond this machine, without an API key: anyone who can "

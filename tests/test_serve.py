@@ -527,3 +527,18 @@ def test_same_origin_compares_scheme_default_ports_host_and_port():
     assert not same_origin("http://127.0.0.1:8001", "127.0.0.1:8000")
     assert not same_origin("null", "127.0.0.1:8000") and not same_origin("file://", "127.0.0.1:8000")
     assert not same_origin("http://127.0.0.1:8000", "127.0.0.1:bad") and not same_origin("http://x:bad", "x")
+
+
+def test_a_loopback_server_without_a_key_answers_only_its_own_host_names(server):
+    """DNS rebinding: a page on evil.example, its name pointed at 127.0.0.1, is same-origin for the
+    browser (Origin and Host both evil.example), so a keyless loopback server refuses Host names that
+    are not this machine's; 'localhost' and '127.0.0.1' work."""
+    port, utts, _ = server
+    audio = Path(utts[0].audio).read_bytes()
+    status, _, answer = post(port, audio, {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"})
+    assert status == 403 and answer["error"]["code"] == "host_not_allowed"
+    assert "--allow-host evil.example" in answer["error"]["message"]
+    assert exchange(port, "GET", "/health", None, {"Host": "evil.example"})[0] == 403
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        status, _, answer = post(port, audio, {"Host": name, "Origin": f"http://{name}"})
+        assert status == 200 and answer["text"] == utts[0].text

@@ -21,7 +21,9 @@ Exposure: `api_key` (asr serve --api-key, or $ASR_API_KEY) makes every /v1/ requ
 page and /health stay open, and the page has a field for the key. A request from a web page of
 another origin (its Origin header names another host than its Host header) is refused (403) unless
 `allow_origins` lists that origin, which then also gets CORS preflight answers and headers: without
-this, any page the user opens could drive a server on localhost. Each connection must send its
+this, any page the user opens could drive a server on localhost. A loopback server without a key
+also refuses Host headers that do not name this machine (`loopback_names_only`: DNS rebinding).
+Each connection must send its
 request headers within `header_timeout` seconds and its body within `body_timeout` (408, then
 closed), so slow clients cannot hold connections open; a client that hangs up is logged in one line.
 
@@ -88,6 +90,11 @@ class ServeConfig:
     max_samples: int = 57_600_000
     api_key: str = ""  # when set, /v1/ requests need "Authorization: Bearer <api_key>"
     allow_origins: tuple[str, ...] = ()  # other web origins that may call the API ("*": any)
+    # A loopback server without a key answers only requests naming this machine in their Host header
+    # (localhost, 127.0.0.1, ::1) or one of allow_hosts: a page on a domain rebound to 127.0.0.1 (DNS
+    # rebinding) is same-origin for the browser, so the Origin check alone does not stop it.
+    loopback_names_only: bool = False
+    allow_hosts: tuple[str, ...] = ()
     header_timeout: float = 10.0  # seconds a connection has to send a request's headers
     body_timeout: float = 120.0  # seconds a request has to send its body once its headers are in
 
@@ -357,6 +364,14 @@ class AccessGuard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         method, path, origin = scope["method"], scope["path"], headers.get("origin")
+        if self.config.loopback_names_only:
+            name = urlsplit(f"//{headers.get('host', '')}").hostname or ""
+            if not is_loopback(name) and name not in self.config.allow_hosts:
+                return await self.refuse(scope, receive, send, 403, (
+                    f"Host {name!r} is not a name of this machine: a server on loopback without an API key answers "
+                    f"only localhost, 127.0.0.1 and ::1 (a web page could otherwise reach it by pointing its own "
+                    f"domain there); a reverse proxy's name is allowed with asr serve --allow-host {name}"),
+                    "host_not_allowed")
         cross = origin is not None and not same_origin(origin, headers.get("host", ""))
         allowed = cross and self.allowed_origin(origin)
         if method == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
