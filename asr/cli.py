@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -270,6 +271,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-resume", action="store_true",
                    help="--resume, continuing with the new values of changed train/specaug keys (never model, "
                         "features or tokenizer ones)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out folder that holds a run: deletes its checkpoints, metrics.jsonl and "
+                        "logs first (without --resume or --overwrite such a folder is refused)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(run=_train)
 
@@ -278,8 +282,10 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data import read_manifest
     from .training import distributed_setup_from_env, train
+    from .training.resume import check_out_dir
 
     config = load_config(args.config, args.overrides)
+    check_out_dir(args.out, args.resume or args.force_resume, args.overwrite)  # before the manifests are read
     train_utts, seen = [], {}
     for path in args.train:
         for u in read_manifest(path):
@@ -288,7 +294,7 @@ def _train(args: argparse.Namespace) -> int:
                                  "across training manifests")
             train_utts.append(u)
     state = train(config, train_utts, _dev_sets(args.dev), args.out, resume=args.resume or args.force_resume,
-                  force_resume=args.force_resume)
+                  force_resume=args.force_resume, overwrite=args.overwrite)
     if distributed_setup_from_env().is_main:  # under torchrun, one summary (rank 0's)
         print(f"best dev WER {state.best_wer:.2f}% CER {state.best_cer:.2f}% after {state.step} updates; "
               f"checkpoints in {args.out}")
@@ -344,8 +350,10 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                             "json: one object per file; srt/vtt: subtitles (implies --timestamps)")
         p.add_argument("--nbest", type=int, default=1, help="json: the K best hypotheses with their scores")
         p.add_argument("--out-dir", type=Path, default=None,
-                       help="srt/vtt: write one file per input here, at the input's path relative to the folder "
-                            "holding all inputs (a/x.wav, b/x.wav -> a/x.srt, b/x.srt)")
+                       help="write one file per input here (.txt, .json, .srt or .vtt by --format, holding what would "
+                            "be printed for it), at the input's path relative to the folder holding all inputs "
+                            "(a/x.wav, b/x.wav -> a/x.srt, b/x.srt); files already there are refused before any work")
+        p.add_argument("--overwrite", action="store_true", help="--out-dir: replace output files that already exist")
         p.add_argument("--quiet", action="store_true", help="no progress bars (they appear only when stderr is a terminal)")
 
 
@@ -402,15 +410,21 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from .files import write_text_atomic
     from .formats import format_srt, format_vtt, format_word_lines, json_line, transcript_json
-    from .transcribe import expand_paths, output_paths
+    from .transcribe import existing_outputs, expand_paths, output_paths
 
     args.model, args.paths = _transcribe_model_and_paths(args)
     output_format = args.format or ("json" if args.json else "txt")
     subtitles = output_format in ("srt", "vtt")
     outputs = None
-    if subtitles and args.out_dir is not None:
-        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)  # clashes: before any work
+    if args.out_dir is not None:  # name clashes and files already there: refused before any work
+        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)
+        clashing = [] if args.overwrite else existing_outputs(outputs.values())
+        if clashing:
+            named = ", ".join(map(str, clashing[:3])) + (f" and {len(clashing) - 3} more" if len(clashing) > 3 else "")
+            raise ValueError(f"--out-dir {args.out_dir}: {len(clashing)} output file(s) already exist ({named}); "
+                             "nothing was transcribed. Add --overwrite to replace them, or choose another --out-dir")
     recognizer = _recognizer(args, nbest=max(args.nbest, 1))
     timestamps = args.timestamps or subtitles
     results = recognizer.pipeline.transcribe(args.paths, timestamps=timestamps, progress=show_progress(args))
@@ -422,21 +436,20 @@ def _transcribe(args: argparse.Namespace) -> int:
         if r.error:
             print(f"asr transcribe: error: {r.error}", file=sys.stderr)
         if output_format == "json":
-            print(json_line(transcript_json(r, nbest=args.nbest > 1)))
+            text = json_line(transcript_json(r, nbest=args.nbest > 1)) + "\n"
         elif r.error:
             continue
         elif subtitles:
             text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
-            if outputs is None:
-                print(text, end="")
-            else:
-                outputs[r.path].parent.mkdir(parents=True, exist_ok=True)
-                outputs[r.path].write_text(text, encoding="utf-8")
-                print(outputs[r.path])
         elif timestamps:
-            print(format_word_lines(r.path, r.words), end="")
+            text = format_word_lines(r.path, r.words)
         else:
-            print(f"{r.path}\t{r.text}")
+            text = f"{r.path}\t{r.text}\n"
+        if outputs is None:
+            print(text, end="")
+        elif not r.error:  # a file that failed is named on stderr and gets no output file
+            write_text_atomic(outputs[r.path], text)
+            print(outputs[r.path])
     failed = sum(1 for r in results if r.error)
     if failed:
         print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
@@ -464,7 +477,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP server: OpenAI-style /v1/audio/transcriptions, /health and a web page",
                        description="Serve a model over HTTP (Starlette on uvicorn; pip install 'asr[serve]'): POST "
                        "/v1/audio/transcriptions takes the OpenAI audio API's multipart request (file, response_format "
-                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio.")
+                       "json|text|srt|vtt|verbose_json), GET /health, and GET / is a page to upload or record audio. Before "
+                       "listening beyond this machine (--host 0.0.0.0), set an API key (--api-key or $ASR_API_KEY).")
     p.add_argument("-m", "--model", type=Path, default=None,
                    help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-whisper-tiny-bilstm-ctc.pt")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -478,6 +492,22 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64, help="requests waiting for the model; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 over it)")
     p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest audio accepted (400 over it)")
+    p.add_argument("--max-samples", type=int, default=57_600_000,
+                   help="most decoded samples (channels x frames) per request, checked from the file's header before "
+                        "decoding (413 over it); default: 600 s of 48 kHz stereo, 230 MB as float32")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/ requests (401 otherwise), as OpenAI clients send "
+                        "it; default: $ASR_API_KEY (preferable: a command line is visible to other users)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (e.g. https://app.example:8443, or '*') whose pages may call the API; "
+                        "repeatable. Requests from other origins' pages are refused (403)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="on loopback without an API key only requests whose Host is localhost, 127.0.0.1 or ::1 are "
+                        "answered (against DNS rebinding); also this name, e.g. a reverse proxy's. Repeatable")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection has to send a request's headers (408 and closed after; 0: no limit)")
+    p.add_argument("--body-timeout", type=float, default=120.0,
+                   help="seconds a request has to send its body after its headers (408 and closed after; 0: no limit)")
     p.set_defaults(run=_serve)
 
 
@@ -490,19 +520,31 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
-    from .serving.http import ServeConfig, serve
+    from .serving.http import ServeConfig, bind_socket, is_loopback, serve
     from .transcribe import default_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_batch < 1 or args.queue_size < 1:
-        raise ValueError("--max-batch and --queue-size must be at least 1")
+    if args.max_batch < 1 or args.queue_size < 1 or args.max_samples < 1:
+        raise ValueError("--max-batch, --queue-size and --max-samples must be at least 1")
+    if args.header_timeout < 0 or args.body_timeout < 0:
+        raise ValueError("--header-timeout and --body-timeout must be 0 (no limit) or more")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("ASR_API_KEY", "")
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
+                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size,
+                         max_samples=args.max_samples, api_key=api_key,
+                         allow_origins=tuple(o.rstrip("/") for o in args.allow_origin),
+                         loopback_names_only=is_loopback(args.host) and not api_key, allow_hosts=tuple(args.allow_host),
+                         header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+    if not is_loopback(args.host) and not api_key:
+        print(f"asr serve: warning: listening on {args.host}, beyond this machine, without an API key: anyone who can "
+              "reach this port can use the server. Set --api-key or $ASR_API_KEY", file=sys.stderr)
+    sock = bind_socket(args.host, args.port)  # a port in use is reported now, not after the model has loaded
     model_path = args.model or default_model_path()
     recognizer = load(model_path, args.device, decoder=args.decoder)
-    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_audio_seconds=args.max_audio_seconds,
-                         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size)
-    print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/", file=sys.stderr)
-    serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name)
+    print(f"asr serve: model {model_path} on {recognizer.device}; http://{args.host}:{args.port}/"
+          + (" (API key required)" if api_key else ""), file=sys.stderr)
+    serve(recognizer, args.host, args.port, config, model_name=Path(model_path).name, sock=sock)
     return 0
 
 

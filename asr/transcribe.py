@@ -140,7 +140,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def output_paths(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, suffix: str) -> dict[str, Path]:
-    """Where the per-file outputs (subtitles) of `files` (as `expand_paths` gives them) go: each
+    """Where the per-file outputs (`asr transcribe --out-dir`) of `files` (as `expand_paths` gives them) go: each
     file's path relative to the deepest folder holding them all, below `out_dir`, with `suffix` for
     its extension. So 'a/x.wav' and 'b/x.wav' give OUT/a/x.srt and OUT/b/x.srt, and the files of one
     folder keep their sub-folders. Keyed by str(file). Two files that would still share an output (x.wav
@@ -160,6 +160,11 @@ def output_paths(files: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         taken[out] = (given, full)
         outputs[str(given)] = out
     return outputs
+
+
+def existing_outputs(outputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The `outputs` (from `output_paths`) that already exist: what a run would replace."""
+    return [Path(p) for p in outputs if os.path.lexists(p)]
 
 
 @dataclass

@@ -122,6 +122,13 @@ DEFECT_CLASSES: dict[str, list[str]] = {
         "test_beam.py::test_unknown_decoder",
         "test_beam.py::test_gpu_beam_needs_cuda",
     ],
+    "outputs already there": [
+        "test_train.py::test_training_again_into_a_finished_run_is_refused_before_any_work",
+        "test_train.py::test_overwrite_starts_the_run_again_from_scratch",
+        "test_train.py::test_a_folder_left_by_a_failed_setup_is_no_run",
+        "test_cli.py::test_transcribe_out_dir_refuses_existing_files_before_any_work",
+        "test_cli.py::test_transcribe_out_dir_writes_every_format",
+    ],
     "HTTP requests (asr serve)": [
         "test_serve.py::test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving",
         "test_serve.py::test_wav_truncation_is_detected_from_the_header",
@@ -129,6 +136,17 @@ DEFECT_CLASSES: dict[str, list[str]] = {
         "test_serve.py::test_worker_batches_and_isolates_a_failing_request",
         "test_serve.py::test_a_full_queue_answers_503",
         "test_serve.py::test_an_oversized_chunked_upload_without_content_length_gets_413",
+    ],
+    "an exposed server (asr serve)": [
+        "test_serve.py::test_decoded_samples_are_bounded_from_the_header_before_decoding",
+        "test_serve.py::test_the_sample_limit_is_an_openai_error_from_the_server",
+        "test_serve.py::test_the_api_key_is_required_as_a_bearer_token",
+        "test_serve.py::test_requests_from_other_origins_are_refused_unless_allowed",
+        "test_serve.py::test_a_slow_loris_connection_is_closed_with_408",
+        "test_serve.py::test_a_client_hanging_up_mid_upload_is_one_log_line",
+        "test_serve.py::test_the_port_is_checked_before_the_model_loads_and_exposure_without_a_key_warns",
+        "test_serve.py::test_a_loopback_server_without_a_key_answers_only_its_own_host_names",
+        "test_web_page.py::test_a_server_with_an_api_key_is_used_through_the_key_field",
     ],
     "pretrained encoders": [
         "test_pretrained.py::test_no_encoder_gives_a_message_saying_how_to_get_one",

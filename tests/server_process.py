@@ -18,15 +18,22 @@ def request(port: int, method: str, path: str, body: bytes | None = None, conten
             timeout: float = 60.0) -> tuple[int, str, bytes]:
     """(status, content type, body). A server that answers before reading a large body may close the
     connection while it is being sent; its answer is still read."""
+    status, headers, data = exchange(port, method, path, body, {"Content-Type": content_type} if content_type else {},
+                                     timeout)
+    return status, headers.get("content-type", ""), data
+
+
+def exchange(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+             timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """(status, response headers with lower-case names, body) of a request with the given headers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": content_type} if content_type else {}
         try:
-            conn.request(method, path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=headers or {})
         except (BrokenPipeError, ConnectionResetError):
             pass
         response = conn.getresponse()
-        return response.status, response.getheader("Content-Type", ""), response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
 
@@ -40,7 +47,8 @@ def free_port() -> int:
 def start_server(checkpoint: Path, log_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
     """`asr serve` as a subprocess on a free loopback port, once /health answers (at most 120 s)."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # No key from the environment: a test asks for one with --api-key.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ASR_API_KEY": ""}
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "asr.cli", "serve", "--model", str(checkpoint), "--host", "127.0.0.1",

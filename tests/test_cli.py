@@ -160,6 +160,40 @@ def test_transcribe_missing_checkpoint(capsys, files, tmp_path):
     assert out == ""
 
 
+@pytest.mark.parametrize("options, suffix", [([], ".txt"), (["--timestamps"], ".txt"), (["--format", "json"], ".json")])
+def test_transcribe_out_dir_writes_every_format(capsys, checkpoint, files, tmp_path, options, suffix):
+    """Issue 29 row 5: --out-dir no longer ignores txt (and json): one file per input, holding what
+    would be printed for it."""
+    good, _ = files
+    base = ["transcribe", checkpoint, *good, "--device", "cpu", *options]
+    code, printed, _ = run(capsys, *base)
+    assert code == 0
+    code, out, err = run(capsys, *base, "--out-dir", tmp_path / "out")
+    written = [tmp_path / "out" / (p.stem + suffix) for p in good]
+    assert code == 0 and out.split() == [str(p) for p in written]
+    assert "".join(p.read_text() for p in written) == printed
+
+
+def test_transcribe_out_dir_refuses_existing_files_before_any_work(capsys, checkpoint, audio, tmp_path):
+    """Issue 29 row 5: a hand-written subtitle file is never replaced silently; the refusal comes
+    before the model is even loaded (here a missing one) and names a few clashing files and the count."""
+    inputs = [audio.write(f"in/x{i}.wav", tone(0.4, 16000, 300 + 50 * i), 16000) for i in range(5)]
+    out = tmp_path / "subs"
+    out.mkdir()
+    for i in range(5):
+        (out / f"x{i}.srt").write_text(f"hand-written {i}")
+    code, stdout, err = run(capsys, "transcribe", tmp_path / "missing.pt", *inputs, "--format", "srt",
+                            "--out-dir", out, "--device", "cpu")
+    assert code == 2 and stdout == ""
+    assert f"--out-dir {out}: 5 output file(s) already exist ({out / 'x0.srt'}, {out / 'x1.srt'}, " \
+           f"{out / 'x2.srt'} and 2 more); nothing was transcribed. Add --overwrite" in err
+    assert [(out / f"x{i}.srt").read_text() for i in range(5)] == [f"hand-written {i}" for i in range(5)]
+    code, stdout, err = run(capsys, "transcribe", checkpoint, *inputs, "--format", "srt", "--out-dir", out,
+                            "--device", "cpu", "--overwrite")
+    assert code == 0 and len(stdout.split()) == 5
+    assert not any((out / f"x{i}.srt").read_text().startswith("hand-written") for i in range(5))
+
+
 # --------------------------------------------------------------------------- decode
 
 

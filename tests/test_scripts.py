@@ -1,7 +1,7 @@
 """scripts/bench_train.py (training throughput against the hardware ceiling),
 scripts/experiments.py (a series of training runs, each scored on dev), scripts/cache_features.py
 (the frozen encoder's features, speed-perturbed copies too) and scripts/synthesize_speech.py (flite
-speech from LM text), on generated speech."""
+speech from LM text), on generated speech; scripts/serve_upload_memory.py on a small FLAC."""
 
 from __future__ import annotations
 
@@ -381,3 +381,17 @@ def test_synthesize_speech_with_piper_maps_each_file_to_its_line(tmp_path):
         synth.main(args[:-7] + ["--voices", str(broken), "--piper-batch", "3", "--stretch", "1", "1"])
     with pytest.raises(SystemExit):
         synth.main(args[:-7] + ["--voices", str(tmp_path / "none.onnx")])
+
+
+def test_serve_upload_memory_reports_the_refusal_and_the_decode(tmp_path, capsys, monkeypatch):
+    """scripts/serve_upload_memory.py on a small file: refused over --max-samples, decoded under it."""
+    script = load_script("serve_upload_memory")
+    keep = tmp_path / "silence.flac"
+    small = ["--channels", "2", "--rate", "16000", "--seconds", "3", "--keep", str(keep)]
+    monkeypatch.setattr(sys, "argv", ["serve_upload_memory.py", *small, "--max-samples", "1000"])
+    script.main()
+    assert "refused 413: file 'silence.flac' would decode to 2 channel(s) x 48,000 frames" in capsys.readouterr().out
+    assert keep.is_file()
+    monkeypatch.setattr(sys, "argv", ["serve_upload_memory.py", *small])
+    script.main()
+    assert "decoded (48000, 2) at 16000 Hz" in capsys.readouterr().out

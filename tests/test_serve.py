@@ -25,7 +25,7 @@ pytest.importorskip("multipart")
 
 from asr.data import read_manifest  # noqa: E402
 from asr.serving.http import RequestError, ServeConfig, decode_upload, wav_truncation  # noqa: E402
-from server_process import ROOT, request, start_server, stop_server  # noqa: E402
+from server_process import ROOT, exchange, free_port, request, start_server, stop_server  # noqa: E402
 
 MAX_UPLOAD_MB = 1.0
 MAX_AUDIO_SECONDS = 20.0
@@ -277,6 +277,7 @@ def test_a_full_queue_answers_503():
 
     refused, results = asyncio.run(scenario())
     assert refused.status == 503 and "busy" in refused.message
+    assert int(refused.headers["Retry-After"]) >= 1  # issue 29 row 7: clients are told when to come back
     assert results == ["1.0", "1.0"]
 
 
@@ -320,3 +321,224 @@ def test_the_openai_client_works_against_the_server(server, tmp_path):
     assert [w.word for w in verbose.words] == utts[0].text.split() and verbose.duration == pytest.approx(utts[0].duration)
     with pytest.raises(openai.BadRequestError, match="not a readable audio file \\(Format not recognised"):
         client.audio.transcriptions.create(model="whisper-1", file=("x.wav", b"not audio"))
+
+
+# --- issue 29: a server fit to be exposed -----------------------------------------------------------
+
+API_KEY = "test-key-29"
+GOOD_ORIGIN = "http://good.example"
+
+
+@pytest.fixture(scope="module")
+def guarded(synth_model, tmp_path_factory):
+    """(port, utterances, log path) of a server with an API key, one allowed origin, a small sample
+    limit and 1 s header and body timeouts."""
+    checkpoint, manifest = synth_model
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    process, port = start_server(checkpoint, log, "--api-key", API_KEY, "--allow-origin", GOOD_ORIGIN + "/",
+                                 "--max-samples", "1000000", "--header-timeout", "1", "--body-timeout", "1")
+    yield port, read_manifest(manifest), log
+    stop_server(process)
+
+
+def post(port: int, data: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], dict]:
+    body, content_type = multipart({}, {"file": ("speech.wav", data, "audio/wav")})
+    status, got, answer = exchange(port, "POST", "/v1/audio/transcriptions", body, {"Content-Type": content_type, **headers})
+    return status, got, json.loads(answer)
+
+
+def silent_flac(channels: int, rate: int, seconds: int) -> bytes:
+    """Silence as 16-bit FLAC (almost nothing once compressed), by scripts/serve_upload_memory.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_upload_memory", ROOT / "scripts" / "serve_upload_memory.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.silent_flac(channels, rate, seconds)
+
+
+def test_decoded_samples_are_bounded_from_the_header_before_decoding(monkeypatch):
+    """Issue 29 row 2: 80 s of 8-channel 96 kHz FLAC silence is 50 kB, within the upload and duration
+    limits, but 61 M samples (246 MB as float32): refused by the default limit from the header alone."""
+    import asr.serving.http as served
+
+    data = silent_flac(8, 96000, 80)
+    assert len(data) < 100_000
+    monkeypatch.setattr(served.soundfile, "read", lambda *a, **k: pytest.fail("decoded despite the header"))
+    with pytest.raises(RequestError) as refused:
+        decode_upload(data, "loud.flac", ServeConfig())
+    assert refused.value.status == 413 and refused.value.param == "file"
+    assert "'loud.flac' would decode to 8 channel(s) x 7,680,000 frames at 96000 Hz = 61,440,000 samples " \
+           "(246 MB as float32), over the limit of 57,600,000 samples per request (asr serve --max-samples)" \
+           in refused.value.message
+    monkeypatch.undo()
+    samples, rate = decode_upload(silent_flac(2, 16000, 3), "ok.flac", ServeConfig(max_samples=96_000))
+    assert samples.shape == (48000, 2) and rate == 16000  # exactly at the limit: decoded
+
+
+def test_the_sample_limit_is_an_openai_error_from_the_server(guarded):
+    port, utts, _ = guarded
+    status, _, answer = post(port, silent_flac(4, 48000, 6), {"Authorization": f"Bearer {API_KEY}"})
+    assert status == 413 and answer["error"]["param"] == "file" and "1,152,000 samples" in answer["error"]["message"]
+
+
+def test_the_api_key_is_required_as_a_bearer_token(guarded):
+    """Issue 29 row 6: with --api-key, /v1/ answers 401 in OpenAI's shape without the key or with
+    another; the page and /health stay open (the page needs /health to show the key field)."""
+    port, utts, _ = guarded
+    audio = Path(utts[0].audio).read_bytes()
+    for headers, problem in (({}, "no API key was sent"), ({"Authorization": "Bearer wrong"}, "not valid"),
+                             ({"Authorization": API_KEY}, "not valid"), ({"Authorization": f"Basic {API_KEY}"}, "not valid")):
+        status, got, answer = post(port, audio, headers)
+        assert status == 401 and got["www-authenticate"].startswith("Bearer")
+        assert answer["error"]["code"] == "invalid_api_key" and problem in answer["error"]["message"]
+        assert "Authorization: Bearer <key>" in answer["error"]["message"]
+    status, _, answer = post(port, audio, {"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200 and answer["text"] == utts[0].text
+    status, _, body = exchange(port, "GET", "/health")
+    assert status == 200 and json.loads(body)["api_key_required"] is True
+    assert exchange(port, "GET", "/")[0] == 200
+
+
+def test_requests_from_other_origins_are_refused_unless_allowed(server, guarded):
+    """Issue 29 row 6: a page on evil.example cannot drive a local server (a multipart POST needs no
+    CORS preflight, so the server itself must refuse it); the server's own page and allowed origins can."""
+    for port, utts, key in ((server[0], server[1], {}), (guarded[0], guarded[1], {"Authorization": f"Bearer {API_KEY}"})):
+        audio = Path(utts[0].audio).read_bytes()
+        for evil in ("http://evil.example", "null", f"http://localhost.evil.example:{port}", f"http://127.0.0.1:{port + 1}"):
+            status, got, answer = post(port, audio, {"Origin": evil, **key})
+            assert status == 403 and answer["error"]["code"] == "origin_not_allowed", evil
+            assert "access-control-allow-origin" not in got
+            assert (f"--allow-origin {evil}" in answer["error"]["message"]) == (evil != "null")
+        status, got, answer = post(port, audio, {"Origin": f"http://127.0.0.1:{port}", **key})  # the server's own page
+        assert status == 200 and answer["text"] == utts[0].text
+        preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        assert exchange(port, "OPTIONS", "/v1/audio/transcriptions", None, preflight)[0] == 403
+    port, utts, _ = guarded
+    status, got, answer = post(port, Path(utts[0].audio).read_bytes(), {"Origin": GOOD_ORIGIN, **key})
+    assert status == 200 and got["access-control-allow-origin"] == GOOD_ORIGIN and answer["text"] == utts[0].text
+    preflight = {"Origin": GOOD_ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization"}
+    status, got, _ = exchange(port, "OPTIONS", "/v1/audio/transcriptions", None, preflight)
+    assert status == 204 and got["access-control-allow-origin"] == GOOD_ORIGIN
+    assert "Authorization" in got["access-control-allow-headers"] and "POST" in got["access-control-allow-methods"]
+
+
+def trickle(port: int, data: bytes, at_once: bytes = b"", every: float = 0.2) -> tuple[int, bytes]:
+    """Send `at_once`, then `data` a byte at a time, `every` seconds apart, reading whatever the server
+    answers: (bytes of `data` sent when the server closed the connection, its answer)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(at_once)
+        conn.settimeout(every)
+        answer = b""
+        for sent in range(len(data)):
+            try:
+                conn.sendall(data[sent:sent + 1])
+                chunk = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                return sent, answer
+            if not chunk:
+                return sent, answer
+            answer += chunk
+        return len(data), answer
+
+
+def test_a_slow_loris_connection_is_closed_with_408(guarded):
+    """Issue 29 row 7: a client sending its headers (then its body) a byte at a time is answered 408
+    and cut off at --header-timeout (--body-timeout) 1 s, long before it has sent everything (100
+    bytes 0.2 s apart take 20 s); the server keeps serving."""
+    port, utts, _ = guarded
+    headers = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+               "Content-Type: multipart/form-data; boundary=x\r\nX-Padding: " + "a" * 100 + "\r\n\r\n").encode()
+    sent, answer = trickle(port, headers)
+    assert sent < len(headers) and answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"headers"' not in answer and b"(headers)" in answer
+    body = b"--x\r\n" * 20
+    with_length = headers.replace(b"X-Padding", b"Content-Length: %d\r\nX-Padding" % len(body))
+    sent, answer = trickle(port, body, at_once=with_length)
+    assert sent < len(body) and answer.startswith(b"HTTP/1.1 408 ") and b"(body)" in answer
+    status, _, answer = post(port, Path(utts[0].audio).read_bytes(), {"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200 and answer["text"] == utts[0].text
+
+
+def test_a_client_hanging_up_mid_upload_is_one_log_line(guarded):
+    """Issue 29 row 7: an aborted upload is logged once, in one line, without a traceback."""
+    import socket
+
+    port, utts, log = guarded
+    body, content_type = multipart({}, {"file": ("speech.wav", Path(utts[0].audio).read_bytes(), "audio/wav")})
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}"
+                     f"\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                     + body[:len(body) // 2])
+        time.sleep(0.2)  # the server is reading the body when the client goes
+    line = "closed the connection before its request was complete"
+    deadline = time.monotonic() + 10
+    while line not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log.read_text()
+    assert text.count(line) == 1 and "Traceback" not in text and "ERROR" not in text
+    status, _, answer = post(port, Path(utts[0].audio).read_bytes(), {"Authorization": f"Bearer {API_KEY}"})
+    assert status == 200
+
+
+def test_the_port_is_checked_before_the_model_loads_and_exposure_without_a_key_warns(tmp_path):
+    """Issue 29 row 7: a port in use is reported at once (the model, missing here, is never reached);
+    row 6: listening beyond loopback without a key warns. The port is held, so nothing is served."""
+    import socket
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ASR_API_KEY": ""}
+    port = free_port()
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as taken:
+            taken.bind((host, port))
+            taken.listen(1)
+            run = subprocess.run([sys.executable, "-m", "asr.cli", "serve", "--model", str(tmp_path / "missing.pt"),
+                                  "--host", host, "--port", str(port)], capture_output=True, text=True, env=env,
+                                 cwd=ROOT, timeout=120)
+        assert run.returncode == 2 and "missing.pt" not in run.stderr
+        assert f"asr serve: error: cannot listen on {host}:{port}: Address already in use; another program is using " \
+               "it" in run.stderr
+        warned = f"asr serve: warning: listening on {host}, beyond this machine, without an API key" in run.stderr
+        assert warned == (host == "0.0.0.0")
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("[::1]", True),
+                                            ("localhost", True), ("0.0.0.0", False), ("::", False),
+                                            ("192.168.1.5", False), ("example.org", False)])
+def test_is_loopback(host, loopback):
+    from asr.serving.http import is_loopback
+
+    assert is_loopback(host) == loopback
+
+
+def test_same_origin_compares_scheme_default_ports_host_and_port():
+    from asr.serving.http import same_origin
+
+    assert same_origin("http://127.0.0.1:8000", "127.0.0.1:8000")
+    assert same_origin("http://example.org", "example.org") and same_origin("http://example.org", "example.org:80")
+    # Behind a TLS proxy the Host header leaves out 443, the default port of the page's scheme.
+    assert same_origin("https://example.org", "example.org:443") and same_origin("https://example.org", "example.org")
+    assert not same_origin("https://example.org", "example.org:80")
+    assert not same_origin("http://127.0.0.1:8001", "127.0.0.1:8000")
+    assert not same_origin("null", "127.0.0.1:8000") and not same_origin("file://", "127.0.0.1:8000")
+    assert not same_origin("http://127.0.0.1:8000", "127.0.0.1:bad") and not same_origin("http://x:bad", "x")
+
+
+def test_a_loopback_server_without_a_key_answers_only_its_own_host_names(server):
+    """DNS rebinding: a page on evil.example, its name pointed at 127.0.0.1, is same-origin for the
+    browser (Origin and Host both evil.example), so a keyless loopback server refuses Host names that
+    are not this machine's; 'localhost' and '127.0.0.1' work."""
+    port, utts, _ = server
+    audio = Path(utts[0].audio).read_bytes()
+    status, _, answer = post(port, audio, {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"})
+    assert status == 403 and answer["error"]["code"] == "host_not_allowed"
+    assert "--allow-host evil.example" in answer["error"]["message"]
+    assert exchange(port, "GET", "/health", None, {"Host": "evil.example"})[0] == 403
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        status, _, answer = post(port, audio, {"Host": name, "Origin": f"http://{name}"})
+        assert status == 200 and answer["text"] == utts[0].text

@@ -365,3 +365,44 @@ def test_init_from_a_checkpoint_of_another_model_is_refused_naming_it(corpus, tm
                                          r"model.hidden_size 32 -> 16"):
         train(load_config(None, OVERRIDES + ["model.hidden_size=16", f"train.init_from={source}"]),
               corpus, corpus[:3], tmp_path / "b")
+
+
+# --------------------------------------------------------------------------- a folder holding a run
+
+def test_training_again_into_a_finished_run_is_refused_before_any_work(stopped_run, tmp_path, monkeypatch):
+    """Issue 29 row 3: without --resume or --overwrite, best.pt, last.pt and metrics.jsonl of the run
+    stay byte for byte, and no manifest is even read (an unreadable one would be named otherwise)."""
+    manifest, run = stopped_run
+    run = _copy_run(run, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, err = _asr_train(tmp_path / "no-such-manifest.jsonl", run)
+    assert code == 2
+    assert f"asr train: error: {run}: already holds a training run (last.pt, best.pt, metrics.jsonl)" in err
+    assert "--resume" in err and "--overwrite" in err and "--out" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    with pytest.raises(ValueError, match="already holds a training run"):  # the Python API refuses it too
+        train(load_config(None, OVERRIDES), read_manifest(manifest), read_manifest(manifest)[:3], run)
+    code, err = _asr_train(manifest, run, "--resume", "--overwrite")
+    assert code == 2 and "--resume and --overwrite exclude each other" in err
+
+
+def test_overwrite_starts_the_run_again_from_scratch(stopped_run, tmp_path):
+    manifest, run = stopped_run
+    run = _copy_run(run, tmp_path)
+    (run / "notes.txt").write_text("mine")
+    code, err = _asr_train(manifest, run, "--overwrite", "train.max_steps=1", "train.log_every=1")
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps and max(steps) == 1  # only the new run's records: none of the old run's 2 updates
+    assert read_checkpoint(run / "last.pt")["state"]["step"] == 1
+    assert "--overwrite: deleted the earlier run's last.pt, best.pt, metrics.jsonl" in (run / "train.log").read_text()
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files go
+
+
+def test_a_folder_left_by_a_failed_setup_is_no_run(corpus, tmp_path):
+    """A bad option stops the run during setup; its train.log must not force --overwrite next time."""
+    with pytest.raises(ValueError, match="train.ema_decay"):
+        train(load_config(None, OVERRIDES + ["train.ema_decay=1.0"]), corpus, corpus[:3], tmp_path)
+    assert (tmp_path / "train.log").exists()
+    state = train(load_config(None, OVERRIDES + ["train.max_steps=1"]), corpus, corpus[:3], tmp_path)
+    assert state.step == 1

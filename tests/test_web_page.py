@@ -108,3 +108,27 @@ def test_record_from_the_microphone(synth_model, browser, tmp_path):
         assert browser.find_element(By.ID, "record").text == "Record"
     finally:
         stop_server(process)
+
+
+def test_a_server_with_an_api_key_is_used_through_the_key_field(synth_model, browser, tmp_path):
+    """Issue 29 row 6: with --api-key the page shows a key field; without the key the server's 401
+    message is shown, with it the file is transcribed (the page sends it as a Bearer token)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    checkpoint, manifest = synth_model
+    utt = read_manifest(manifest)[0]
+    process, port = start_server(checkpoint, tmp_path / "server.log", "--api-key", "page-key")
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "api-key").is_displayed())
+        browser.find_element(By.ID, "file").send_keys(str(Path(utt.audio).resolve()))
+        browser.find_element(By.ID, "send").click()
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith(("done", "error")))
+        assert browser.find_element(By.ID, "status").text.startswith("error 401: no API key was sent")
+        browser.find_element(By.ID, "api-key").send_keys("page-key")
+        browser.find_element(By.ID, "send").click()
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("done"))
+        assert browser.find_element(By.ID, "text").text == utt.text
+    finally:
+        stop_server(process)

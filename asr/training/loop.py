@@ -40,7 +40,8 @@ from .distributed import (
     gather_to_main, process_group, rank_device, rank_seed, wrap_ddp,
 )
 from .metrics import MetricsWindow, drop_metrics_after, layer_grad_norms, layer_parameter_groups, validate
-from .resume import load_init_weights, read_init_checkpoint, read_resume_checkpoint, restore_checkpoint
+from .resume import (check_out_dir, clear_run, load_init_weights, read_init_checkpoint, read_resume_checkpoint,
+                     restore_checkpoint)
 from .state import TrainState, get_rng_state, seed_everything
 from .step import LOSS_NORMS, TrainingForward, backward_splitting_on_oom, forward_backward, update_ema
 
@@ -56,6 +57,7 @@ def train(
     out_dir: str | Path,
     resume: bool = False,
     force_resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainState:
     """Train a model and write checkpoints under out_dir. Returns the final state.
 
@@ -67,11 +69,16 @@ def train(
     was trained with up to RESUME_SAFE_KEYS (`check_resume_config`); `force_resume` accepts other
     train/specaug changes too (never features, model or tokenizer ones).
 
+    A folder that already holds a run (last.pt, best.pt, metrics.jsonl, epoch<N>.pt) is refused, before
+    anything is read, unless the run is resumed or `overwrite` deletes it first (`check_out_dir`): a
+    finished run's best.pt is never replaced silently by another run's.
+
     Under torchrun (WORLD_SIZE etc. set) this process is one rank of a DistributedDataParallel run."""
+    check_out_dir(out_dir, resume or force_resume, overwrite)  # every rank, before rank 0 writes anything
     setup = distributed_setup_from_env()
     device = rank_device(setup, resolve_device(config.train.device))
     with process_group(setup, device):
-        run = _set_up(config, train_utts, dev_utts, Path(out_dir), resume, setup, device, force_resume)
+        run = _set_up(config, train_utts, dev_utts, Path(out_dir), resume, setup, device, force_resume, overwrite)
         stop_reason = ""
         try:
             while run.state.epoch < config.train.epochs and not stop_reason:
@@ -144,12 +151,16 @@ class _Run:
 def _set_up(
     config: Config, train_utts: Sequence[Utterance], dev_utts: Sequence[Utterance] | Mapping[str, Sequence[Utterance]],
     out_dir: Path, resume: bool, setup: DistributedSetup, device: torch.device, force_resume: bool = False,
+    overwrite: bool = False,
 ) -> _Run:
     """Everything before the first batch, in an order that fixes the random draws (a resumed or
     refactored run must draw exactly as before): check the resume, seed, data, model, optimizer,
     schedule, restore or estimate the normalizer, EMA copy, DDP wrapper; then open the logs."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = clear_run(out_dir) if overwrite and setup.is_main else []
     _setup_logging(out_dir / "train.log" if setup.is_main else None)
+    if removed:
+        log.info("--overwrite: deleted the earlier run's %s", ", ".join(p.name for p in removed))
     last_path, tc = out_dir / "last.pt", config.train
     payload = read_resume_checkpoint(last_path, config, force_resume) if resume and last_path.is_file() else None
     init = read_init_checkpoint(tc.init_from, config) if tc.init_from and payload is None else None

@@ -180,3 +180,45 @@ def restore_checkpoint(
         state.world_size = setup.world_size
     return state
 
+
+
+# --------------------------------------------------------------------------- a folder holding a run
+
+# What a run leaves in its folder that a new run into the same folder would replace or mix with its
+# own (best.pt replaced by a worse model, metrics.jsonl holding both runs): any of these, or an
+# epoch<N>.pt, means the folder holds a run. train.log and config.yaml alone are what a run that
+# stopped during setup (a bad option) leaves: nothing to lose, so they do not count, but
+# `overwrite` removes them with the rest.
+RUN_RESULTS = ("last.pt", "best.pt", "metrics.jsonl")
+RUN_LOGS = ("config.yaml", "train.log", "training.png")
+
+
+def run_results(out_dir: str | Path) -> list[Path]:
+    """The files in `out_dir` that show a training run has been there (RUN_RESULTS, epoch<N>.pt)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [out_dir / name for name in RUN_RESULTS if (out_dir / name).is_file()]
+    return found + sorted(out_dir.glob("epoch*.pt"))
+
+
+def check_out_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse (ValueError) to start a new run in a folder that holds one, unless it is resumed or
+    `overwrite` was asked for; refuse both at once. Runs before any data is read."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in the folder, or start it again")
+    found = run_results(out_dir)
+    if found and not resume and not overwrite:
+        names = ", ".join(p.name for p in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise ValueError(f"{out_dir}: already holds a training run ({names}); continue it with --resume, start it again "
+                         "with --overwrite (deletes that run's checkpoints and logs), or choose another --out")
+
+
+def clear_run(out_dir: str | Path) -> list[Path]:
+    """Delete the files of the run in `out_dir` (`overwrite`): its checkpoints, metrics and logs.
+    Other files in the folder stay. Returns what was deleted."""
+    out_dir = Path(out_dir)
+    removed = run_results(out_dir) + [out_dir / name for name in RUN_LOGS if (out_dir / name).is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
