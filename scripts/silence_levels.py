@@ -1,7 +1,8 @@
 """The loudness of speech against silence: for each manifest, the level of each file's loudest frame
 (asr.audio.frame_levels, dBFS of one output frame of the model), and the same for generated silence
 (digital zeros, +-1 LSB dither of 16-bit audio, 1e-4 RMS noise). asr.audio.SILENCE_DBFS sits between
-the two; its comment cites what this prints.
+the two; its comment cites what this prints. Also the gate's cost: CPU seconds of frame_levels per
+hour of audio (the files are decoded before the clock starts).
 
     python scripts/silence_levels.py --manifests /tmp/libri_dev.jsonl /tmp/so762_test.jsonl
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +41,20 @@ def main() -> None:
     args = p.parse_args()
     print("| audio | files | loudest frame: min | 1st percentile | median | max |")
     print("|---|---:|---:|---:|---:|---:|")
+    costs = []
     for manifest in args.manifests:
-        loudest = np.array([frame_levels(read_mono(u.audio, args.rate), args.frame).max()
-                            for u in read_manifest(manifest)])
+        waves = [read_mono(u.audio, args.rate) for u in read_manifest(manifest)]
+        start = time.process_time()
+        loudest = np.array([frame_levels(wave, args.frame).max() for wave in waves])
+        costs.append((manifest.stem, time.process_time() - start, sum(w.shape[0] for w in waves) / args.rate / 3600))
         q = np.percentile(loudest, [0, 1, 50, 100])
         print(f"| {manifest.stem} | {len(loudest)} | {q[0]:.1f} | {q[1]:.1f} | {q[2]:.1f} | {q[3]:.1f} |")
     for name, wave in silences(args.rate, 10.0).items():
         level = frame_levels(wave, args.frame).max()
         print(f"| {name}, 10 s | 1 | {level:.1f} | | | |")
+    for name, seconds, hours in costs:
+        print(f"\nframe_levels on {name}: {seconds:.3f} CPU s for {hours:.2f} h of audio "
+              f"({seconds / hours:.2f} s per hour, RTFx {hours * 3600 / max(seconds, 1e-9):.0f})")
 
 
 if __name__ == "__main__":
