@@ -387,3 +387,17 @@ def test_speech_loud_enough_is_transcribed_and_long_silences_inside_a_file_are_n
     assert result.words and result.words[0].start < 1.0 and any(49.5 < w.start < 51.0 for w in result.words)
     quiet_tone = gated_pipeline().transcribe([(10 ** (-40 / 20) * tone, 16000)])[0]  # -49 dBFS: quiet, not silent
     assert quiet_tone.text
+
+
+def test_a_flac_of_unknown_length_is_transcribed_like_the_same_flac_with_its_length(loaded, tmp_path):
+    """Its header states no length, so it is streamed in chunks (read without seeking); the words and
+    duration are the sized file's, where it was "psf_fseek() failed"."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_audio import unsized_flac
+
+    model, tokenizer = loaded
+    sized, unsized = unsized_flac(tmp_path, chirp(3.0, 22050, seed=7), 22050)
+    a, b = transcribe_files(model, tokenizer, [sized, unsized], CPU, chunk_seconds=30, chunk_overlap=4, timestamps=True)
+    assert (a.error, b.error) == ("", "") and a.text and (b.text, b.words, b.duration) == (a.text, a.words, a.duration)
