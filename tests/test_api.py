@@ -129,7 +129,7 @@ def test_samples_the_model_cannot_take_as_they_are_are_refused(recognizer, corpu
     stereo = np.stack([samples, samples])  # (2, N): channels first
     with pytest.raises(ValueError, match=r"input 0: samples of shape \(2, \d+\) look channels-first.*samples\.T"):
         recognizer.transcribe(stereo, sample_rate=rate)
-    assert recognizer.transcribe(stereo.T, sample_rate=rate).text == recognizer.transcribe(samples, sample_rate=rate).text
+    assert recognizer.transcribe(stereo.T, sample_rate=rate).text == corpus[0].text
     for bad in (0, -1, 16000.0):
         with pytest.raises(ValueError, match="sample_rate must be a positive number"):
             recognizer.transcribe(samples, sample_rate=bad)
@@ -144,10 +144,9 @@ def test_a_bad_item_in_a_list_gets_its_error_and_the_others_their_transcripts(re
     """One bad input in a list no longer loses every result: its Transcript carries the error."""
     (tmp_path / "notes.wav").write_text("not audio")
     samples, rate = soundfile.read(corpus[1].audio, dtype="float32")
-    good = recognizer.transcribe(corpus[1].audio)
     results = recognizer.transcribe([corpus[1].audio, str(tmp_path / "notes.wav"), (samples, rate), b"bytes",
                                      samples.astype(np.int16), np.stack([samples] * 2)])
-    assert [r.text for r in results] == [good.text, "", good.text, "", "", ""]
+    assert [r.text for r in results] == [corpus[1].text, "", corpus[1].text, "", "", ""]
     assert [bool(r.error) for r in results] == [False, True, False, True, True, True]
     assert "notes.wav: not a readable audio file" in results[1].error
     assert results[3].error.startswith("input 3: expected a file path")
