@@ -36,6 +36,10 @@ from .transcribe import Pipeline, TorchModel, Transcript, default_model_path
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor, tuple]  # a path, samples, or (samples, rate)
 Result = Transcript  # what `Recognizer.transcribe` returns (text, words, duration, path)
+# Float samples lie in [-1, 1]; resampling, filtering and added noise overshoot that (tests add noise
+# peaking at 2.4), 16-bit integer values given as floats by far: even audio 40 dB below full scale
+# peaks above 300 as int16. Above this peak an array is refused rather than transcribed as noise.
+MAX_FLOAT_PEAK = 16.0
 
 __all__ = ["AudioInput", "Recognizer", "Result", "Word", "load"]
 
@@ -69,29 +73,47 @@ class Recognizer:
                    progress: bool = False) -> Transcript | list[Transcript]:
         """One input -> a Transcript; a list of inputs -> a list of Transcripts in the same order, batched.
 
-        An input is an audio file path, float samples (numpy array or torch tensor, (samples,) or
-        (samples, channels), at `sample_rate`, default the model's rate), or a (samples, rate) tuple.
-        Each Transcript has its text, words (start, end, confidence) and duration.
-        Raises AudioError naming the first input that cannot be transcribed, ValueError for an
-        input of the wrong kind."""
+        An input is an audio file path, float samples in [-1, 1] (numpy array or torch tensor,
+        (samples,) or (samples, channels), at `sample_rate`, default the model's rate), or a
+        (samples, rate) tuple. Each Transcript has its text, words (start, end, confidence) and duration.
+
+        Errors: one input that cannot be transcribed raises: AudioError for audio that cannot be read
+        (naming the file, or "input 0 (samples)"), ValueError for an input of the wrong kind (not a
+        path or float samples, channels first, beyond [-1, 1] as int16 values are, a rate <= 0). In a
+        list, a bad item raises nothing: its Transcript has `error` set (that message) and empty
+        text, and every other item is transcribed. Silence gives an empty text."""
+        if sample_rate is not None and not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+            raise ValueError(f"sample_rate must be a positive number of samples per second, not {sample_rate!r}")
         single = not isinstance(audio, (list, tuple)) or _is_samples_with_rate(audio)
         items = [audio] if single else list(audio)
-        inputs = [self._as_input(item, i, sample_rate) for i, item in enumerate(items)]
-        results = self.pipeline.transcribe(inputs, timestamps=True, progress=progress)
+        inputs: list[str | tuple[np.ndarray, int]] = []
+        rejected: dict[int, str] = {}  # input index -> why it is not transcribed
+        for i, item in enumerate(items):
+            try:
+                inputs.append(self._as_input(item, i, sample_rate))
+            except ValueError as e:
+                if single:
+                    raise
+                rejected[i] = str(e)
+        transcribed = iter(self.pipeline.transcribe(inputs, timestamps=True, progress=progress))
+        results = [Transcript(error=rejected[i]) if i in rejected else next(transcribed) for i in range(len(items))]
         for result in results:
-            if result.error:
+            if result.error and single:
                 raise AudioError(result.error)
             result.duration = round(result.duration, 3)
         return results[0] if single else results
 
     def _as_input(self, item: AudioInput, index: int, sample_rate: int | None) -> str | tuple[np.ndarray, int]:
-        """A pipeline input for `item`: the path of a file, (float32 samples, rate) for samples."""
+        """A pipeline input for `item`: the path of a file, (float32 samples, rate) for samples.
+        ValueError naming the input for anything the model cannot take as it is."""
         if isinstance(item, (str, os.PathLike)):
             if Path(item).is_dir():
                 raise ValueError(f"{item}: is a folder; pass the audio files in it")
             return str(item)
         if _is_samples_with_rate(item):
             item, sample_rate = item
+            if sample_rate <= 0:
+                raise ValueError(f"input {index}: sample rate {sample_rate}: must be a positive number of samples per second")
         if isinstance(item, torch.Tensor):
             item = item.detach().cpu().numpy()
         if not isinstance(item, np.ndarray):
@@ -102,6 +124,13 @@ class Recognizer:
                              "(divide 16-bit integers by 32768)")
         if item.ndim not in (1, 2):
             raise ValueError(f"input {index}: samples must have shape (samples,) or (samples, channels), not {item.shape}")
+        if item.ndim == 2 and item.shape[1] > item.shape[0]:
+            raise ValueError(f"input {index}: samples of shape {item.shape} look channels-first: {item.shape[1]} "
+                             f"channels of {item.shape[0]} samples; pass (samples, channels), e.g. samples.T")
+        peak = float(np.abs(item).max(initial=0.0)) if np.isfinite(item).all() else 0.0  # NaN: the pipeline says so
+        if peak > MAX_FLOAT_PEAK:
+            raise ValueError(f"input {index}: samples reach {peak:g}, but float samples lie in [-1, 1] "
+                             "(these look like 16-bit integer values: divide by 32768)")
         return np.ascontiguousarray(item, dtype=np.float32), int(sample_rate or self.sample_rate)
 
 

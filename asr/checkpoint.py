@@ -63,13 +63,36 @@ def load_data_file(path: str | os.PathLike, map_location: str | torch.device = "
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    _check_torch_file(path)
     try:
         with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(_refusal(path, e)) from None
     except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(_damaged(path, e)) from None
+
+
+def _check_torch_file(path: Path) -> None:
+    """ValueError in plain words for a file that cannot be a checkpoint at all: empty, unreadable, or
+    neither a zip archive (torch.save) nor a pickle (torch.save before torch 1.6)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not head:
+        raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint; was it copied or downloaded completely?")
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise ValueError(f"{path}: not a checkpoint: checkpoints are files written by torch.save (a zip archive), "
+                         f"this one starts with {head!r}")
+
+
+def _damaged(path: Path, error: Exception) -> str:
+    """The message for a checkpoint torch fails to read for another reason than unsafe contents."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0][:200] if lines else "the file ends early"
+    return f"{path}: damaged or not a checkpoint: torch cannot read it ({type(error).__name__}: {reason})"
 
 
 def _refusal(path: Path, error: Exception) -> str:
@@ -80,7 +103,12 @@ def _refusal(path: Path, error: Exception) -> str:
         return (f"{path}: written by an older asr: it holds numpy arrays (the numpy RNG state of a training "
                 f"checkpoint), which the safe loader does not read. Convert it once with: {UPGRADE_COMMAND} "
                 f"{path} --out NEW.pt (it runs no code from the file either)")
-    what = ", ".join(found) if found else str(error).splitlines()[0]
+    if not found:  # no code or objects named: the pickle itself is malformed (damaged or random bytes)
+        detail = [line for line in str(error).splitlines() if line.strip()
+                  and not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
+        return (f"{path}: damaged or not a checkpoint: its contents cannot be read as data "
+                f"({detail[0] if detail else type(error).__name__})")
+    what = ", ".join(found)
     return (f"{path}: refused: loading this file would run Python code or build objects that are not data "
             f"({what}); asr reads checkpoints as tensors and plain data only. Do not use this file unless you "
             "know why it holds that")
@@ -200,13 +228,14 @@ def upgrade_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> lis
     source, out = Path(source), Path(out)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: checkpoint not found")
+    _check_torch_file(source)
     try:
         with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS + _numpy_array_globals()):
             payload = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(_refusal(source, e)) from None
     except Exception as e:
-        raise ValueError(f"{source}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(_damaged(source, e)) from None
     converted: list[str] = []
     payload = _plain_data(payload, "", converted)
     check_entries(payload, source)

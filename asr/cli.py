@@ -288,7 +288,10 @@ def _train(args: argparse.Namespace) -> int:
     check_out_dir(args.out, args.resume or args.force_resume, args.overwrite)  # before the manifests are read
     train_utts, seen = [], {}
     for path in args.train:
-        for u in read_manifest(path):
+        utts = read_manifest(path, need_text=True)
+        if not utts:
+            raise ValueError(f"{path}: the training manifest holds no utterances")
+        for u in utts:
             if seen.setdefault(u.id, path) != path:
                 raise ValueError(f"{path}: utterance id {u.id!r} is also in {seen[u.id]}; ids must be unique "
                                  "across training manifests")
@@ -309,7 +312,7 @@ def _dev_sets(paths: list[Path]) -> dict:
     names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
     if len(set(names)) < len(names):
         raise ValueError(f"dev manifests given twice: {' '.join(map(str, paths))}")
-    return {name: read_manifest(path) for name, path in zip(names, paths)}
+    return {name: read_manifest(path, need_text=True) for name, path in zip(names, paths)}
 
 
 def _recognizer(args: argparse.Namespace, nbest: int = 1) -> Recognizer:
@@ -601,7 +604,7 @@ def _lm_perplexity(args: argparse.Namespace) -> int:
     from .lm import iter_text, perplexity
 
     if args.text.suffix == ".jsonl":
-        sentences = [u.text for u in read_manifest(args.text)]
+        sentences = [u.text for u in read_manifest(args.text, need_text=True)]
     else:
         sentences = list(iter_text(args.text))
     result = perplexity(args.lm, sentences)

@@ -16,7 +16,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,12 @@ class Utterance:
         return json.dumps(data, ensure_ascii=False)
 
 
-def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+def read_manifest(path: str | os.PathLike, need_text: bool = False) -> list[Utterance]:
+    """The utterances of a JSON Lines manifest (id, audio, duration; text, speaker, start, end
+    optional), audio paths resolved against the manifest's folder. A malformed line is a ValueError
+    naming FILE:LINE and the problem: among them a `text` that is not a string (null, a number), and
+    with `need_text` (training, dev sets, LM text) a line without `text`. Without it, a missing
+    `text` is "" (audio to decode, with no reference)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
@@ -55,21 +60,44 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
                 continue
             try:
                 data = json.loads(line)
+                text = _text_of(data, need_text)
                 utt = Utterance(
                     id=str(data["id"]),
                     audio=str(data["audio"]),
                     duration=float(data["duration"]),
-                    text=str(data.get("text", "")),
+                    text=text,
                     speaker=str(data.get("speaker", "")),
                     start=None if data.get("start") is None else float(data["start"]),
                     end=None if data.get("end") is None else float(data["end"]),
                 )
+            except ManifestTextError as e:
+                raise ValueError(f"{path}:{number}: {e}") from None
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{path}:{number}: not a manifest entry ({type(e).__name__}: {e})") from None
             if not os.path.isabs(utt.audio):
                 utt.audio = str(path.parent / utt.audio)
             utts.append(utt)
     return utts
+
+
+class ManifestTextError(ValueError):
+    """A manifest line's `text` is missing where it is needed, or is not a string."""
+
+
+def _text_of(data: Any, need_text: bool) -> str:
+    """The `text` of a parsed manifest line; ManifestTextError saying what is wrong with it."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    if "text" not in data:
+        if need_text:
+            raise ManifestTextError('no "text": every utterance for training or scoring needs its transcript '
+                                    '(use "text": "" for one that holds no speech)')
+        return ""
+    text = data["text"]
+    if not isinstance(text, str):
+        raise ManifestTextError(f'"text" is {json.dumps(text)}, not a string; write the transcript in quotes '
+                                '("" for an utterance that holds no speech)')
+    return text
 
 
 def write_manifest(path: str | os.PathLike, utts: Sequence[Utterance]) -> None:

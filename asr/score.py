@@ -179,9 +179,11 @@ def read_texts(path: str | os.PathLike) -> dict[str, str]:
             if line.lstrip().startswith("{"):
                 try:
                     data = json.loads(line)
-                    utt_id, text = str(data["id"]), str(data.get("text") or "")
+                    utt_id, text = str(data["id"]), data.get("text", "")  # no text: an empty hypothesis
                 except (json.JSONDecodeError, KeyError) as e:
                     raise ValueError(f"{path}:{number}: not a manifest line ({e})") from None
+                if not isinstance(text, str):  # str(None) would be scored as the word "none"
+                    raise ValueError(f'{path}:{number}: "text" is {json.dumps(text)}, not a string')
             else:
                 sep = "\t" if "\t" in line else " "
                 utt_id, _, text = line.partition(sep)

@@ -32,7 +32,8 @@ import soundfile
 from tqdm import tqdm
 
 from .align import Word, word_timings
-from .audio import AudioError, read_audio, unreadable
+from .audio import (BLOCK_FRAMES, RELATIVE_SILENCE_DB, SILENCE_DBFS, AudioError, MonoResampler, frame_levels, open_audio,
+                    read_block, read_mono, to_mono_at_rate, unreadable)
 from .decode import Decoder, GreedyDecoder, Hypothesis
 from .text import Tokenizer
 
@@ -46,6 +47,13 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".opus", ".ogg", ".mp3", ".sph", ".aiff", "
 # trimmed to the word) last 0.1435 s (measured, benchmarks/RESULTS.md); a 0.1 s file was transcribed
 # as "si". Shorter files get an empty transcript and a warning (`min_audio_samples`).
 MIN_SPEECH_SECONDS = 0.12
+
+# A silence this long (quiet frames, Pipeline.quiet_frames) holds no word, but for its first and last
+# SILENCE_MARGIN_SECONDS, where a CTC model may still emit the letters of the word beside it; shorter
+# quiet stretches, such as a stop consonant's closure, are left to the model (Pipeline.blank_silences).
+MIN_SILENCE_SECONDS = 1.0
+SILENCE_MARGIN_SECONDS = 0.25
+CERTAINLY_NOT = -80.0  # the log-prob of a letter inside a silence (e^-80: ~1e-35)
 
 # An input: an audio file (or a folder of them), or float samples (samples,) or (samples, channels) with their rate.
 AudioInput = Union[str, os.PathLike, "tuple[np.ndarray, int]"]
@@ -74,16 +82,13 @@ class AcousticModel(Protocol):
     samples_per_frame: int  # input samples per output frame
     min_samples: int  # the shortest input that gives one output frame computed from audio alone
 
-    def to_model_rate(self, samples: np.ndarray, rate: int) -> np.ndarray:
-        """(samples,) or (samples, channels) float32 at `rate` -> (samples',) mono at sample_rate."""
-
     def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Mono waveforms (samples,) at sample_rate -> each one's (T, V) log-probs, run as one batch."""
 
 
 class TorchModel:
-    """A CTCModel on a device as the pipeline's AcousticModel: torchaudio's resampler, one padded
-    batch per call, log-probs back on the CPU as float32."""
+    """A CTCModel on a device as the pipeline's AcousticModel: one padded batch per call, log-probs
+    back on the CPU as float32."""
 
     def __init__(self, model: CTCModel, device: torch.device | str = "cpu"):
         import torch
@@ -92,14 +97,6 @@ class TorchModel:
         self.sample_rate = model.feature_config.sample_rate
         self.samples_per_frame = model.samples_per_frame
         self.min_samples = model.min_samples()
-
-    def to_model_rate(self, samples: np.ndarray, rate: int) -> np.ndarray:
-        import torch
-
-        from .audio import to_mono_and_rate
-
-        return to_mono_and_rate(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), rate,
-                                self.sample_rate).numpy()
 
     def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -179,6 +176,11 @@ class Pipeline:
     batch_seconds: float = 300.0  # padded audio seconds per model batch
     chunk_seconds: float = 30.0  # longer inputs are read in chunks of this length (0: never)
     chunk_overlap: float = 4.0  # seconds shared by consecutive chunks
+    # Inputs (and, in long inputs, stretches between pauses) whose loudest frame is below silence_dbfs,
+    # or in a long input relative_silence_db below its loudest frame, are silence: no words, and a
+    # short one skips the model (asr.audio.SILENCE_DBFS says why these levels; -inf turns it off).
+    silence_dbfs: float = SILENCE_DBFS
+    relative_silence_db: float = RELATIVE_SILENCE_DB
 
     @classmethod
     def for_model(cls, model: CTCModel, tokenizer: Tokenizer, device: torch.device | str = "cpu",
@@ -203,9 +205,14 @@ class Pipeline:
         for result, item, seconds in long:
             self._run_long(result, item, seconds, timestamps, progress)
         for result in results:
-            if result.warning:  # too short: an empty transcript, like a file of silence
+            if not result.error and result.nbest is None:  # silence, or too short: an empty transcript
                 result.nbest, result.words = [("", 0.0)], [] if timestamps else None
         return results
+
+    def is_silent(self, wave: np.ndarray) -> bool:
+        """Whether a mono wave (samples,) at the model's rate holds no frame at or above silence_dbfs."""
+        levels = frame_levels(wave, self.acoustic.samples_per_frame)
+        return not (levels >= self.silence_dbfs).any()
 
     def _read(self, inputs: Sequence[AudioInput]):
         """(all results, [(result, wave at the model's rate)] for inputs read whole, [(result, input,
@@ -222,20 +229,21 @@ class Pipeline:
                 if self.chunk_seconds and not 0 < seconds <= self.chunk_seconds:  # unknown length: streamed
                     long.append((result, item, seconds))
                     continue
-                samples, native = read_audio(item) if isinstance(item, Path) else item
-                wave = self.acoustic.to_model_rate(samples, native)
+                wave = read_mono(item, rate) if isinstance(item, Path) else to_mono_at_rate(*item, rate)
             except AudioError as e:
                 result.error = str(e)
                 continue
             result.duration = wave.shape[0] / rate
             result.warning = too_short_warning(_name(item, index), wave.shape[0], min_audio_samples(self.acoustic), rate)
-            if not result.warning:
+            if not result.warning and not self.is_silent(wave):
                 short.append((result, wave))
         return results, short, long
 
     def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool) -> None:
         """Inputs read whole: length-sorted batches through the model and the decoder."""
+        frame = self.acoustic.samples_per_frame
         for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
+            log_probs = [self.blank_silences(lp, frame_levels(short[i][1], frame)) for i, lp in zip(batch, log_probs)]
             for i, frames, nbest in zip(batch, log_probs, self.decode(log_probs)):
                 result = short[i][0]
                 result.text = nbest[0].text if nbest else ""
@@ -255,17 +263,23 @@ class Pipeline:
         """An input read in chunks: its joined frames decoded and aligned piece by piece, cut at pauses."""
         rate = self.acoustic.sample_rate
         try:
-            frames, result.duration = self.long_log_probs(item, progress, seconds)
+            frames, levels, result.duration = self._long_frames(item, progress, seconds)
         except AudioError as e:
             result.error = str(e)
             return
         result.warning = too_short_warning(result.path, round(result.duration * rate), min_audio_samples(self.acoustic), rate)
         if result.warning:  # only when chunk_seconds is shorter than that
             return
+        quiet = self.quiet_frames(levels, frames.shape[0])
+        if quiet.all():
+            return
+        frames = self.blank_silences(frames, levels)
         max_frames = max(1, int(self.chunk_seconds / self.frame_shift))
         texts, score, words = [], 0.0, []
         for start, end in pause_segments(frames, self.tokenizer.blank, max_frames, max_frames // 3,
-                                         self.tokenizer.word_separator, self.tokenizer.word_start_ids):
+                                         self.tokenizer.word_separator, self.tokenizer.word_start_ids, quiet):
+            if quiet[start:end].all():  # a stretch of silence between pauses: no words
+                continue
             best = self.decode([frames[start:end]])[0][0]
             if best.text:
                 texts.append(best.text)
@@ -277,6 +291,32 @@ class Pipeline:
         result.nbest = [(result.text, score)]
         if timestamps:
             result.words = _clip(words, result.duration)
+
+    def quiet_frames(self, levels: np.ndarray, num_frames: int) -> np.ndarray:
+        """(num_frames,) bool: the output frames whose audio frame (`levels`, dBFS per frame of
+        samples_per_frame) is below silence_dbfs or relative_silence_db below the loudest frame."""
+        levels = np.resize(levels, num_frames) if levels.shape[0] < num_frames else levels[:num_frames]
+        loudest = levels.max(initial=-np.inf)
+        return levels < max(self.silence_dbfs, loudest - self.relative_silence_db)
+
+    def blank_silences(self, log_probs: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """(T, V) log-probs in which no unit of a word can be decoded or aligned inside a silence: in
+        every run of at least MIN_SILENCE_SECONDS of quiet frames (`quiet_frames`), less
+        SILENCE_MARGIN_SECONDS at each end, every label but the blank and the word separator gets
+        CERTAINLY_NOT. A copy where anything changes. A CTC model emits the separator between words
+        in the pause, and a word's first or last letter up to a few frames outside its sound (on
+        libri-other dev, blanking whole quiet runs of 0.5 s joined words and cut first letters: greedy
+        WER 32.73 -> 35.73%), hence the two exceptions."""
+        quiet = self.quiet_frames(levels, log_probs.shape[0])
+        margin = round(SILENCE_MARGIN_SECONDS / self.frame_shift)
+        runs = _long_runs(quiet, max(1, round(MIN_SILENCE_SECONDS / self.frame_shift)), margin)
+        if not runs.any():
+            return log_probs
+        kept = [self.tokenizer.blank] + ([] if self.tokenizer.word_separator is None else [self.tokenizer.word_separator])
+        letters = np.setdiff1d(np.arange(log_probs.shape[1]), kept)
+        log_probs = log_probs.copy()
+        log_probs[np.ix_(np.flatnonzero(runs), letters)] = CERTAINLY_NOT
+        return log_probs
 
     def decode(self, log_probs: Sequence[np.ndarray]) -> list[list[Hypothesis]]:
         """Per-utterance (T, V) log-probs -> their n-best lists, by the decoder on one padded batch."""
@@ -304,6 +344,13 @@ class Pipeline:
         Only the log-probs grow with the input, never the audio or the activations. Raises AudioError
         for a file that cannot be read. With `progress`, a bar on stderr counts the seconds done
         (of `seconds`, the length the header states; None: read here)."""
+        frames, _, duration = self._long_frames(item, progress, seconds)
+        return frames, duration
+
+    def _long_frames(self, item: str | os.PathLike | tuple[np.ndarray, int], progress: bool = False,
+                     seconds: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """`long_log_probs` with the level of each frame of samples_per_frame input samples (dBFS,
+        `asr.audio.frame_levels`): ((T, V) log-probs, (about T,) levels, seconds)."""
         if seconds is None:
             seconds = _stated_seconds(item if isinstance(item, tuple) else Path(item), 0)
         rate = self.acoustic.sample_rate
@@ -312,12 +359,14 @@ class Pipeline:
         per_batch = max(1, int(self.batch_seconds // self.chunk_seconds))
         pending: list[np.ndarray] = []
         pieces: list[np.ndarray] = []
+        levels: list[np.ndarray] = []  # of the samples after those of earlier chunks (on the frame grid)
         samples = 0
         name = Path(item).name if not isinstance(item, tuple) else "samples"
         bar = tqdm(total=round(seconds) or None, desc=name, unit="s", disable=not progress, leave=False, mininterval=1.0)
         with bar:
-            for k, (wave, last) in enumerate(read_chunks(item, rate, chunk, hop, self.acoustic.to_model_rate)):
+            for k, (wave, last) in enumerate(read_chunks(item, rate, chunk, hop)):
                 pending.append(wave)
+                levels.append(frame_levels(wave[samples - k * hop :], frame))
                 bar.update(round((k * hop + wave.shape[0]) / rate) - round(samples / rate))
                 samples = k * hop + wave.shape[0]
                 if len(pending) < per_batch and not last:
@@ -326,7 +375,18 @@ class Pipeline:
                 for i, frames in enumerate(log_probs):
                     pieces.append(stitcher.take(frames, last=last and i == len(pending) - 1))
                 pending = []
-        return np.concatenate(pieces), samples / rate
+        return np.concatenate(pieces), np.concatenate(levels), samples / rate
+
+
+def _long_runs(mask: np.ndarray, min_length: int, margin: int = 0) -> np.ndarray:
+    """(T,) bool: the frames of `mask` in runs of at least `min_length` consecutive True frames,
+    less `margin` frames at each end of a run."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    out = np.zeros_like(mask, dtype=bool)
+    for start, end in zip(edges[0::2], edges[1::2]):
+        if end - start >= min_length:
+            out[start + margin : end - margin] = True
+    return out
 
 
 def length_batches(durations: Sequence[float], max_seconds: float) -> list[list[int]]:
@@ -424,6 +484,7 @@ def pause_segments(
     search_frames: int,
     separator: int | None = None,
     word_start_ids: Collection[int] = (),
+    quiet: np.ndarray | None = None,
 ) -> list[tuple[int, int]]:
     """Cut (T, V) log-probs into [start, end) frame segments of at most `max_frames`, so that a beam
     search or an alignment of each never sees half a word.
@@ -432,20 +493,24 @@ def pause_segments(
     in the middle of the longest pause among the last `search_frames` frames before the limit,
     preferring pauses between words (holding a separator, or followed by a label of
     `word_start_ids`): a CTC model also emits blanks between the letters of a word. With no pause
-    there, the cut falls at the limit."""
+    there, the cut falls at the limit. `quiet`: (T,) bool, frames of silent audio (Pipeline.quiet_frames),
+    are pauses whatever the model's best label, and between words (a word's own gaps, stop closures,
+    keep the room's noise, far above the silence levels)."""
     best = np.asarray(log_probs).argmax(axis=-1).tolist()
     total = len(best)
     silent = {blank} if separator is None else {blank, separator}
+    pause = [b in silent for b in best] if quiet is None else [b in silent or q for b, q in zip(best, quiet.tolist())]
     # Each maximal pause as (first frame, end frame, between words?).
     pauses, t = [], 0
     while t < total:
-        if best[t] not in silent:
+        if not pause[t]:
             t += 1
             continue
         first = t
-        while t < total and best[t] in silent:
+        while t < total and pause[t]:
             t += 1
-        between_words = (separator is not None and separator in best[first:t]) or (t < total and best[t] in word_start_ids)
+        between_words = ((separator is not None and separator in best[first:t]) or (t < total and best[t] in word_start_ids)
+                         or (quiet is not None and bool(quiet[first:t].any())))
         pauses.append((first, t, between_words))
     segments, start = [], 0
     while total - start > max_frames:
@@ -466,40 +531,35 @@ def read_chunks(
     sample_rate: int,
     chunk: int,
     hop: int,
-    to_model_rate: Callable[[np.ndarray, int], np.ndarray],
 ) -> Iterator[tuple[np.ndarray, bool]]:
     """Stream a file (or (samples, rate)) as mono chunks at `sample_rate`: (samples [k * hop, k * hop
-    + chunk) of it, is_last) for k = 0, 1, ... until the chunk that reaches the end. Only about one
-    chunk of a file is held in memory. Each chunk is brought to the model's rate by `to_model_rate`
-    with a margin around it, from a position on the resampler's own grid, so it equals that stretch
-    of the whole resampled input (up to float rounding)."""
+    + chunk) of it, is_last) for k = 0, 1, ... until the chunk that reaches the end. The input is
+    decoded block by block, each block mixed down and resampled as it comes (asr.audio.MonoResampler,
+    which gives the whole input's samples however it is cut), so only about one chunk of mono audio
+    at the model's rate is held, whatever the input's channels and rate."""
+    name = "samples" if isinstance(item, tuple) else str(item)
     with _blocks(item) as (read, native):
-        g = math.gcd(native, sample_rate)
-        unit_in, unit_out = native // g, sample_rate // g  # resampler grid: unit_in native = unit_out model samples
-        margin = math.ceil(max(256, 16 * native / sample_rate) / unit_in) if native != sample_rate else 0
-        buffer: np.ndarray | None = None
-        buffer_start, eof, k = 0, False, 0  # buffer holds native samples from buffer_start on
+        resampler = MonoResampler(native, sample_rate)
+        buffer = np.zeros(0, dtype=np.float32)  # model-rate samples from buffer_start on
+        buffer_start, eof, k = 0, False, 0
         while True:
-            a, b = k * hop, k * hop + chunk  # model samples wanted
-            first_unit = max(a // unit_out - margin, 0)
-            needed = (-(-b // unit_out) + margin) * unit_in + 1  # native samples to have read (+1: is there more?)
-            while not eof and buffer_start + (0 if buffer is None else buffer.shape[0]) < needed:
-                block = read(max(needed - buffer_start - (0 if buffer is None else buffer.shape[0]), 1 << 16))
+            a, b = k * hop, k * hop + chunk
+            pending, have = [buffer], buffer_start + buffer.shape[0]
+            while not eof and have <= b:  # one sample past b: is there more?
+                block = read(BLOCK_FRAMES)
                 eof = block.shape[0] == 0
-                buffer = block if buffer is None else np.concatenate([buffer, block])
-            total = buffer_start + buffer.shape[0]  # native samples read; the input's length once eof
-            if total == 0:
-                raise AudioError(f"{'samples' if isinstance(item, tuple) else item}: the file holds no audio samples")
-            piece = buffer[first_unit * unit_in - buffer_start : needed - buffer_start]
-            wave = to_model_rate(piece, native)
-            offset = first_unit * unit_out  # model sample at wave[0]
-            length = -(-total * sample_rate // native)  # the whole input's length at the model rate (once eof)
-            last = eof and length <= b
-            yield np.ascontiguousarray(wave[a - offset : min(b, length) - offset]), last
+                pending.append(resampler(block, last=eof))
+                have += pending[-1].shape[0]
+            buffer = np.concatenate(pending) if len(pending) > 1 else buffer
+            if resampler.frames_in == 0:
+                raise AudioError(f"{name}: the file holds no audio samples")
+            total = buffer_start + buffer.shape[0]  # the whole input's length at the model rate, once eof
+            last = eof and total <= b
+            yield np.ascontiguousarray(buffer[a - buffer_start : min(b, total) - buffer_start]), last
             if last:
                 return
             k += 1
-            drop = max((k * hop) // unit_out - margin, 0) * unit_in - buffer_start
+            drop = k * hop - buffer_start
             buffer, buffer_start = buffer[drop:], buffer_start + drop
 
 
@@ -520,22 +580,8 @@ def _blocks(item: str | os.PathLike | tuple[np.ndarray, int]) -> Iterator[tuple[
         yield read_samples, int(rate)
         return
     path = Path(item)
-    try:
-        f = soundfile.SoundFile(str(path))
-    except Exception as e:  # libsndfile raises several types for unreadable files
-        raise unreadable(path, e) from None
-    with f:
-        yield (lambda frames: _read_block(f, path, frames)), f.samplerate
-
-
-def _read_block(f: soundfile.SoundFile, path: Path, frames: int) -> np.ndarray:
-    try:
-        block = f.read(frames, dtype="float32", always_2d=True)
-    except Exception as e:
-        raise unreadable(path, e) from None
-    if not np.isfinite(block).all():
-        raise AudioError(f"{path}: the audio holds NaN or infinite samples")
-    return block
+    with open_audio(path) as f:
+        yield (lambda frames: read_block(f, path, frames)), f.samplerate
 
 
 def transcribe_files(

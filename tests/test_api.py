@@ -118,7 +118,40 @@ def test_bad_inputs_raise_clear_errors(recognizer, tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         recognizer.transcribe(str(tmp_path))
     with pytest.raises(ValueError, match="expected a file path"):
-        recognizer.transcribe([b"bytes"])
+        recognizer.transcribe(b"bytes")
+
+
+def test_samples_the_model_cannot_take_as_they_are_are_refused(recognizer, corpus):
+    """Issue 29: channels first, a rate of 0 or below, int16 values as floats: each a ValueError
+    saying what is wrong and how to fix it, instead of noise transcribed, 0 taken as 16 kHz, or a
+    libsndfile error about a temporary file."""
+    samples, rate = soundfile.read(corpus[0].audio, dtype="float32")
+    stereo = np.stack([samples, samples])  # (2, N): channels first
+    with pytest.raises(ValueError, match=r"input 0: samples of shape \(2, \d+\) look channels-first.*samples\.T"):
+        recognizer.transcribe(stereo, sample_rate=rate)
+    assert recognizer.transcribe(stereo.T, sample_rate=rate).text == corpus[0].text
+    for bad in (0, -1, 16000.0):
+        with pytest.raises(ValueError, match="sample_rate must be a positive number"):
+            recognizer.transcribe(samples, sample_rate=bad)
+    with pytest.raises(ValueError, match="input 0: sample rate -1: must be a positive"):
+        recognizer.transcribe((samples, -1))
+    with pytest.raises(ValueError, match=r"input 0: samples reach 1\d{4}.*divide by 32768"):
+        recognizer.transcribe(np.round(samples * 32767), sample_rate=rate)
+    assert recognizer.transcribe(3 * samples, sample_rate=rate).error == ""  # overshoot is not refused
+
+
+def test_a_bad_item_in_a_list_gets_its_error_and_the_others_their_transcripts(recognizer, corpus, tmp_path):
+    """One bad input in a list no longer loses every result: its Transcript carries the error."""
+    (tmp_path / "notes.wav").write_text("not audio")
+    samples, rate = soundfile.read(corpus[1].audio, dtype="float32")
+    results = recognizer.transcribe([corpus[1].audio, str(tmp_path / "notes.wav"), (samples, rate), b"bytes",
+                                     samples.astype(np.int16), np.stack([samples] * 2)])
+    assert [r.text for r in results] == [corpus[1].text, "", corpus[1].text, "", "", ""]
+    assert [bool(r.error) for r in results] == [False, True, False, True, True, True]
+    assert "notes.wav: not a readable audio file" in results[1].error
+    assert results[3].error.startswith("input 3: expected a file path")
+    assert results[4].error.startswith("input 4: samples must be floats")
+    assert results[5].error.startswith("input 5: samples of shape")
 
 
 def test_load_without_a_model_says_where_it_looked(tmp_path, monkeypatch):

@@ -202,3 +202,27 @@ def test_exports_written_before_the_safe_format_still_load(tmp_path):
     assert len(tokenizer) == 29 and not model.training
     shutil.copy(path, tmp_path / "copy.pt")
     assert read_checkpoint(tmp_path / "copy.pt")["metadata"]["versions"]["torch"] == str(torch.__version__)
+
+
+def test_files_that_are_not_checkpoints_are_named_in_plain_words(tmp_path):
+    """Issue 29: random bytes gave "would run Python code" with torch's advice to set
+    weights_only=False, an empty file "EOFError: "; each now says what the file is."""
+    import os
+
+    save_checkpoint(tmp_path / "model.pt", payload())
+    model_bytes = (tmp_path / "model.pt").read_bytes()
+    cases = {
+        "random.pt": (os.urandom(4096), "not a checkpoint: checkpoints are files written by torch.save"),
+        "empty.pt": (b"", "empty file (0 bytes), not a checkpoint"),
+        "text.pt": (b"hello, not a model\n", "not a checkpoint: checkpoints are files written by torch.save"),
+        "cut.pt": (model_bytes[: len(model_bytes) // 2], "damaged or not a checkpoint: torch cannot read it"),
+        "pickle.pt": (b"\x80\x02" + bytes(range(200, 256)), "damaged or not a checkpoint"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        for read in (load_data_file, lambda p: upgrade_checkpoint(p, tmp_path / "new.pt")):
+            with pytest.raises(ValueError) as info:
+                read(tmp_path / name)
+            text = str(info.value)
+            assert text.startswith(f"{tmp_path / name}: {message}"), text
+            assert "weights_only" not in text and "would run Python code" not in text and "\n" not in text, text

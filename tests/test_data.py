@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import random
 from pathlib import Path
 
@@ -647,3 +648,45 @@ def test_short_first_epochs_order_batches_by_length_then_shuffle():
     assert plain.epoch_batches(1) == second  # later epochs as without the option
     assert sorted(map(sorted, plain.epoch_batches(0))) == sorted(map(sorted, first))  # same batches, other order
     assert plain.epoch_batches(0) != first
+
+
+@pytest.mark.parametrize("text, problem", [("null", '"text" is null, not a string'), ("42", '"text" is 42, not a string'),
+                                           ('["a"]', '"text" is \\["a"\\], not a string')])
+def test_a_text_that_is_not_a_string_is_refused_with_file_and_line(tmp_path, text, problem):
+    """Issue 29: `"text": null` became the transcript "None" and a later error about the character 'N'."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(f'{{"id": "a", "audio": "/a.wav", "duration": 1, "text": "ok"}}\n'
+                        f'{{"id": "b", "audio": "/b.wav", "duration": 1, "text": {text}}}\n', encoding="utf-8")
+    for need_text in (False, True):
+        with pytest.raises(ValueError, match=f"{re.escape(str(manifest))}:2: {problem}"):
+            read_manifest(manifest, need_text=need_text)
+
+
+def test_a_row_without_text_is_refused_where_text_is_needed(tmp_path):
+    """Training, dev sets and LM text need each line's transcript (a missing one was trained as an
+    empty text); decoding unlabeled audio does not."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "audio": "/a.wav", "duration": 1, "text": "ok"}\n'
+                        '{"id": "b", "audio": "/b.wav", "duration": 1, "text": ""}\n'
+                        '{"id": "c", "audio": "/c.wav", "duration": 1}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=f'{re.escape(str(manifest))}:3: no "text": every utterance for training'):
+        read_manifest(manifest, need_text=True)
+    assert [u.text for u in read_manifest(manifest)] == ["ok", "", ""]
+
+
+def test_train_refuses_a_manifest_without_text_or_without_entries(tmp_path, capsys):
+    from asr.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "c", "audio": "/c.wav", "duration": 1}\n', encoding="utf-8")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    for manifest, message in [(rows, f'{rows}:1: no "text"'), (empty, f"{empty}: the training manifest holds no utterances")]:
+        assert main(["train", "--train", str(manifest), "--dev", str(manifest), "--out", str(tmp_path / "exp")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+    rows.write_text('{"id": "c", "audio": "/c.wav", "duration": 40, "text": "x"}\n', encoding="utf-8")
+    assert main(["train", "--train", str(rows), "--dev", str(rows), "--out", str(tmp_path / "exp2"),
+                 "train.max_duration=30"]) == 2
+    assert ("no training utterances left: all 1 are longer than train.max_duration (30 s; the shortest lasts 40.0 s)"
+            in capsys.readouterr().err)

@@ -231,3 +231,14 @@ def test_resuming_a_run_keeps_its_encoder(tmp_path):
     other = load_config(None, WHISPER + ["features.encoder_id=whisper-base.en:" + "ab" * 32])
     with pytest.raises(ValueError, match="cannot resume: features.encoder_id"):
         check_resume_config(saved, other)
+
+
+def test_two_encoders_whose_hashes_share_a_prefix_are_shown_apart(tmp_path, monkeypatch):
+    """Issue 29: the message showed both SHA-256s by the same 12-digit prefix."""
+    from asr.frontend import whisper_numpy
+
+    found, expected = "whisper-tiny.en:" + "0123456789abcdef" + "1" * 48, "whisper-tiny.en:" + "0123456789abcdef" + "2" * 48
+    monkeypatch.setattr(whisper_numpy, "encoder_identity", lambda folder: found)
+    with pytest.raises(ValueError) as info:
+        whisper_numpy.check_identity(tmp_path, expected)
+    assert "sha256 0123456789abcdef1111..." in str(info.value) and "sha256 0123456789abcdef2222..." in str(info.value)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 torch.set_num_threads(1)
 
 import asr.training.step as train_step  # noqa: E402
-from asr.audio import load_audio, to_mono_and_rate  # noqa: E402
+from asr.audio import load_audio  # noqa: E402
 from asr.checkpoint import load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from asr.cli import main  # noqa: E402
 from asr.config import load_config  # noqa: E402
@@ -368,10 +368,6 @@ def test_cuda_oom_on_a_single_utterance_is_raised(synth_manifest, tmp_path, monk
 # --------------------------------------------------------------------------- 4. long audio
 
 
-def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    return to_mono_and_rate(torch.from_numpy(np.ascontiguousarray(samples)), rate, 16000).numpy()
-
-
 def test_read_chunks_equals_slices_of_the_whole_file(tmp_path):
     rng = np.random.default_rng(0)
     chunk, hop = 4800, 3840
@@ -381,7 +377,7 @@ def test_read_chunks_equals_slices_of_the_whole_file(tmp_path):
                         subtype="FLOAT")
         whole = load_audio(path, 16000).numpy()
         for source in (path, soundfile.read(path, dtype="float32")):  # a file, and its samples with their rate
-            chunks = list(read_chunks(source, 16000, chunk, hop, to_16k))
+            chunks = list(read_chunks(source, 16000, chunk, hop))
             assert [last for _, last in chunks] == [False] * (len(chunks) - 1) + [True]
             assert (len(chunks) - 1) * hop < whole.shape[0] <= (len(chunks) - 1) * hop + chunk
             for k, (wave, _) in enumerate(chunks):
@@ -389,7 +385,7 @@ def test_read_chunks_equals_slices_of_the_whole_file(tmp_path):
     for n in (hop, chunk, chunk + 1, hop + chunk):  # ends exactly on a chunk boundary, or one past it
         path = tmp_path / f"len{n}.wav"
         soundfile.write(path, (0.1 * rng.standard_normal(n)).astype(np.float32), 16000, subtype="FLOAT")
-        chunks = list(read_chunks(path, 16000, chunk, hop, to_16k))
+        chunks = list(read_chunks(path, 16000, chunk, hop))
         assert sum(w.shape[0] for w, _ in chunks) - (len(chunks) - 1) * (chunk - hop) == n
         assert chunks[-1][1] and chunks[-1][0].shape[0] > chunk - hop or len(chunks) == 1
 

@@ -329,3 +329,11 @@ def test_read_texts_then_score_round_trip(tmp_path):
     hyp.write_text("".join(f"{k}\t{v}\n" for k, v in HYPS.items()), encoding="utf-8")
     report = score(read_texts(ref), read_texts(hyp))
     assert report.wer == pytest.approx(100 * 4 / 11)
+
+
+def test_read_texts_refuses_a_text_that_is_not_a_string(tmp_path):
+    """str(None) would be scored as the word "none"."""
+    path = tmp_path / "hyp.jsonl"
+    path.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": null}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f'{path}:2: "text" is null, not a string')):
+        read_texts(path)

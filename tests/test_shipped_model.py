@@ -64,3 +64,22 @@ def test_example_with_the_shipped_lm(capsys):
     19 words measured ("heart" for "hard"); at most 2."""
     text = transcribe_example(capsys)
     assert score({"x": EXAMPLE_TEXT}, {"x": text}).wer <= 2 / 19 * 100 + 1e-9, text
+
+
+@shipped
+@needs_encoder
+def test_silence_dither_and_a_noise_floor_give_no_words():
+    """Issue 29: 4 s of digital silence, +-1 LSB of dither and 1e-4 RMS noise; without the silence
+    gate the shipped model writes letters for them ("ononaldodyod ododo al llko" for the zeros)."""
+    import numpy as np
+
+    import asr
+
+    rng = np.random.default_rng(0)
+    n = 4 * 16000
+    quiet = [np.zeros(n, np.float32), (rng.integers(-1, 2, n) / 32768).astype(np.float32),
+             (1e-4 * rng.standard_normal(n)).astype(np.float32)]
+    recognizer = asr.load(decoder="greedy")
+    assert [r.text for r in recognizer.transcribe(quiet)] == ["", "", ""]
+    recognizer.pipeline.silence_dbfs = -np.inf
+    assert any(r.text for r in recognizer.transcribe(quiet))

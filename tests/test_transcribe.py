@@ -303,3 +303,101 @@ def test_cli_api_server_and_onnx_give_the_same_words_on_ten_minutes(synth_model,
     # What they agree on is speech recognised: the fixture model, trained on eight short files, runs
     # many words together (WER 83%), but gets the letters (measured: 2.5% letter errors, spaces aside).
     assert score({"f": text.replace(" ", "")}, {"f": cli["text"].replace(" ", "")}).cer < 5
+
+
+# --------------------------------------------------------------------------- silence (issue 29)
+
+
+class LettersEverywhere:
+    """An acoustic model that hears a word in every 4 frames of anything, silence included, as the
+    shipped model does on silence ("ononaldodyod ododo ..."): only the silence gate can empty its
+    transcripts. Counts the audio it is given."""
+
+    sample_rate, samples_per_frame, min_samples = 16000, 320, 320
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer, self.samples_seen = tokenizer, 0
+
+    def log_probs(self, waves):
+        out = []
+        for wave in waves:
+            self.samples_seen += wave.shape[0]
+            frames = np.full((-(-wave.shape[0] // 320), len(self.tokenizer)), -20.0, np.float32)
+            frames[:, self.tokenizer.blank] = -1.0
+            frames[0::4, self.tokenizer.encode("a")[0]] = 0.0
+            frames[2::4, self.tokenizer.word_separator] = 0.0
+            out.append(frames)
+        return out
+
+
+def gated_pipeline(**settings):
+    from asr.decode import GreedyDecoder
+    from asr.transcribe import Pipeline
+
+    tokenizer = CharTokenizer()
+    return Pipeline(LettersEverywhere(tokenizer), tokenizer, GreedyDecoder(tokenizer), chunk_seconds=30,
+                    chunk_overlap=4, **settings)
+
+
+def silences(seconds: float) -> dict[str, np.ndarray]:
+    """The non-speech of issue 29 at 16 kHz: digital silence, +-1 LSB of 16-bit dither, 1e-4 RMS noise."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * 16000)
+    return {"zeros": np.zeros(n, np.float32), "dither": (rng.integers(-1, 2, n) / 32768).astype(np.float32),
+            "noise": (1e-4 * rng.standard_normal(n)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("seconds", [10.0, 590.0])
+def test_silence_dither_and_a_noise_floor_give_no_words(tmp_path, seconds):
+    """10 s (read whole) and 590 s (read in chunks), as files and as arrays: empty transcripts, each
+    with its duration. Without the gate the same model gives words for every one."""
+    import soundfile
+
+    inputs = []
+    for name, wave in silences(seconds).items():
+        soundfile.write(tmp_path / f"{name}.flac", wave, 16000, subtype="PCM_16")
+        inputs += [str(tmp_path / f"{name}.flac"), (wave, 16000)]
+    pipeline = gated_pipeline()
+    results = pipeline.transcribe(inputs, timestamps=True)
+    assert [(r.error, r.text, r.words) for r in results] == [("", "", [])] * len(inputs)
+    assert [r.duration for r in results] == [pytest.approx(seconds)] * len(inputs)
+    if seconds <= pipeline.chunk_seconds:
+        assert pipeline.acoustic.samples_seen == 0  # short silent inputs skip the model
+    ungated = gated_pipeline(silence_dbfs=-np.inf, relative_silence_db=np.inf).transcribe(inputs)
+    assert all(len(r.text.split()) >= seconds * 10 for r in ungated)
+
+
+def test_speech_loud_enough_is_transcribed_and_long_silences_inside_a_file_are_not(tmp_path):
+    """A 70 s file: 10 s of a -9 dBFS tone, 40 s of dither, 10 s of tone, 10 s of noise 51 dB below
+    the tone (above SILENCE_DBFS, but a pause relative to the file). Words come only from the tones."""
+    import soundfile
+
+    rng = np.random.default_rng(1)
+    t = np.arange(10 * 16000) / 16000
+    tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    hiss = (10 ** ((-9 - 51) / 20) * rng.standard_normal(10 * 16000)).astype(np.float32)
+    wave = np.concatenate([tone, silences(40.0)["dither"], tone, hiss])
+    soundfile.write(tmp_path / "mixed.wav", wave, 16000, subtype="FLOAT")
+    [result] = gated_pipeline().transcribe([str(tmp_path / "mixed.wav")], timestamps=True)
+    [ungated] = gated_pipeline(silence_dbfs=-np.inf, relative_silence_db=np.inf).transcribe([str(tmp_path / "mixed.wav")])
+    # A word every 4 frames (80 ms): 125 in each 10 s tone, 875 in all 70 s; letters may still come
+    # SILENCE_MARGIN_SECONDS (0.25 s, 3 words) into each silence beside a tone, 4 such edges.
+    assert result.error == "" and 250 <= len(result.text.split()) <= 250 + 4 * 4, len(result.text.split())
+    assert len(ungated.text.split()) >= 870
+    assert result.words and result.words[0].start < 1.0 and any(49.5 < w.start < 51.0 for w in result.words)
+    quiet_tone = gated_pipeline().transcribe([(10 ** (-40 / 20) * tone, 16000)])[0]  # -49 dBFS: quiet, not silent
+    assert quiet_tone.text
+
+
+def test_a_flac_of_unknown_length_is_transcribed_like_the_same_flac_with_its_length(loaded, tmp_path):
+    """Its header states no length, so it is streamed in chunks (read without seeking); the words and
+    duration are the sized file's, where it was "psf_fseek() failed"."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_audio import unsized_flac
+
+    model, tokenizer = loaded
+    sized, unsized = unsized_flac(tmp_path, chirp(3.0, 22050, seed=7), 22050)
+    a, b = transcribe_files(model, tokenizer, [sized, unsized], CPU, chunk_seconds=30, chunk_overlap=4, timestamps=True)
+    assert (a.error, b.error) == ("", "") and a.text and (b.text, b.words, b.duration) == (a.text, a.words, a.duration)

@@ -80,13 +80,17 @@ def check_identity(folder: Path, expected: str) -> None:
     found = encoder_identity(folder)
     if expected and found.split(":")[-1] != expected.split(":")[-1]:
         raise ValueError(
-            f"{folder}: this is encoder {_short(found)}, but the model was trained on the features of "
-            f"{_short(expected)}; point features.encoder or ${ENV_VAR} at that encoder's folder")
+            f"{folder}: this is encoder {_short(found, expected)}, but the model was trained on the features of "
+            f"{_short(expected, found)}; point features.encoder or ${ENV_VAR} at that encoder's folder")
 
 
-def _short(identity: str) -> str:
+def _short(identity: str, other: str = "") -> str:
+    """'name (sha256 <prefix>...)', the prefix long enough (12 hex digits or more) to differ from `other`'s."""
     name, _, digest = identity.rpartition(":")
-    return f"{name or '?'} (sha256 {digest[:12]}...)"
+    other_digest = other.rpartition(":")[2]
+    common = next((i for i, (a, b) in enumerate(zip(digest, other_digest)) if a != b), min(len(digest), len(other_digest)))
+    shown = digest[: max(12, common + 4)]
+    return f"{name or '?'} (sha256 {shown}{'...' if len(shown) < len(digest) else ''})"
 
 
 def encoder_frames(mel_frames: int) -> int:

@@ -21,8 +21,8 @@ and refused unless its model.bin has the SHA-256 recorded in the metadata.
 
 Differences from torch, measured in benchmarks/RESULTS.md: log-probs agree to about 1e-4 (float32
 rounding of a different STFT and LSTM implementation), so transcripts agree except where two labels
-are within that margin in some frame. Audio at another rate than the model's is resampled with
-librosa (soxr) rather than torchaudio's sinc resampler, a further small difference.
+are within that margin in some frame. Audio at another rate than the model's is resampled by the
+pipeline (asr.audio, soxr), as with torch.
 """
 
 from __future__ import annotations
@@ -104,15 +104,6 @@ class OnnxRecognizer:
             batch[i, : f.shape[0]] = f
         log_probs, out_lengths = self.session.run(None, {"features": batch, "lengths": lengths})
         return [log_probs[i, : int(out_lengths[i])] for i in range(len(feats))]
-
-    def to_model_rate(self, samples: np.ndarray, rate: int) -> np.ndarray:
-        """(samples,) or (samples, channels) at `rate` -> mono float32 at the model's rate (librosa's resampler)."""
-        wave = samples.mean(axis=1) if samples.ndim == 2 else samples
-        if rate != self.sample_rate:
-            import librosa
-
-            wave = librosa.resample(wave, orig_sr=rate, target_sr=self.sample_rate)
-        return np.ascontiguousarray(wave, dtype=np.float32)
 
     def transcribe_files(self, paths: Sequence[str | os.PathLike], timestamps: bool = False) -> list[Transcript]:
         """One Transcript per file (folders: the audio files in them), by asr's pipeline; errors are

@@ -250,8 +250,12 @@ def _build_data(
     usable = [u for u in train_utts if u.duration <= tc.max_duration]
     if len(usable) < len(train_utts):
         log.info("left out %d training utterances longer than %.1f s", len(train_utts) - len(usable), tc.max_duration)
+    if not train_utts:
+        raise ValueError("no training utterances: the training manifests hold no entries")
     if not usable:
-        raise ValueError("no training utterances left (all longer than train.max_duration?)")
+        raise ValueError(f"no training utterances left: all {len(train_utts)} are longer than train.max_duration "
+                         f"({tc.max_duration:g} s; the shortest lasts {min(u.duration for u in train_utts):.1f} s); "
+                         "raise train.max_duration or cut the recordings into shorter segments")
     tokenizer = build_tokenizer(config.tokenizer, [u.text for u in usable])
     dev_sets = dict(dev_utts) if isinstance(dev_utts, Mapping) else {"dev": list(dev_utts)}
     dev_sets = {name: list(utts)[: tc.dev_max_utts or None] for name, utts in dev_sets.items()}
