@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from .files import write_text_atomic
 
@@ -103,38 +103,46 @@ def make_record(key: str, output: str, result: Transcript) -> dict:
             "warning": result.warning}
 
 
-def read_records(folder: Path) -> dict[str, dict]:
-    """The record of each key in every part of `folder` (finished or not): a success wins over an
-    error, a later line over an earlier one of the same kind. A last line cut short by a kill is
-    skipped; any other line that is not a record is a ValueError naming the part and line."""
-    records: dict[str, dict] = {}
+def _parts(folder: Path) -> list[Path]:
+    """The parts in `folder`, finished or not, oldest run first (by the time in their names)."""
     if not folder.is_dir():
-        return records
-    for part in sorted(folder.glob("rank*.jsonl*")):
+        return []
+    return sorted(folder.glob("rank*.jsonl*"), key=lambda part: (part.name.split(".")[1], part.name))
+
+
+def _part_records(folder: Path) -> Iterator[dict]:
+    """Every record of every part of `folder`, oldest run first. A last line cut short by a kill is
+    skipped; any other line that is not a record is a ValueError naming the part and line."""
+    for part in _parts(folder):
         lines = part.read_text(encoding="utf-8").split("\n")
         for number, line in enumerate(lines, 1):
             if not line:
                 continue
             try:
                 record = json.loads(line)
-                key = record["key"]
+                record["key"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 if number == len(lines):  # no newline after it: the write was cut off
                     continue
                 raise ValueError(f"{part}, line {number}: not a record of asr.shards; delete {folder} to start over") from None
-            if not record.get("error") or records.get(key, {}).get("error", "x"):
-                records[key] = record
+            yield record
+
+
+def read_records(folder: Path) -> dict[str, dict]:
+    """The record of each key in the parts of `folder`: a success wins over an error, a later run's
+    over an earlier one's of the same kind."""
+    records: dict[str, dict] = {}
+    for record in _part_records(folder):
+        if not record.get("error") or records.get(record["key"], {}).get("error", "x"):
+            records[record["key"]] = record
     return records
 
 
 def count_records(folder: Path) -> dict[str, int]:
-    """How many lines of the parts in `folder` hold each key: 1 per key when nothing was decoded twice."""
+    """How many records of the parts in `folder` hold each key: 1 per key when nothing was decoded twice."""
     counts: dict[str, int] = {}
-    for part in sorted(folder.glob("rank*.jsonl*")):
-        for line in part.read_text(encoding="utf-8").splitlines():
-            if line.endswith("}"):
-                key = json.loads(line)["key"]
-                counts[key] = counts.get(key, 0) + 1
+    for record in _part_records(folder):
+        counts[record["key"]] = counts.get(record["key"], 0) + 1
     return counts
 
 

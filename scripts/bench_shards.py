@@ -9,7 +9,8 @@ The first utterances of the manifest (in its order) up to --hours of audio make 
 run writes to a fresh folder (nothing resumed) and is timed twice: `wall` is the whole command as a
 user waits for it (interpreter and torch start, model and LM load in every rank, the merge), and
 `decode RTFx` is what the command's summary reports (audio / seconds from the split to the merged
-output, so without start-up). `same output` says whether the hypothesis file is byte for byte the
+output, so without start-up); `CPU s` is the user + system time of all its processes (start-up
+included), which other jobs on the machine change less than wall time. `same output` says whether the hypothesis file is byte for byte the
 one-process run's. The 1-minute load average before and after each run is printed: on a machine
 shared with other jobs the figures are lower bounds.
 """
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -53,13 +55,16 @@ def run(ranks: int, threads: int, model: Path, manifest: Path, out: Path, decode
         command = [sys.executable, "-m", "asr.cli", *decode]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     rtfx = re.search(r"RTFx ([0-9.]+)", done.stderr)
-    return {"wall": wall, "rtfx": float(rtfx.group(1)) if rtfx else float("nan"), "load": (load_before, os.getloadavg()[0]),
+    return {"wall": wall, "cpu": cpu, "rtfx": float(rtfx.group(1)) if rtfx else float("nan"), "load": (load_before, os.getloadavg()[0]),
             "command": " ".join(["torchrun --standalone --nproc-per-node", str(ranks), "-m asr.cli"] if ranks > 1
                                 else ["asr"]) + " " + " ".join(decode)}
 
@@ -80,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest, count, seconds = subset(args.manifest, args.hours, args.out / "test.jsonl")
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{count} utterances, {seconds / 3600:.3f} h of {args.manifest}")
-    print("| decoder | processes x threads | wall s | wall RTFx | decode RTFx | same output | load before/after |")
-    print("|---|---|---|---|---|---|---|")
+    print("| decoder | processes x threads | wall s | wall RTFx | decode RTFx | CPU s | same output | load before/after |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.decoders:
         decoder = ["--decoder", "greedy"] if name == "greedy" else []
         outputs = []
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             result = run(ranks, threads, args.model, manifest, out, decoder)
             outputs.append(out.read_bytes())
             print(f"| {name} | {ranks} x {threads} | {result['wall']:.1f} | {seconds / result['wall']:.1f} | "
-                  f"{result['rtfx']:.1f} | {'yes' if outputs[-1] == outputs[0] else 'NO'} | "
+                  f"{result['rtfx']:.1f} | {result['cpu']:.0f} | {'yes' if outputs[-1] == outputs[0] else 'NO'} | "
                   f"{result['load'][0]:.2f} / {result['load'][1]:.2f} |", flush=True)
             print(f"  command: {result['command']}", file=sys.stderr, flush=True)
 
