@@ -452,6 +452,8 @@ def _run_shards(args: argparse.Namespace, recognizer: Recognizer, setup: Distrib
     settings = {"command": args.command, "model": str(Path(recognizer.path).resolve()), "model_bytes": model.st_size,
                 "model_mtime_ns": model.st_mtime_ns, "decode": asdict(recognizer.settings), **(output_settings or {})}
     summary = run_sharded(keys, duration_of, decode, output_of, folder, settings, setup)
+    if summary.note:
+        print(f"asr {args.command}: {summary.note}", file=sys.stderr)
     if summary.is_main:
         if out is not None:
             write_text_atomic(out, summary.output)

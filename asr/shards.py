@@ -17,8 +17,9 @@ WORLD_SIZE ranks (torchrun's environment, read by asr.training.distributed) runs
 
 A rerun with the same inputs and output reads the records of all parts in the folder, whichever
 rank and however many ranks wrote them, and decodes only the rest; inputs that failed are tried
-again. The parts folder holds the settings of the run that began it (`check_settings`): a rerun
-with another model or decoder is refused rather than mixed with the old results. The parts folder
+again. The parts folder holds the settings of the run that wrote it (`claim_folder`): a rerun with
+another model (or the same file rewritten) or decoder discards the old records rather than mixing
+them into its output, and says so. The parts folder
 must be on a file system that every node sees (NFS, Lustre, ...), like the output itself.
 
 Test hook: ASR_TEST_KILL_RANK_AFTER="R:K" makes rank R kill itself with SIGKILL after it has
@@ -146,21 +147,26 @@ def count_records(folder: Path) -> dict[str, int]:
     return counts
 
 
-def check_settings(folder: Path, settings: dict, write: bool) -> None:
-    """Refuse to continue the records of `folder` made with other `settings` (model, decoder, output
-    format): a ValueError naming the folder and what differs. `write`: record `settings` when the
-    folder has none yet (rank 0 only, before the others look)."""
+def claim_folder(folder: Path, settings: dict) -> str:
+    """Make `folder` the parts folder of a run with `settings` (model, decoder, output format): kept
+    as it is when it holds the records of a run with the same settings; emptied when another model
+    or decoder made them (they no longer describe the output asked for). Returns '' or a sentence
+    saying what was discarded and why. Rank 0 alone calls it, before any rank writes."""
     path = folder / SETTINGS_FILE
     settings = json.loads(json.dumps(settings))  # as it reads back: lists for tuples, str keys
+    note = ""
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        if differ:
-            details = ", ".join(f"{k}: {stored.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
-            raise ValueError(f"{folder} holds results of a run with other settings ({details}); delete it to "
-                             "start over, or write to another output")
-    elif write:
-        write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+        if not differ:
+            return ""
+        old = _parts(folder)
+        for part in old:
+            part.unlink()
+        details = ", ".join(f"{k}: {stored.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+        note = f"{folder}: discarded {len(old)} parts of a run with other settings ({details}); starting over"
+    write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    return note
 
 
 class PartWriter:
@@ -235,6 +241,7 @@ class ShardSummary:
     output: str = ""  # the merged output (rank 0)
     rejects: list[dict] = field(default_factory=list)
     is_main: bool = True
+    note: str = ""  # what happened to the records of an earlier run with other settings, if anything
 
     @property
     def rtfx(self) -> float:
@@ -268,9 +275,10 @@ def run_sharded(keys: Sequence[str], duration_of: Callable[[int], float], decode
         start = time.perf_counter()
         unique = list(dict.fromkeys(keys))
         todo: list[int] = []
+        summary_note = ""
         if setup.is_main:  # rank 0 alone reads what is done, before any rank writes: one list for all
             if folder is not None:
-                check_settings(folder, settings, write=True)
+                summary_note = claim_folder(folder, settings)
             earlier = read_records(folder) if folder is not None else {}
             first = {k: i for i, k in reversed(list(enumerate(keys)))}  # the first position of each key
             todo = [first[k] for k in unique if earlier.get(k, {"error": "x"}).get("error")]
@@ -291,7 +299,7 @@ def run_sharded(keys: Sequence[str], duration_of: Callable[[int], float], decode
         counts = _gather((part.count, audio), setup)  # also: rank 0 waits here for every rank's share
         summary = ShardSummary(inputs=len(unique), done_before=len(unique) - len(todo), ranks=setup.world_size,
                                done_now=sum(n for n, _ in counts), audio_seconds_now=sum(a for _, a in counts),
-                               is_main=setup.is_main)
+                               is_main=setup.is_main, note=summary_note)
         if setup.is_main:
             records = read_records(folder) if folder is not None else {r["key"]: r for r in part.records}
             summary.output, summary.rejects = merge(keys, records)

@@ -127,7 +127,7 @@ DEFECT_CLASSES: dict[str, list[str]] = {
         "test_shards.py::test_two_ranks_decode_a_manifest_like_one_process",
         "test_shards.py::test_transcribe_out_file_equals_stdout_and_lists_rejects",
         "test_shards.py::test_read_records_prefers_success_and_skips_a_line_cut_by_a_kill",
-        "test_shards.py::test_check_settings_refuses_results_of_another_model",
+        "test_shards.py::test_claim_folder_discards_the_records_of_another_model",
         "test_shards.py::test_decode_rerun_skips_what_is_done_and_the_output_is_the_same",
     ],
     "HTTP requests (asr serve)": [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from asr.cli import main
-from asr.shards import (KILL_ENV, check_settings, consecutive_groups, count_records, merge, parts_folder, read_records,
+from asr.shards import (KILL_ENV, claim_folder, consecutive_groups, count_records, merge, parts_folder, read_records,
                         rejects_path, shard_by_duration)
 from test_cli import checkpoint, tone  # noqa: F401 (checkpoint: the tiny random model, a fixture)
 
@@ -89,11 +89,16 @@ def test_parts_and_rejects_paths(tmp_path):
     assert rejects_path(tmp_path / "subs", is_folder=True) == tmp_path / "subs" / "rejects.jsonl"
 
 
-def test_check_settings_refuses_results_of_another_model(tmp_path):
-    check_settings(tmp_path, {"model": "a.pt", "beam": 10}, write=True)
-    check_settings(tmp_path, {"model": "a.pt", "beam": 10}, write=False)
-    with pytest.raises(ValueError, match=r"other settings \(model: 'a.pt' then, 'b.pt' now\); delete it"):
-        check_settings(tmp_path, {"model": "b.pt", "beam": 10}, write=False)
+def test_claim_folder_discards_the_records_of_another_model(tmp_path):
+    folder = tmp_path / "hyp.txt.parts"
+    assert claim_folder(folder, {"model": "a.pt", "beam": 10}) == ""
+    _write_part(folder, "rank0-of-1.a.jsonl", [_record("a")])
+    assert claim_folder(folder, {"model": "a.pt", "beam": 10}) == ""
+    assert sorted(read_records(folder)) == ["a"]
+    note = claim_folder(folder, {"model": "b.pt", "beam": 10})
+    assert note == f"{folder}: discarded 1 parts of a run with other settings (model: 'a.pt' then, 'b.pt' now); starting over"
+    assert read_records(folder) == {}
+    assert claim_folder(folder, {"model": "b.pt", "beam": 10}) == ""
 
 
 # --------------------------------------------------------------------------- one process, resumed
@@ -134,8 +139,9 @@ def test_decode_rerun_skips_what_is_done_and_the_output_is_the_same(capsys, chec
     assert main(["decode", str(checkpoint), str(tmp_path / "m.jsonl"), "--out", str(fresh), "--device", "cpu"]) == 0
     assert fresh.read_bytes() == hyp.read_bytes()
     assert main(["decode", str(checkpoint), str(tmp_path / "m.jsonl"), "--out", str(hyp), "--device", "cpu",
-                 "--decoder", "beam"]) == 2
-    assert "holds results of a run with other settings" in capsys.readouterr().err
+                 "--decoder", "beam"]) == 0
+    err = capsys.readouterr().err
+    assert "discarded 2 parts of a run with other settings (decode: " in err and "10 utterances: 0 done earlier, 10 now" in err
 
 
 def test_transcribe_out_file_equals_stdout_and_lists_rejects(capsys, checkpoint, inputs, tmp_path):  # noqa: F811
