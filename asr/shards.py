@@ -172,7 +172,7 @@ def claim_folder(folder: Path, settings: dict) -> str:
 class PartWriter:
     """One rank's part: records appended and flushed batch by batch to `rankR-of-N.RUN.jsonl.partial`
     (made at the first record), renamed to `rankR-of-N.RUN.jsonl` when the share is done. Without a
-    folder, records are kept in `records` instead (a plain run that writes to stdout)."""
+    folder, records are kept in `records` instead (a run that writes to stdout)."""
 
     def __init__(self, folder: Path | None, rank: int, world: int):
         self.records: list[dict] = []
@@ -263,11 +263,8 @@ def run_sharded(keys: Sequence[str], duration_of: Callable[[int], float], decode
     `decode(positions, done)` decodes the inputs at those positions of `keys`, calling `done` with
     finished (position, Transcript) pairs; `output_of(position, transcript)` is the input's text in
     the merged output (called on the rank that decoded it, as soon as it is final: it may also write
-    a per-file output). `folder` None: a plain run keeping records in memory (refused with several
-    ranks)."""
-    if folder is None and setup.world_size > 1:
-        raise ValueError(f"{setup.world_size} ranks need an output file or folder to share their results "
-                         "(asr transcribe: --out FILE or --out-dir DIR)")
+    a per-file output). `folder` None: nothing kept on disk, nothing resumed; the ranks' records
+    are sent to rank 0 when all are done."""
     from .training.distributed import process_group
 
     # gloo whatever device decodes: only barriers and small messages pass between the ranks.
@@ -296,12 +293,12 @@ def run_sharded(keys: Sequence[str], duration_of: Callable[[int], float], decode
         if mine:
             decode(mine, done)
         part.finish()
-        counts = _gather((part.count, audio), setup)  # also: rank 0 waits here for every rank's share
+        ranks = _gather((part.count, audio, part.records), setup)  # also: rank 0 waits here for every rank's share
         summary = ShardSummary(inputs=len(unique), done_before=len(unique) - len(todo), ranks=setup.world_size,
-                               done_now=sum(n for n, _ in counts), audio_seconds_now=sum(a for _, a in counts),
+                               done_now=sum(n for n, _, _ in ranks), audio_seconds_now=sum(a for _, a, _ in ranks),
                                is_main=setup.is_main, note=summary_note)
         if setup.is_main:
-            records = read_records(folder) if folder is not None else {r["key"]: r for r in part.records}
+            records = read_records(folder) if folder is not None else {r["key"]: r for _, _, kept in ranks for r in kept}
             summary.output, summary.rejects = merge(keys, records)
             summary.failed = len(summary.rejects)
         summary.wall_seconds = time.perf_counter() - start
@@ -334,7 +331,7 @@ def _durations(todo: list[int], duration_of: Callable[[int], float], setup: Dist
     return durations
 
 
-def _gather(value: tuple[int, float], setup: DistributedSetup) -> list[tuple[int, float]]:
+def _gather(value: tuple[int, float, list[dict]], setup: DistributedSetup) -> list[tuple[int, float, list[dict]]]:
     """Every rank's `value` on rank 0 (after all ranks have finished their shares); [value] elsewhere."""
     if setup.world_size == 1:
         return [value]

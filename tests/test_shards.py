@@ -232,3 +232,14 @@ def test_two_ranks_decode_a_manifest_like_one_process(capsys, checkpoint, inputs
     assert [p.name.split(".")[0] for p in sorted(parts_folder(out).glob("rank*.jsonl"))] == ["rank0-of-2", "rank1-of-2"]
     rejects = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
     assert [(r["id"], r["path"]) for r in rejects] == [("u10", str(bad[0]))] and "not a readable" in rejects[0]["reason"]
+
+
+@pytest.mark.slow
+def test_two_ranks_without_an_output_file_print_like_one_process(capsys, checkpoint, inputs):  # noqa: F811
+    good, bad = inputs
+    files = [str(f) for f in good + bad[:1]]
+    assert main(["transcribe", str(checkpoint), *files, "--device", "cpu"]) == 1
+    alone = capsys.readouterr().out
+    run = _torchrun("transcribe", str(checkpoint), *files, "--device", "cpu")
+    assert run.returncode != 0 and "11 files: 0 done earlier, 11 now" in run.stderr, run.stderr[-3000:]
+    assert run.stdout == alone
