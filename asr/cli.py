@@ -438,7 +438,7 @@ def _run_shards(args: argparse.Namespace, recognizer: Recognizer, setup: Distrib
                 duration_of: Callable[[int], float], decode: DecodeShare, output_of: Callable[[int, Transcript], str],
                 out: Path | None, out_dir: Path | None = None, output_settings: dict | None = None) -> ShardSummary:
     """asr.shards.run_sharded with this command's output: --out FILE (records in FILE.parts/), or
-    --out-dir DIR of per-file outputs (records in DIR/.parts/), or neither (stdout; nothing kept).
+    --out-dir DIR of per-file outputs (records in DIR.parts/), or neither (stdout; nothing kept).
     Rank 0 writes the merged output to FILE (atomically) or stdout, and the rejects file."""
     import os
     from dataclasses import asdict

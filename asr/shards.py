@@ -85,16 +85,17 @@ def consecutive_groups(positions: Sequence[int], durations: Sequence[float], max
 
 
 def parts_folder(output: str | os.PathLike, is_folder: bool = False) -> Path:
-    """Where the records of the run writing `output` go: hyp.txt -> hyp.txt.parts/; the folder of
-    per-file outputs (`is_folder`) -> FOLDER/.parts/."""
-    output = Path(output)
-    return output / ".parts" if is_folder else output.with_name(output.name + ".parts")
+    """Where the records of the run writing `output` go, beside it: hyp.txt -> hyp.txt.parts/; the
+    folder of per-file outputs (`is_folder`) subs/ -> subs.parts/ (the folder holds only outputs)."""
+    output = Path(os.path.abspath(output)) if is_folder else Path(output)
+    return output.with_name(output.name + ".parts")
 
 
 def rejects_path(output: str | os.PathLike, is_folder: bool = False) -> Path:
-    """The rejects file of `output`: hyp.txt -> hyp.rejects.jsonl; a folder -> FOLDER/rejects.jsonl."""
-    output = Path(output)
-    return output / "rejects.jsonl" if is_folder else output.with_name(output.stem + ".rejects.jsonl")
+    """The rejects file of `output`, beside it: hyp.txt -> hyp.rejects.jsonl; a folder subs/ ->
+    subs.rejects.jsonl."""
+    output = Path(os.path.abspath(output)) if is_folder else Path(output)
+    return output.with_name((output.name if is_folder else output.stem) + ".rejects.jsonl")
 
 
 def make_record(key: str, output: str, result: Transcript) -> dict:

@@ -85,8 +85,9 @@ def test_merge_in_input_order_with_rejects_and_missing_inputs():
 def test_parts_and_rejects_paths(tmp_path):
     assert parts_folder(tmp_path / "hyp.txt") == tmp_path / "hyp.txt.parts"
     assert rejects_path(tmp_path / "hyp.txt") == tmp_path / "hyp.rejects.jsonl"
-    assert parts_folder(tmp_path / "subs", is_folder=True) == tmp_path / "subs" / ".parts"
-    assert rejects_path(tmp_path / "subs", is_folder=True) == tmp_path / "subs" / "rejects.jsonl"
+    assert parts_folder(tmp_path / "subs", is_folder=True) == tmp_path / "subs.parts"
+    assert rejects_path(tmp_path / "subs.v2", is_folder=True) == tmp_path / "subs.v2.rejects.jsonl"
+    assert parts_folder(".", is_folder=True) == Path.cwd().with_name(Path.cwd().name + ".parts")
 
 
 def test_claim_folder_discards_the_records_of_another_model(tmp_path):
@@ -173,6 +174,7 @@ def test_transcribe_subtitles_out_dir_resumes_and_prints_the_same(capsys, checkp
     assert printed.splitlines() == [str(out_dir / f.with_suffix(".srt").name) for f in good]
     assert "10 files: 4 done earlier, 6 now" in err
     assert all(p.read_bytes() == content for p, content in first.items())
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(f.with_suffix(".srt").name for f in good)
     assert set(count_records(parts_folder(out_dir, is_folder=True)).values()) == {1}
     assert rejects_path(out_dir, is_folder=True).read_text() == ""
 
