@@ -21,8 +21,13 @@ from typing import TYPE_CHECKING
 from .decode import DECODERS
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     from .api import Recognizer
     from .config import DecodeConfig
+    from .shards import DecodeShare, ShardSummary
+    from .training.distributed import DistributedSetup
+    from .transcribe import Transcript
 
 EXIT_BAD_INPUT = 2
 
@@ -242,13 +247,15 @@ def _transcribe_model_and_paths(args: argparse.Namespace) -> tuple[Path, list[st
     'asr transcribe MODEL AUDIO...'); else the default model (asr.transcribe.default_model_path)."""
     from .transcribe import default_model_path
 
-    first_is_model = Path(args.paths[0]).suffix.lower() in (".pt", ".pth")
+    if not args.paths and args.files_from is None:
+        raise ValueError("no audio given: name audio files or folders, or a list of them with --files-from LIST")
+    first_is_model = bool(args.paths) and Path(args.paths[0]).suffix.lower() in (".pt", ".pth")
     if args.model is not None:
         if first_is_model:
             raise ValueError(f"two models given: --model {args.model} and {args.paths[0]}")
         return args.model, args.paths
     if first_is_model:
-        if len(args.paths) == 1:
+        if len(args.paths) == 1 and args.files_from is None:
             raise ValueError(f"no audio files given after the model {args.paths[0]}")
         return Path(args.paths[0]), args.paths[1:]
     model = default_model_path()
@@ -371,25 +378,115 @@ def add_decode(sub: argparse._SubParsersAction) -> None:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from .audio import AudioError
     from .data import load_utterance_audio, read_manifest
-    from .files import write_text_atomic
+    from .shards import consecutive_groups
+    from .transcribe import Transcript
 
+    setup = _rank_setup(args)
     recognizer = _recognizer(args)  # builds the decoder (loads an LM) before the clock starts
     utts = read_manifest(args.manifest)
     rate = recognizer.sample_rate
-    inputs = [(load_utterance_audio(u, rate).numpy(), rate) for u in utts]
-    start = time.perf_counter()
-    results = recognizer.pipeline.transcribe(inputs, progress=True)
-    seconds = time.perf_counter() - start
-    for utt, r in zip(utts, results):
+
+    def decode(positions: list[int], done) -> None:
+        for group in consecutive_groups(positions, [utts[i].duration for i in positions], DECODE_GROUP_SECONDS):
+            inputs, read = [], []  # waveforms, and the manifest positions they belong to
+            for i in group:
+                try:
+                    inputs.append((load_utterance_audio(utts[i], rate).numpy(), rate))
+                    read.append(i)
+                except AudioError as e:
+                    done([(i, Transcript(str(utts[i].audio), error=str(e)))])
+
+            def read_done(finished: list[tuple[int, Transcript]], read: list[int] = read) -> None:
+                for j, t in finished:
+                    t.path = str(utts[read[j]].audio)  # the pipeline was given samples: name their file
+                done([(read[j], t) for j, t in finished])
+
+            recognizer.pipeline.transcribe(inputs, progress=setup.is_main, on_done=read_done)
+
+    def hypothesis_line(i: int, r: Transcript) -> str:
         if r.error or r.warning:
-            print(f"asr decode: {utt.id}: {r.error or r.warning}", file=sys.stderr)
-    write_text_atomic(args.out, "".join(f"{utt.id}\t{r.text}\n" for utt, r in zip(utts, results)))
-    audio = sum(w.shape[0] for w, _ in inputs) / rate
-    speed = f"RTFx {audio / max(seconds, 1e-9):.0f}"
-    print(f"decoded {len(utts)} utterances ({audio / 3600:.2f} h) with {_describe(recognizer.settings)} in "
-          f"{seconds:.1f} s on {recognizer.device}: {speed}; wrote {args.out}", file=sys.stderr)
-    return 0
+            print(f"asr decode: {utts[i].id}: {r.error or r.warning}", file=sys.stderr)
+        return f"{utts[i].id}\t{r.text}\n"
+
+    summary = _run_shards(args, recognizer, setup, [u.id for u in utts], lambda i: utts[i].duration, decode,
+                          hypothesis_line, args.out)
+    if not summary.is_main:
+        return 0
+    print(f"decoded with {_describe(recognizer.settings)} on {recognizer.device}: {summary.describe('utterances')}; "
+          f"wrote {args.out}" + (f" and {_rejects_note(args.out, False)}" if summary.failed else ""), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+# asr decode holds the waveforms of at most this much audio at a time (float32 at 16 kHz: 230 MB an
+# hour); a manifest longer than that is decoded in consecutive groups, each batched as usual.
+DECODE_GROUP_SECONDS = 3600.0
+
+
+def _rank_setup(args: argparse.Namespace) -> DistributedSetup:
+    """Where this process stands under torchrun (a plain run: rank 0 of 1), with the rank's share of
+    the machine: --device auto/cuda becomes one GPU per local rank (cuda:LOCAL_RANK); without
+    --threads, the CPU cores this process may use are split evenly among the ranks on this machine."""
+    import os
+
+    import torch
+
+    from .training.distributed import distributed_setup_from_env
+
+    setup = distributed_setup_from_env()
+    if not setup.active:
+        return setup
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        args.device = f"cuda:{setup.local_rank % torch.cuda.device_count()}"
+    if not args.threads:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        args.threads = max(1, len(os.sched_getaffinity(0)) // max(local_ranks, 1))
+    return setup
+
+
+def _run_shards(args: argparse.Namespace, recognizer: Recognizer, setup: DistributedSetup, keys: list[str],
+                duration_of: Callable[[int], float], decode: DecodeShare, output_of: Callable[[int, Transcript], str],
+                out: Path | None, out_dir: Path | None = None, output_settings: dict | None = None) -> ShardSummary:
+    """asr.shards.run_sharded with this command's output: --out FILE (records in FILE.parts/), or
+    --out-dir DIR of per-file outputs (records in DIR.parts/), or neither (stdout; nothing kept).
+    Rank 0 writes the merged output to FILE (atomically) or stdout, and the rejects file."""
+    import os
+    from dataclasses import asdict
+
+    from .files import write_text_atomic
+    from .shards import parts_folder, rejects_path, run_sharded, write_rejects
+
+    target, is_folder = (out, False) if out is not None else (out_dir, True)
+    folder = parts_folder(target, is_folder) if target is not None else None
+    model = os.stat(recognizer.path)
+    settings = {"command": args.command, "model": str(Path(recognizer.path).resolve()), "model_bytes": model.st_size,
+                "model_mtime_ns": model.st_mtime_ns, "decode": asdict(recognizer.settings), **(output_settings or {})}
+    summary = run_sharded(keys, duration_of, decode, output_of, folder, settings, setup)
+    if summary.note:
+        print(f"asr {args.command}: {summary.note}", file=sys.stderr)
+    if summary.is_main:
+        if out is not None:
+            write_text_atomic(out, summary.output)
+        else:
+            sys.stdout.write(summary.output)
+        if target is not None:
+            write_rejects(rejects_path(target, is_folder), summary.rejects)
+    return summary
+
+
+def _finished_keys(out_dir: Path) -> set[str]:
+    """The inputs an earlier run into --out-dir transcribed (its records in DIR.parts/): their output
+    files are its own, so a rerun resumes past them instead of refusing them as files already there."""
+    from .shards import parts_folder, read_records
+
+    return {key for key, record in read_records(parts_folder(out_dir, is_folder=True)).items() if not record.get("error")}
+
+
+def _rejects_note(target: Path, is_folder: bool) -> str:
+    from .shards import rejects_path
+
+    return f"the failures with their reasons in {rejects_path(target, is_folder)}"
 
 
 TRANSCRIBE_HELP = ("Transcribe audio files or folders with --model, or with the default model: $ASR_MODEL, else "
@@ -400,8 +497,13 @@ TRANSCRIBE_HELP = ("Transcribe audio files or folders with --model, or with the 
 def add_transcribe(sub: argparse._SubParsersAction) -> None:
     """`asr transcribe`: transcribe audio files or folders."""
     p = sub.add_parser("transcribe", help="transcribe audio files or folders", description=TRANSCRIBE_HELP)
-    p.add_argument("paths", nargs="+", metavar="AUDIO",
+    p.add_argument("paths", nargs="*", metavar="AUDIO",
                    help="audio files or folders (a first argument ending in .pt is the model)")
+    p.add_argument("--files-from", type=Path, default=None, metavar="LIST",
+                   help="also transcribe the files (or folders) listed in this text file, one per line")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the output (txt, json, or one file's srt/vtt) to this file instead of stdout; "
+                        "resumable: a rerun skips the files already done (their records are in OUT.parts/)")
     p.add_argument("-m", "--model", type=Path, default=None,
                    help="checkpoint (.pt); default: $ASR_MODEL, else the repository's models/en-whisper-tiny-bilstm-ctc.pt")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of 'path<TAB>text'")
@@ -415,33 +517,44 @@ def add_transcribe(sub: argparse._SubParsersAction) -> None:
 def _transcribe(args: argparse.Namespace) -> int:
     from .files import write_text_atomic
     from .formats import format_srt, format_vtt, format_word_lines, json_line, transcript_json
-    from .transcribe import existing_outputs, expand_paths, output_paths
+    from .transcribe import Transcript, existing_outputs, expand_paths, header_seconds, output_paths
 
     args.model, args.paths = _transcribe_model_and_paths(args)
+    if args.files_from is not None:
+        args.paths += _read_file_list(args.files_from)
     output_format = args.format or ("json" if args.json else "txt")
     subtitles = output_format in ("srt", "vtt")
+    timestamps = args.timestamps or subtitles
+    files = expand_paths(args.paths)
+    if subtitles and args.out_dir is None and len(files) > 1:
+        raise ValueError(f"--format {output_format} with several files needs --out-dir")
     outputs = None
     if args.out_dir is not None:  # name clashes and files already there: refused before any work
-        outputs = output_paths(expand_paths(args.paths), args.out_dir, "." + output_format)
-        clashing = [] if args.overwrite else existing_outputs(outputs.values())
+        outputs = output_paths(files, args.out_dir, "." + output_format)
+        done_before = _finished_keys(args.out_dir)  # written by an earlier run into this folder: resumed, not clashing
+        clashing = [] if args.overwrite else existing_outputs(p for k, p in outputs.items() if k not in done_before)
         if clashing:
             named = ", ".join(map(str, clashing[:3])) + (f" and {len(clashing) - 3} more" if len(clashing) > 3 else "")
             raise ValueError(f"--out-dir {args.out_dir}: {len(clashing)} output file(s) already exist ({named}); "
                              "nothing was transcribed. Add --overwrite to replace them, or choose another --out-dir")
+    setup = _rank_setup(args)
     recognizer = _recognizer(args, nbest=max(args.nbest, 1))
-    timestamps = args.timestamps or subtitles
-    results = recognizer.pipeline.transcribe(args.paths, timestamps=timestamps, progress=show_progress(args))
-    if subtitles and args.out_dir is None and len(results) > 1:
-        raise ValueError(f"--format {output_format} with several files needs --out-dir")
-    for r in results:
+    progress = show_progress(args) and setup.is_main
+
+    def decode(positions: list[int], done) -> None:
+        recognizer.pipeline.transcribe([files[i] for i in positions], timestamps=timestamps, progress=progress,
+                                       on_done=lambda finished: done([(positions[j], t) for j, t in finished]))
+
+    def output_of(i: int, r: Transcript) -> str:
+        """What a one-process run prints for this file (with --out-dir: writing its output file first, then its path)."""
         if r.warning:  # read but not transcribed (too short): named on stderr; its empty transcript is still printed
             print(f"asr transcribe: warning: {r.warning}", file=sys.stderr)
         if r.error:
             print(f"asr transcribe: error: {r.error}", file=sys.stderr)
         if output_format == "json":
-            text = json_line(transcript_json(r, nbest=args.nbest > 1)) + "\n"
+            text = json_line(transcript_json(r, nbest=args.nbest > 1)) + "\n"  # a failure too, on stdout or --out
         elif r.error:
-            continue
+            return ""
         elif subtitles:
             text = format_srt(r.words) if output_format == "srt" else format_vtt(r.words)
         elif timestamps:
@@ -449,15 +562,38 @@ def _transcribe(args: argparse.Namespace) -> int:
         else:
             text = f"{r.path}\t{r.text}\n"
         if outputs is None:
-            print(text, end="")
-        elif not r.error:  # a file that failed is named on stderr and gets no output file
-            write_text_atomic(outputs[r.path], text)
-            print(outputs[r.path])
-    failed = sum(1 for r in results if r.error)
-    if failed:
-        print(f"asr transcribe: {failed} of {len(results)} files could not be transcribed", file=sys.stderr)
+            return text
+        if r.error:  # named on stderr and in the rejects file; no output file
+            return ""
+        write_text_atomic(outputs[r.path], text)
+        return f"{outputs[r.path]}\n"
+
+    out_dir = args.out_dir if outputs is not None else None
+    summary = _run_shards(args, recognizer, setup, [str(f) for f in files], lambda i: header_seconds(files[i]),
+                          decode, output_of, args.out,
+                          out_dir, {"format": output_format, "timestamps": timestamps, "nbest": args.nbest})
+    if not summary.is_main:
+        return 0
+    resumable = args.out is not None or out_dir is not None
+    if resumable or setup.world_size > 1:
+        print(f"asr transcribe: {summary.describe()}", file=sys.stderr)
+    if summary.failed:
+        where = f"; {_rejects_note(args.out or out_dir, args.out is None)}" if resumable else ""
+        print(f"asr transcribe: {summary.failed} of {summary.inputs} files could not be transcribed{where}", file=sys.stderr)
         return 1
     return 0
+
+
+def _read_file_list(path: Path) -> list[str]:
+    """--files-from: one audio file or folder per line, as written (relative to the working folder);
+    blank lines and lines starting with # are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the list of files ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the list of files is not UTF-8 text (one audio path per line)") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -194,20 +194,36 @@ class Pipeline:
         """Seconds between consecutive output frames."""
         return self.acoustic.samples_per_frame / self.acoustic.sample_rate
 
-    def transcribe(self, inputs: Sequence[AudioInput], timestamps: bool = False, progress: bool = False) -> list[Transcript]:
+    def transcribe(self, inputs: Sequence[AudioInput], timestamps: bool = False, progress: bool = False,
+                   on_done: Callable[[list[tuple[int, Transcript]]], None] | None = None) -> list[Transcript]:
         """One Transcript per input, in order, folders replaced by the audio files below them
         (`expand_paths`). `timestamps`: words with start, end and confidence. `progress`: bars on
-        stderr. Bad chunk settings raise ValueError before anything is read."""
+        stderr. `on_done`: called with (position in the result list, Transcript) of the results that
+        are final, after each model batch (and once for those that failed, were too short or silent),
+        so a caller can save them before the rest are done (asr.shards). Bad chunk settings raise
+        ValueError before anything is read."""
         if self.chunk_seconds:
             chunk_layout(self.acoustic, self.chunk_seconds, self.chunk_overlap)
+        done = on_done or (lambda finished: None)
         results, short, long = self._read(inputs)
-        self._run_short(short, timestamps, progress)
+        queued = {id(result) for result, _ in short} | {id(result) for result, _, _ in long}
+        for result in results:
+            if id(result) not in queued:
+                self._empty_unless_failed(result, timestamps)
+        position = {id(result): i for i, result in enumerate(results)}
+        done([(i, r) for i, r in enumerate(results) if id(r) not in queued])
+        self._run_short(short, timestamps, progress, lambda batch: done([(position[id(r)], r) for r in batch]))
         for result, item, seconds in long:
             self._run_long(result, item, seconds, timestamps, progress)
-        for result in results:
-            if not result.error and result.nbest is None:  # silence, or too short: an empty transcript
-                result.nbest, result.words = [("", 0.0)], [] if timestamps else None
+            self._empty_unless_failed(result, timestamps)
+            done([(position[id(result)], result)])
         return results
+
+    @staticmethod
+    def _empty_unless_failed(result: Transcript, timestamps: bool) -> None:
+        """Silence, or audio too short for the model: an empty transcript (an error stays an error)."""
+        if not result.error and result.nbest is None:
+            result.nbest, result.words = [("", 0.0)], [] if timestamps else None
 
     def is_silent(self, wave: np.ndarray) -> bool:
         """Whether a mono wave (samples,) at the model's rate holds no frame at or above silence_dbfs."""
@@ -239,8 +255,10 @@ class Pipeline:
                 short.append((result, wave))
         return results, short, long
 
-    def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool) -> None:
-        """Inputs read whole: length-sorted batches through the model and the decoder."""
+    def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool,
+                   batch_done: Callable[[list[Transcript]], None]) -> None:
+        """Inputs read whole: length-sorted batches through the model and the decoder; `batch_done`
+        gets each batch's finished results."""
         frame = self.acoustic.samples_per_frame
         for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
             log_probs = [self.blank_silences(lp, frame_levels(short[i][1], frame)) for i, lp in zip(batch, log_probs)]
@@ -250,6 +268,7 @@ class Pipeline:
                 result.nbest = [(h.text, h.score) for h in nbest]
                 if timestamps:
                     result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
+            batch_done([short[i][0] for i in batch])
 
     def _model_batches(self, waves: Sequence[np.ndarray], progress: bool) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         """The batched inference loop: (indices into `waves`, their (T, V) log-probs) per batch of
@@ -437,6 +456,15 @@ def _stated_seconds(item: Path | tuple[np.ndarray, int], index: int) -> float:
     except Exception as e:  # libsndfile raises several types for unreadable files
         raise unreadable(item, e) from None
     return info.frames / info.samplerate if 0 < info.frames < 2**62 else 0.0
+
+
+def header_seconds(path: str | os.PathLike) -> float:
+    """A file's duration from its header; 0.0 when it states none or cannot be read (transcribing
+    it reports why)."""
+    try:
+        return _stated_seconds(Path(path), 0)
+    except AudioError:
+        return 0.0
 
 
 def _clip(words: list[Word], duration: float) -> list[Word]:

@@ -21,7 +21,7 @@ NUMERICAL_TESTS = (
     "test_audio.py", "test_data.py", "test_decode.py", "test_export.py", "test_features.py", "test_model.py",
     "test_reliability.py::test_cuda_oom", "test_reliability.py::test_ten_minutes_chunked_log_probs_equal",
     "test_reliability.py::test_read_chunks", "test_reliability.py::test_frame_stitching",
-    "test_train.py::test_resume_mid_epoch",
+    "test_train.py::test_resume_mid_epoch", "test_shards.py::test_two_ranks",
 )
 
 

@@ -155,6 +155,14 @@ DEFECT_CLASSES: dict[str, list[str]] = {
         "test_api.py::test_samples_the_model_cannot_take_as_they_are_are_refused",
         "test_api.py::test_a_bad_item_in_a_list_gets_its_error_and_the_others_their_transcripts",
     ],
+    "sharded and resumed transcription": [
+        "test_shards.py::test_two_ranks_merge_like_one_process_and_resume_after_a_sigkill",
+        "test_shards.py::test_two_ranks_decode_a_manifest_like_one_process",
+        "test_shards.py::test_transcribe_out_file_equals_stdout_and_lists_rejects",
+        "test_shards.py::test_read_records_prefers_success_and_skips_a_line_cut_by_a_kill",
+        "test_shards.py::test_claim_folder_discards_the_records_of_another_model",
+        "test_shards.py::test_decode_rerun_skips_what_is_done_and_the_output_is_the_same",
+    ],
     "HTTP requests (asr serve)": [
         "test_serve.py::test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving",
         "test_serve.py::test_wav_truncation_is_detected_from_the_header",

@@ -17,7 +17,7 @@ from asr.config import load_config  # noqa: E402
 
 from asr.model import CTCModel  # noqa: E402
 from asr.text import CharTokenizer  # noqa: E402
-from asr.transcribe import Transcript, expand_paths, transcribe_files, transcribe_waves  # noqa: E402
+from asr.transcribe import Pipeline, Transcript, expand_paths, transcribe_files, transcribe_waves  # noqa: E402
 
 CPU = torch.device("cpu")
 OVERRIDES = ["model.subsampling=stack", "model.subsampling_factor=4", "model.hidden_size=32", "model.num_layers=2"]
@@ -401,3 +401,21 @@ def test_a_flac_of_unknown_length_is_transcribed_like_the_same_flac_with_its_len
     sized, unsized = unsized_flac(tmp_path, chirp(3.0, 22050, seed=7), 22050)
     a, b = transcribe_files(model, tokenizer, [sized, unsized], CPU, chunk_seconds=30, chunk_overlap=4, timestamps=True)
     assert (a.error, b.error) == ("", "") and a.text and (b.text, b.words, b.duration) == (a.text, a.words, a.duration)
+
+
+def test_on_done_reports_each_result_once_when_final(loaded, folder, tmp_path):
+    """The callback asr.shards saves results by: every position once, each result already final
+    (its text is what transcribe returns), batch by batch."""
+    model, tokenizer = loaded
+    pipeline = Pipeline.for_model(model, tokenizer, CPU, batch_seconds=0.7)  # one or two files per batch
+    reported: list[tuple[int, str]] = []
+    calls = []
+
+    def on_done(finished):
+        calls.append(len(finished))
+        reported.extend((i, t.text) for i, t in finished)
+
+    results = pipeline.transcribe([folder, tmp_path / "missing.wav"], on_done=on_done)
+    assert sorted(i for i, _ in reported) == list(range(len(results)))
+    assert dict(reported) == {i: r.text for i, r in enumerate(results)}
+    assert len([n for n in calls if n]) > 2  # more than one batch: results come before the end

@@ -70,12 +70,14 @@ def rank_device(setup: DistributedSetup, device: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def process_group(setup: DistributedSetup, device: torch.device) -> Iterator[None]:
+def process_group(setup: DistributedSetup, device: torch.device | str,
+                  timeout: timedelta = PROCESS_GROUP_TIMEOUT) -> Iterator[None]:
     """The process group connecting the ranks, for the duration of the block (started here unless
-    one already is; NCCL on CUDA, gloo on the CPU). Nothing in a plain run."""
+    one already is; NCCL on CUDA, gloo on the CPU), whose collectives wait at most `timeout` for a
+    rank. Nothing in a plain run."""
     started = setup.active and not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo", timeout=timeout)
     try:
         yield
     finally:
