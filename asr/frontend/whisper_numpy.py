@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .mel_filters import slaney_mel_filters
+
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160  # log-mel frames every 10 ms
@@ -115,18 +117,10 @@ def log_mel_frames(num_samples: int) -> int:
     return max(num_samples, N_FFT // 2 + 1) // HOP_LENGTH
 
 
-_filterbanks: dict[int, np.ndarray] = {}
-
-
 def mel_filterbank(n_mels: int) -> np.ndarray:
     """(N_FFT // 2 + 1, n_mels): librosa.filters.mel(sr=16000, n_fft=400, n_mels) transposed, the
-    filterbank openai/whisper ships in mel_filters.npz."""
-    if n_mels not in _filterbanks:
-        import librosa
-
-        _filterbanks[n_mels] = np.ascontiguousarray(
-            librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels).T, dtype=np.float32)
-    return _filterbanks[n_mels]
+    filterbank openai/whisper ships in mel_filters.npz (computed bit-identically in numpy)."""
+    return slaney_mel_filters(SAMPLE_RATE, N_FFT, n_mels)
 
 
 def whisper_log_mel(wave: np.ndarray, n_mels: int = 80) -> np.ndarray:
