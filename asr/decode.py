@@ -283,11 +283,12 @@ class FlashlightDecoder:
             self._silence_column = True
         else:
             silence = tokens[tokenizer.blank]  # lexicon-free: silence is simply the blank
-        self.decoder = ctc_decoder(
-            lexicon=lexicon or None, tokens=tokens, lm=lm or None, nbest=nbest,
-            beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
-            blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>",
-        )
+        options = dict(nbest=nbest, beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight,
+                       word_score=word_score, blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>")
+        if lexicon:
+            self.decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options)
+        else:
+            self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=lm or None, **options)
 
     def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
         import torch
@@ -312,6 +313,70 @@ class FlashlightDecoder:
                 items.append(Hypothesis(text, float(h.score), ids))
             out.append(items or [Hypothesis("", float("-inf"), [])])
         return out
+
+
+def read_lexicon(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """A flashlight lexicon ('word<TAB>t o k e n s' per line) -> (words, their spellings), in file
+    order; a word with several spellings appears once per spelling."""
+    words, spellings = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            word, *spelling = line.split() or [""]
+            if not word:
+                continue
+            if not spelling:
+                raise ValueError(f"{path}, line {number}: no spelling after the word {word!r}")
+            words.append(word)
+            spellings.append(spelling)
+    return words, spellings
+
+
+def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, beam_size: int, beam_threshold: float,
+                        lm_weight: float, word_score: float, blank_token: str, sil_token: str, unk_word: str):
+    """torchaudio's ctc_decoder(lexicon=...) built about 6 times faster: it reads the lexicon through
+    flashlight's load_words (a C++ map of 200k words converted to Python and back) and looks each
+    letter up in C++ from Python; that cost ~3 s of every start with the shipped 200k-word lexicon,
+    more than the search of a short file (issue 27). Here the lexicon is read in Python, words and
+    letters are mapped by Python dicts, and the same flashlight objects are made with the same options
+    (torchaudio's defaults: unk_score -inf, sil_score 0, no log-add, every token per step), so the
+    search is the same; tests/test_decode.py compares the two. `lm`: a path, a loaded KenLM, or None."""
+    from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
+                                             Trie, ZeroLM)
+    from flashlight.lib.text.dictionary import Dictionary
+    from torchaudio.models.decoder import CTCDecoder
+    from torchaudio.models.decoder import _ctc_decoder as impl
+
+    words, spellings = read_lexicon(lexicon)  # its tokens are the model's: FlashlightDecoder checks (_check_lexicon)
+    token_ids = {token: i for i, token in enumerate(tokens)}
+    distinct = list(dict.fromkeys(words))
+    word_dict = Dictionary(distinct + ([unk_word] if unk_word not in distinct else []))
+    word_dict.set_default_index(word_dict.get_index(unk_word))
+    if isinstance(lm, str):
+        lm = impl._KenLM(lm, word_dict)
+    elif lm is None:
+        lm = ZeroLM()
+    tokens_dict = Dictionary(list(tokens))
+    silence, blank = token_ids[sil_token], token_ids[blank_token]
+    trie = Trie(len(tokens), silence)
+    start = lm.start(False)
+    word_ids = {w: i for i, w in enumerate(distinct)}
+    unigram = {}
+    for word, spelling in zip(words, spellings):
+        index = word_ids[word]
+        if index not in unigram:
+            unigram[index] = lm.score(start, index)[1]
+        trie.insert([token_ids[t] for t in spelling], index, unigram[index])
+    trie.smear(SmearingMode.MAX)
+    options = LexiconDecoderOptions(
+        beam_size=beam_size, beam_size_token=len(tokens), beam_threshold=beam_threshold, lm_weight=lm_weight,
+        word_score=word_score, unk_score=float("-inf"), sil_score=0.0, log_add=False, criterion_type=CriterionType.CTC)
+    # torchaudio's CTCDecoder turns flashlight's results into hypotheses; it is made without its
+    # constructor (which would build the trie again), holding what its methods read.
+    decoder = CTCDecoder.__new__(CTCDecoder)
+    decoder.nbest, decoder.word_dict, decoder.tokens_dict, decoder.blank = nbest, word_dict, tokens_dict, blank
+    decoder.decoder = LexiconDecoder(options, trie, lm, silence, blank, word_dict.get_index(unk_word), [], False)
+    decoder.lm = lm  # flashlight keeps no reference to the LM (pytorch/audio#3218)
+    return decoder
 
 
 class CudaBeamDecoder:
