@@ -51,17 +51,48 @@ _identities: dict[tuple[str, int, int], str] = {}
 
 def encoder_identity(folder: Path) -> str:
     """'<folder name>:<SHA-256 of model.bin>' (the package's folder is just 'model': its MODEL_NAME
-    names it). Hashing 75 MB takes ~0.2 s, so it is remembered per file size and mtime."""
+    names it). Hashing 75 MB takes ~0.2 s of every start, so the digest is remembered per file path,
+    size and mtime, in this process and across processes (`_digest_cache_file`)."""
     weights = Path(folder) / "model.bin"
     stat = weights.stat()
     key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _identities:
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _identities[key] = f"{_encoder_name(Path(folder))}:{digest.hexdigest()}"
+        _identities[key] = f"{_encoder_name(Path(folder))}:{_file_sha256(weights, key)}"
     return _identities[key]
+
+
+def _digest_cache_file() -> Path:
+    """Where SHA-256 digests of encoder weights are kept between runs: $ASR_CACHE_DIR, else ~/.cache/asr."""
+    root = os.environ.get("ASR_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "asr")
+    return Path(root) / "encoder-sha256.json"
+
+
+def _file_sha256(path: Path, key: tuple[str, int, int]) -> str:
+    """The SHA-256 of `path`, from the digest cache when it holds this (path, size, mtime) `key`;
+    an unreadable or unwritable cache only costs the hashing."""
+    import json
+
+    cache_file, name = _digest_cache_file(), f"{key[0]}|{key[1]}|{key[2]}"
+    try:
+        known = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(name), str):
+        return known[name]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    known[name] = digest.hexdigest()
+    try:
+        from ..files import write_text_atomic
+
+        write_text_atomic(cache_file, json.dumps(known, indent=1))
+    except OSError:
+        pass
+    return known[name]
 
 
 def _encoder_name(folder: Path) -> str:
