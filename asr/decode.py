@@ -331,6 +331,17 @@ def read_lexicon(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
     return words, spellings
 
 
+def lexicon_word_dict(words: Sequence[str], unk_word: str):
+    """flashlight's word Dictionary of a lexicon's words: each once, in file order, then `unk_word`
+    (the index of any other word). lexicon_ctc_decoder and load_flashlight_lm both number words so."""
+    from flashlight.lib.text.dictionary import Dictionary
+
+    distinct = list(dict.fromkeys(words))
+    word_dict = Dictionary(distinct + ([unk_word] if unk_word not in distinct else []))
+    word_dict.set_default_index(word_dict.get_index(unk_word))
+    return word_dict
+
+
 def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, beam_size: int, beam_threshold: float,
                         lm_weight: float, word_score: float, blank_token: str, sil_token: str, unk_word: str):
     """torchaudio's ctc_decoder(lexicon=...) built about 6 times faster: it reads the lexicon through
@@ -339,7 +350,8 @@ def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, bea
     more than the search of a short file (issue 27). Here the lexicon is read in Python, words and
     letters are mapped by Python dicts, and the same flashlight objects are made with the same options
     (torchaudio's defaults: unk_score -inf, sil_score 0, no log-add, every token per step), so the
-    search is the same; tests/test_decode.py compares the two. `lm`: a path, a loaded KenLM, or None."""
+    search is the same; tests/test_beam.py compares the two. `lm`: a path, None, or a KenLM from
+    load_flashlight_lm over the same lexicon."""
     from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
                                              Trie, ZeroLM)
     from flashlight.lib.text.dictionary import Dictionary
@@ -348,9 +360,7 @@ def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, bea
 
     words, spellings = read_lexicon(lexicon)  # its tokens are the model's: FlashlightDecoder checks (_check_lexicon)
     token_ids = {token: i for i, token in enumerate(tokens)}
-    distinct = list(dict.fromkeys(words))
-    word_dict = Dictionary(distinct + ([unk_word] if unk_word not in distinct else []))
-    word_dict.set_default_index(word_dict.get_index(unk_word))
+    word_dict = lexicon_word_dict(words, unk_word)
     if isinstance(lm, str):
         lm = impl._KenLM(lm, word_dict)
     elif lm is None:
@@ -359,7 +369,7 @@ def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, bea
     silence, blank = token_ids[sil_token], token_ids[blank_token]
     trie = Trie(len(tokens), silence)
     start = lm.start(False)
-    word_ids = {w: i for i, w in enumerate(distinct)}
+    word_ids = {w: i for i, w in enumerate(dict.fromkeys(words))}
     unigram = {}
     for word, spelling in zip(words, spellings):
         index = word_ids[word]
@@ -482,14 +492,16 @@ def decoder_from_settings(settings: DecodeConfig, tokenizer: Tokenizer, device: 
 
 def load_flashlight_lm(lm: str, lexicon: str = ""):
     """A KenLM model loaded once for several FlashlightDecoders (tuning LM weights loads a large ARPA
-    only once). Built as torchaudio's ctc_decoder builds it, from torchaudio's private helpers; where
-    they are missing, returns the path (each decoder then loads the file itself)."""
+    only once), over the word list lexicon_ctc_decoder makes of the same lexicon (the LM maps the
+    decoder's word indices through it, so both must number the words alike); where flashlight's
+    KenLM is missing, returns the path (each decoder then loads the file itself)."""
     if not lm or not lexicon:
         return lm
     try:
         from torchaudio.models.decoder import _ctc_decoder as impl
 
-        word_dict = impl._create_word_dict(impl._load_words(lexicon))
-        return lm if impl._KenLM is None else impl._KenLM(lm, word_dict)
+        if impl._KenLM is None:
+            return lm
+        return impl._KenLM(lm, lexicon_word_dict(read_lexicon(lexicon)[0], "<unk>"))
     except (ImportError, AttributeError, TypeError):
         return lm

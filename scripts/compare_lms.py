@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         hyps = [h[0].text for h in decoder(padded, lengths)]
         report = score(refs, dict(zip(refs, hyps)))
-        print(f"{lm_path}: LM loaded in {loaded:.2f} s, decoded in {time.perf_counter() - start:.1f} s, "
+        print(f"{lm_path}: LM loaded (with the lexicon's word list) in {loaded:.2f} s, decoded in {time.perf_counter() - start:.1f} s, "
               f"WER {report.wer:.2f} CER {report.cer:.2f}")
         texts.append(hyps)
     differ = [(u.id, a, b) for u, a, b in zip(utts, *texts) if a != b]

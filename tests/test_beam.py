@@ -234,7 +234,7 @@ def test_fast_lexicon_decoder_searches_like_torchaudios(tmp_path, with_lm):
     pytest.importorskip("flashlight.lib.text")
     from torchaudio.models.decoder import ctc_decoder
 
-    from asr.decode import lexicon_ctc_decoder
+    from asr.decode import lexicon_ctc_decoder, load_flashlight_lm
 
     rng = np.random.default_rng(0)
     letters = list("abcdefghijklmnopqrstuvwxyz'")
@@ -250,11 +250,15 @@ def test_fast_lexicon_decoder_searches_like_torchaudios(tmp_path, with_lm):
     lm = str(tmp_path / "lm.arpa") if with_lm else None
     ours = lexicon_ctc_decoder(str(tmp_path / "lexicon.txt"), tokens, lm, **options)
     theirs = ctc_decoder(lexicon=str(tmp_path / "lexicon.txt"), tokens=tokens, lm=lm, **options)
+    # An LM loaded once for several decoders (scripts/tune_decoder.py) numbers the words as the decoder does.
+    preloaded = lexicon_ctc_decoder(str(tmp_path / "lexicon.txt"), tokens,
+                                    load_flashlight_lm(lm, str(tmp_path / "lexicon.txt")) if lm else None, **options)
     logits = torch.from_numpy(rng.standard_normal((6, 60, len(tokens))).astype(np.float32) * 3)
     logits[..., TOKENIZER.blank] += 1.5
     log_probs, lengths = torch.log_softmax(logits, -1), torch.tensor([60, 55, 40, 60, 30, 12], dtype=torch.int32)
-    for a, b in zip(ours(log_probs, lengths), theirs(log_probs, lengths)):
-        assert len(a) == len(b) > 1
-        for x, y in zip(a, b):
+    for a, b, c in zip(ours(log_probs, lengths), theirs(log_probs, lengths), preloaded(log_probs, lengths)):
+        assert len(a) == len(b) == len(c) > 1
+        for x, y, z in zip(a, b, c):
+            assert (z.words, z.score) == (y.words, y.score)
             assert (x.words, x.score) == (y.words, y.score)
             assert torch.equal(x.tokens, y.tokens) and torch.equal(x.timesteps, y.timesteps)
