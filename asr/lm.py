@@ -584,8 +584,9 @@ KENLM_BINARY_TYPE = "trie"  # probing is ~2x larger (39 MB for the shipped 3-gra
 
 def kenlm_cache_dir() -> Path:
     """Where the compiled build_binary is kept: $ASR_CACHE_DIR/kenlm, else ~/.cache/asr/kenlm."""
-    root = os.environ.get("ASR_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "asr")
-    return Path(root) / "kenlm"
+    from .files import cache_dir
+
+    return cache_dir() / "kenlm"
 
 
 def find_build_binary() -> Path | None:

@@ -63,8 +63,9 @@ def encoder_identity(folder: Path) -> str:
 
 def _digest_cache_file() -> Path:
     """Where SHA-256 digests of encoder weights are kept between runs: $ASR_CACHE_DIR, else ~/.cache/asr."""
-    root = os.environ.get("ASR_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "asr")
-    return Path(root) / "encoder-sha256.json"
+    from ..files import cache_dir
+
+    return cache_dir() / "encoder-sha256.json"
 
 
 def _file_sha256(path: Path, key: tuple[str, int, int]) -> str:
@@ -89,7 +90,7 @@ def _file_sha256(path: Path, key: tuple[str, int, int]) -> str:
     try:
         from ..files import write_text_atomic
 
-        write_text_atomic(cache_file, json.dumps(known, indent=1))
+        write_text_atomic(cache_file, json.dumps(known, indent=1))  # kept small: one line per encoder file
     except OSError:
         pass
     return known[name]
