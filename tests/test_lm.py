@@ -222,7 +222,7 @@ def test_binary_lm_scores_equal_the_arpa_exactly(tmp_path, capsys):
     """Unquantized trie: every log-probability flashlight's KenLM gives, over every word after
     every state, is the ARPA's to the last bit."""
     _build_binary_or_skip()
-    decoder = pytest.importorskip("flashlight.lib.text.decoder")
+    kenlm = pytest.importorskip("flashlight.lib.text.decoder.kenlm")
     dictionary = pytest.importorskip("flashlight.lib.text.dictionary")
     model = build_ngram_model(CORPUS, order=3, prune=(0, 0, 1))
     write_arpa(model, tmp_path / "lm.arpa")
@@ -231,7 +231,7 @@ def test_binary_lm_scores_equal_the_arpa_exactly(tmp_path, capsys):
     assert (tmp_path / "lm.bin").read_bytes().startswith(b"mmap lm http://kheafield.com/code")
     words = dictionary.Dictionary(model.words)
     words.set_default_index(words.get_index("<unk>"))
-    arpa, binary = decoder.KenLM(str(tmp_path / "lm.arpa"), words), decoder.KenLM(str(tmp_path / "lm.bin"), words)
+    arpa, binary = kenlm.KenLM(str(tmp_path / "lm.arpa"), words), kenlm.KenLM(str(tmp_path / "lm.bin"), words)
     ids = range(len(model.words))
     for sentence in [[], ["the"], ["the", "cat"], ["a", "rat", "ran"], ["dog", "dog", "nowhere"]]:
         states = [arpa.start(False), binary.start(False)]
