@@ -283,11 +283,12 @@ class FlashlightDecoder:
             self._silence_column = True
         else:
             silence = tokens[tokenizer.blank]  # lexicon-free: silence is simply the blank
-        self.decoder = ctc_decoder(
-            lexicon=lexicon or None, tokens=tokens, lm=lm or None, nbest=nbest,
-            beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
-            blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>",
-        )
+        options = dict(nbest=nbest, beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight,
+                       word_score=word_score, blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>")
+        if lexicon:
+            self.decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options)
+        else:
+            self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=lm or None, **options)
 
     def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
         import torch
@@ -312,6 +313,80 @@ class FlashlightDecoder:
                 items.append(Hypothesis(text, float(h.score), ids))
             out.append(items or [Hypothesis("", float("-inf"), [])])
         return out
+
+
+def read_lexicon(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """A flashlight lexicon ('word<TAB>t o k e n s' per line) -> (words, their spellings), in file
+    order; a word with several spellings appears once per spelling."""
+    words, spellings = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            word, *spelling = line.split() or [""]
+            if not word:
+                continue
+            if not spelling:
+                raise ValueError(f"{path}, line {number}: no spelling after the word {word!r}")
+            words.append(word)
+            spellings.append(spelling)
+    return words, spellings
+
+
+def lexicon_word_dict(words: Sequence[str], unk_word: str):
+    """flashlight's word Dictionary of a lexicon's words: each once, in file order, then `unk_word`
+    (the index of any other word). lexicon_ctc_decoder and load_flashlight_lm both number words so."""
+    from flashlight.lib.text.dictionary import Dictionary
+
+    distinct = list(dict.fromkeys(words))
+    word_dict = Dictionary(distinct + ([unk_word] if unk_word not in distinct else []))
+    word_dict.set_default_index(word_dict.get_index(unk_word))
+    return word_dict
+
+
+def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, beam_size: int, beam_threshold: float,
+                        lm_weight: float, word_score: float, blank_token: str, sil_token: str, unk_word: str):
+    """torchaudio's ctc_decoder(lexicon=...) built about 6 times faster: it reads the lexicon through
+    flashlight's load_words (a C++ map of 200k words converted to Python and back) and looks each
+    letter up in C++ from Python; that cost ~3 s of every start with the shipped 200k-word lexicon,
+    more than the search of a short file (issue 27). Here the lexicon is read in Python, words and
+    letters are mapped by Python dicts, and the same flashlight objects are made with the same options
+    (torchaudio's defaults: unk_score -inf, sil_score 0, no log-add, every token per step), so the
+    search is the same; tests/test_beam.py compares the two. `lm`: a path, None, or a KenLM from
+    load_flashlight_lm over the same lexicon."""
+    from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
+                                             Trie, ZeroLM)
+    from flashlight.lib.text.dictionary import Dictionary
+    from torchaudio.models.decoder import CTCDecoder
+    from torchaudio.models.decoder import _ctc_decoder as impl
+
+    words, spellings = read_lexicon(lexicon)  # its tokens are the model's: FlashlightDecoder checks (_check_lexicon)
+    token_ids = {token: i for i, token in enumerate(tokens)}
+    word_dict = lexicon_word_dict(words, unk_word)
+    if isinstance(lm, str):
+        lm = impl._KenLM(lm, word_dict)
+    elif lm is None:
+        lm = ZeroLM()
+    tokens_dict = Dictionary(list(tokens))
+    silence, blank = token_ids[sil_token], token_ids[blank_token]
+    trie = Trie(len(tokens), silence)
+    start = lm.start(False)
+    word_ids = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    unigram = {}
+    for word, spelling in zip(words, spellings):
+        index = word_ids[word]
+        if index not in unigram:
+            unigram[index] = lm.score(start, index)[1]
+        trie.insert([token_ids[t] for t in spelling], index, unigram[index])
+    trie.smear(SmearingMode.MAX)
+    options = LexiconDecoderOptions(
+        beam_size=beam_size, beam_size_token=len(tokens), beam_threshold=beam_threshold, lm_weight=lm_weight,
+        word_score=word_score, unk_score=float("-inf"), sil_score=0.0, log_add=False, criterion_type=CriterionType.CTC)
+    # torchaudio's CTCDecoder turns flashlight's results into hypotheses; it is made without its
+    # constructor (which would build the trie again), holding what its methods read.
+    decoder = CTCDecoder.__new__(CTCDecoder)
+    decoder.nbest, decoder.word_dict, decoder.tokens_dict, decoder.blank = nbest, word_dict, tokens_dict, blank
+    decoder.decoder = LexiconDecoder(options, trie, lm, silence, blank, word_dict.get_index(unk_word), [], False)
+    decoder.lm = lm  # flashlight keeps no reference to the LM (pytorch/audio#3218)
+    return decoder
 
 
 # The first compute capability on which torchaudio's cuda_ctc_decoder is known to abort (see CudaBeamDecoder).
@@ -428,14 +503,16 @@ def decoder_from_settings(settings: DecodeConfig, tokenizer: Tokenizer, device: 
 
 def load_flashlight_lm(lm: str, lexicon: str = ""):
     """A KenLM model loaded once for several FlashlightDecoders (tuning LM weights loads a large ARPA
-    only once). Built as torchaudio's ctc_decoder builds it, from torchaudio's private helpers; where
-    they are missing, returns the path (each decoder then loads the file itself)."""
+    only once), over the word list lexicon_ctc_decoder makes of the same lexicon (the LM maps the
+    decoder's word indices through it, so both must number the words alike); where flashlight's
+    KenLM is missing, returns the path (each decoder then loads the file itself)."""
     if not lm or not lexicon:
         return lm
     try:
         from torchaudio.models.decoder import _ctc_decoder as impl
 
-        word_dict = impl._create_word_dict(impl._load_words(lexicon))
-        return lm if impl._KenLM is None else impl._KenLM(lm, word_dict)
+        if impl._KenLM is None:
+            return lm
+        return impl._KenLM(lm, lexicon_word_dict(read_lexicon(lexicon)[0], "<unk>"))
     except (ImportError, AttributeError, TypeError):
         return lm

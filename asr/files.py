@@ -1,6 +1,7 @@
 """Writing files so that a reader never sees half of one: into a temporary file beside it, flushed to
 disk, then renamed over it (a rename within a folder is atomic). The one home of this pattern for
-checkpoints, manifests, ONNX models, hypotheses and reports. Imports no torch."""
+checkpoints, manifests, ONNX models, hypotheses and reports; and where asr caches what it can rebuild
+(`cache_dir`). Imports no torch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import os
 import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+
+def cache_dir() -> Path:
+    """asr's cache folder for things it can rebuild (the compiled KenLM tool, encoder digests):
+    $ASR_CACHE_DIR, else ~/.cache/asr."""
+    return Path(os.environ.get("ASR_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "asr"))
 
 
 def temp_path(path: str | os.PathLike) -> Path:

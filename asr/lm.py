@@ -571,3 +571,128 @@ def write_lexicon(words: Iterable[str], path: str | os.PathLike, word_separator:
             f.write(f"{word}\t{spelling}\n")
             count += 1
     return count
+
+
+# KenLM's binary format: flashlight-text (the `lm` extra) bundles KenLM's query code, which maps a binary
+# model in a fraction of a second where it parses the shipped 16 MB gzipped ARPA in seconds on every
+# start (issue 27). The writer, KenLM's build_binary, ships on PyPI only as C++ source in the `kenlm`
+# sdist (its wheels query models only), so `asr lm binary` compiles that one program from the sdist,
+# once, into a cache: plain g++ over KenLM's lm/ and util/ sources with zlib, no Boost or CMake needed.
+KENLM_SDIST = "kenlm==0.3.0"
+KENLM_BINARY_TYPE = "trie"  # probing is ~2x larger (39 MB for the shipped 3-gram, over the 25 MB per file)
+
+
+def kenlm_cache_dir() -> Path:
+    """Where the compiled build_binary is kept: $ASR_CACHE_DIR/kenlm, else ~/.cache/asr/kenlm."""
+    from .files import cache_dir
+
+    return cache_dir() / "kenlm"
+
+
+def find_build_binary() -> Path | None:
+    """KenLM's build_binary: $ASR_KENLM_BUILD_BINARY, else one on PATH, else the one `asr lm binary`
+    compiled before; None if there is none."""
+    import shutil
+
+    given = os.environ.get("ASR_KENLM_BUILD_BINARY")
+    if given:
+        if not os.access(given, os.X_OK):
+            raise FileNotFoundError(f"{given}: $ASR_KENLM_BUILD_BINARY is not an executable file")
+        return Path(given)
+    on_path = shutil.which("build_binary")
+    if on_path:
+        return Path(on_path)
+    cached = kenlm_cache_dir() / "bin" / "build_binary"
+    return cached if os.access(cached, os.X_OK) else None
+
+
+def compile_build_binary(source: str | os.PathLike | None = None, jobs: int = 0) -> Path:
+    """Compile KenLM's build_binary from the `kenlm` sdist (a .tar.gz, or its unpacked folder; None:
+    `pip download` it) into kenlm_cache_dir()/bin and return its path. Needs a C++ compiler ($CXX,
+    else g++) and zlib's header; raises RuntimeError naming what is missing or what failed."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"compiling KenLM's build_binary needs a C++ compiler: {compiler!r} is not on PATH "
+                           "(install g++, or set $CXX; or put a build_binary on PATH or in $ASR_KENLM_BUILD_BINARY)")
+    cache = kenlm_cache_dir()
+    with tempfile.TemporaryDirectory(prefix="kenlm-") as work:
+        if source is None:
+            log.info("downloading the %s sdist with pip", KENLM_SDIST)
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                   "--no-build-isolation", "--dest", work, KENLM_SDIST],
+                                  capture_output=True, text=True)
+            found = sorted(Path(work).glob("kenlm-*.tar.gz"))
+            if done.returncode != 0 or not found:
+                raise RuntimeError(f"pip could not download the {KENLM_SDIST} sdist (give it with --kenlm-source):\n"
+                                   f"{done.stderr[-1500:]}")
+            source = found[0]
+        source = Path(source)
+        if source.is_dir():
+            tree = source
+        elif tarfile.is_tarfile(source):
+            with tarfile.open(source) as archive:
+                archive.extractall(work, filter="data")
+            tree = next((p.parent.parent for p in Path(work).glob("*/lm/build_binary_main.cc")), None)
+        else:
+            raise RuntimeError(f"{source}: neither a kenlm sdist (.tar.gz) nor its folder")
+        if tree is None or not (tree / "lm" / "build_binary_main.cc").is_file():
+            raise RuntimeError(f"{source}: no lm/build_binary_main.cc in it, not a kenlm source tree")
+        flags = ["-I", str(tree), "-O2", "-DNDEBUG", "-DKENLM_MAX_ORDER=6", "-DHAVE_ZLIB", "-w"]
+        sources = [p for d in ("util/double-conversion", "util", "lm") for p in sorted((tree / d).glob("*.cc"))
+                   if not p.name.endswith(("test.cc", "main.cc"))]
+        objects = [Path(work) / f"{i}.o" for i in range(len(sources))]
+
+        def compile_one(pair: tuple[Path, Path]) -> subprocess.CompletedProcess:
+            return subprocess.run([compiler, *flags, "-c", str(pair[0]), "-o", str(pair[1])], capture_output=True, text=True)
+
+        with ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
+            for src, done in zip(sources, pool.map(compile_one, zip(sources, objects))):
+                if done.returncode != 0:
+                    hint = " (zlib's header is missing: install zlib1g-dev)" if "zlib.h" in done.stderr else ""
+                    raise RuntimeError(f"compiling {src.relative_to(tree)} failed{hint}:\n{done.stderr[-1500:]}")
+        (cache / "bin").mkdir(parents=True, exist_ok=True)
+        target = cache / "bin" / "build_binary"
+        tmp = target.with_name(f".build_binary.tmp{os.getpid()}")
+        done = subprocess.run([compiler, *flags, str(tree / "lm" / "build_binary_main.cc"), *map(str, objects),
+                               "-o", str(tmp), "-lz", "-lrt", "-pthread"], capture_output=True, text=True)
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            hint = " (zlib is missing: install zlib1g-dev)" if "-lz" in done.stderr else ""
+            raise RuntimeError(f"linking build_binary failed{hint}:\n{done.stderr[-1500:]}")
+        os.replace(tmp, target)
+    return target
+
+
+def write_kenlm_binary(arpa: str | os.PathLike, out: str | os.PathLike, tool: str | os.PathLike | None = None) -> None:
+    """Convert an ARPA model (.arpa or .arpa.gz) to KenLM's binary trie format, unquantized: every
+    probability and backoff keeps its float32 value, so decoding scores, and transcripts, stay the
+    same (tests/test_lm.py checks the transcripts). `out` appears complete or not at all."""
+    import subprocess
+
+    from .files import temp_path
+
+    arpa, out = Path(arpa), Path(out)
+    if not arpa.is_file():
+        raise FileNotFoundError(f"{arpa}: ARPA file not found")
+    tool = Path(tool) if tool else find_build_binary()
+    if tool is None:
+        raise FileNotFoundError("KenLM's build_binary was not found (run `asr lm binary` once to compile it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(out)
+    try:
+        # -S: memory for the trie's on-disk sort (default 80% of RAM); -T: its temporary files beside `out`.
+        done = subprocess.run([str(tool), "-S", "256M", "-T", str(tmp) + ".sort", KENLM_BINARY_TYPE, str(arpa), str(tmp)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{arpa}: build_binary failed: {done.stderr.strip()[-1500:]}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+

@@ -233,3 +233,41 @@ def test_cli_decode_beam_equals_greedy_at_beam_1_and_gpu_beam_error(random_check
     capsys.readouterr()
     assert asr_main(base + ["--out", str(tmp_path / "gpu.txt"), "--decoder", "gpu-beam"]) == 2
     assert "gpu-beam needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_lm", [True, False])
+def test_fast_lexicon_decoder_searches_like_torchaudios(tmp_path, with_lm):
+    """lexicon_ctc_decoder (the lexicon read in Python, issue 27) gives torchaudio's ctc_decoder's
+    n-best lists exactly: words, tokens, time steps and scores, on random utterances over a
+    lexicon of 200 words, one of them spelt two ways."""
+    pytest.importorskip("flashlight.lib.text")
+    from torchaudio.models.decoder import ctc_decoder
+
+    from asr.decode import lexicon_ctc_decoder, load_flashlight_lm
+
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyz'")
+    words = sorted({"".join(rng.choice(letters[:-1], size=rng.integers(1, 7))) for _ in range(200)})
+    sentences = [" ".join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(300)]
+    write_arpa(build_ngram_model(sentences, order=3), tmp_path / "lm.arpa")
+    write_lexicon(words, tmp_path / "lexicon.txt")
+    with open(tmp_path / "lexicon.txt", "a", encoding="utf-8") as f:
+        f.write(f"{words[0]}\t{' '.join(words[0])} ' |\n")  # a second spelling of the first word
+    tokens = list(TOKENIZER.lexicon_tokens)
+    options = dict(nbest=5, beam_size=30, beam_threshold=25.0, lm_weight=1.5, word_score=0.5,
+                   blank_token=tokens[TOKENIZER.blank], sil_token="|", unk_word="<unk>")
+    lm = str(tmp_path / "lm.arpa") if with_lm else None
+    ours = lexicon_ctc_decoder(str(tmp_path / "lexicon.txt"), tokens, lm, **options)
+    theirs = ctc_decoder(lexicon=str(tmp_path / "lexicon.txt"), tokens=tokens, lm=lm, **options)
+    # An LM loaded once for several decoders (scripts/tune_decoder.py) numbers the words as the decoder does.
+    preloaded = lexicon_ctc_decoder(str(tmp_path / "lexicon.txt"), tokens,
+                                    load_flashlight_lm(lm, str(tmp_path / "lexicon.txt")) if lm else None, **options)
+    logits = torch.from_numpy(rng.standard_normal((6, 60, len(tokens))).astype(np.float32) * 3)
+    logits[..., TOKENIZER.blank] += 1.5
+    log_probs, lengths = torch.log_softmax(logits, -1), torch.tensor([60, 55, 40, 60, 30, 12], dtype=torch.int32)
+    for a, b, c in zip(ours(log_probs, lengths), theirs(log_probs, lengths), preloaded(log_probs, lengths)):
+        assert len(a) == len(b) == len(c) > 1
+        for x, y, z in zip(a, b, c):
+            assert (z.words, z.score) == (y.words, y.score)
+            assert (x.words, x.score) == (y.words, y.score)
+            assert torch.equal(x.tokens, y.tokens) and torch.equal(x.timesteps, y.timesteps)

@@ -22,7 +22,7 @@ from asr.text import CharTokenizer  # noqa: E402
 
 SUBCOMMANDS = [
     ["prepare"], ["prepare", "librispeech"], ["prepare", "fsdd"], ["download"], ["train"], ["decode"],
-    ["transcribe"], ["score"], ["plot"], ["lm"], ["lm", "build"], ["lm", "lexicon"], ["lm", "perplexity"],
+    ["transcribe"], ["score"], ["plot"], ["lm"], ["lm", "build"], ["lm", "binary"], ["lm", "lexicon"], ["lm", "perplexity"],
     ["upgrade-checkpoint"], ["serve"], ["export", "onnx"], ["split"], ["prepare", "speechocean762"],
 ]
 

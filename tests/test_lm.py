@@ -205,3 +205,106 @@ def test_lm_build_takes_several_texts_and_manifests_with_their_words(tmp_path):
     assert ("the", "zebu") in read_arpa(arpa)
     (tmp_path / "bad.jsonl").write_text("{not json}\n")
     assert asr_main(["lm", "build", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x.arpa")]) == 2
+
+
+# KenLM's binary format (`asr lm binary`): the same model, loaded in a fraction of a second.
+
+def _build_binary_or_skip():
+    from asr.lm import find_build_binary
+
+    tool = find_build_binary()
+    if tool is None:
+        pytest.skip("KenLM's build_binary is not compiled here (`asr lm binary` compiles it once, about a minute)")
+    return tool
+
+
+def test_binary_lm_scores_equal_the_arpa_exactly(tmp_path, capsys):
+    """Unquantized trie: every log-probability flashlight's KenLM gives, over every word after
+    every state, is the ARPA's to the last bit."""
+    _build_binary_or_skip()
+    kenlm = pytest.importorskip("flashlight.lib.text.decoder.kenlm")
+    dictionary = pytest.importorskip("flashlight.lib.text.dictionary")
+    model = build_ngram_model(CORPUS, order=3, prune=(0, 0, 1))
+    write_arpa(model, tmp_path / "lm.arpa")
+    assert asr_main(["lm", "binary", str(tmp_path / "lm.arpa"), "--out", str(tmp_path / "lm.bin")]) == 0
+    assert "KenLM binary trie" in capsys.readouterr().out
+    assert (tmp_path / "lm.bin").read_bytes().startswith(b"mmap lm http://kheafield.com/code")
+    words = dictionary.Dictionary(model.words)
+    words.set_default_index(words.get_index("<unk>"))
+    arpa, binary = kenlm.KenLM(str(tmp_path / "lm.arpa"), words), kenlm.KenLM(str(tmp_path / "lm.bin"), words)
+    ids = range(len(model.words))
+    for sentence in [[], ["the"], ["the", "cat"], ["a", "rat", "ran"], ["dog", "dog", "nowhere"]]:
+        states = [arpa.start(False), binary.start(False)]
+        for word in sentence:
+            states = [lm.score(state, words.get_index(word))[0] for lm, state in zip((arpa, binary), states)]
+        scores = [[lm.score(state, i)[1] for i in ids] + [lm.finish(state)[1]] for lm, state in zip((arpa, binary), states)]
+        assert scores[0] == scores[1], sentence
+
+
+def test_lm_binary_errors_name_the_file_and_what_is_missing(tmp_path, monkeypatch):
+    from asr.lm import compile_build_binary, write_kenlm_binary
+
+    with pytest.raises(FileNotFoundError, match="nothing.arpa: ARPA file not found"):
+        write_kenlm_binary(tmp_path / "nothing.arpa", tmp_path / "out.bin", tool="/bin/true")
+    (tmp_path / "bad.arpa").write_text("not an arpa file\n")
+    with pytest.raises(RuntimeError, match="bad.arpa: build_binary failed"):
+        write_kenlm_binary(tmp_path / "bad.arpa", tmp_path / "out.bin", tool="/bin/false")
+    assert not (tmp_path / "out.bin").exists() and list(tmp_path.glob(".out.bin.tmp*")) == []
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler: 'no-such-compiler' is not on PATH"):
+        compile_build_binary(tmp_path)
+    monkeypatch.setenv("CXX", "sh")  # any program on PATH: the source is refused before compiling
+    with pytest.raises(RuntimeError, match="bad.arpa: neither a kenlm sdist"):
+        compile_build_binary(tmp_path / "bad.arpa")
+    with pytest.raises(RuntimeError, match="no lm/build_binary_main.cc in it"):
+        compile_build_binary(tmp_path)
+    monkeypatch.setenv("ASR_KENLM_BUILD_BINARY", str(tmp_path / "bad.arpa"))
+    from asr.lm import find_build_binary
+
+    with pytest.raises(FileNotFoundError, match="ASR_KENLM_BUILD_BINARY is not an executable"):
+        find_build_binary()
+
+
+@pytest.mark.slow
+def test_shipped_binary_lm_transcribes_like_the_arpa(shared_data):
+    """models/decode.yaml's binary LM and the ARPA it was made from give the same transcripts with the
+    shipped settings on the example and eight libri-other dev utterances (all 206 of dev:
+    scripts/compare_lms.py, benchmarks/RESULTS.md). About 30 s: the lexicon is read twice."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import REPO_ROOT
+    from encoder_support import encoder_available
+
+    from asr.audio import read_audio
+    from asr.checkpoint import load_model
+    from asr.decode import FlashlightDecoder, flashlight_available, load_flashlight_lm
+    from asr.transcribe import Pipeline
+
+    models = REPO_ROOT / "models"
+    settings = yaml.safe_load((models / "decode.yaml").read_text())
+    binary, arpa = models / settings["lm"], models / "en-3gram.arpa.gz"
+    if not (encoder_available() and flashlight_available() and binary.is_file() and arpa.is_file()):
+        pytest.skip("needs the shipped model and LMs, the Whisper encoder and flashlight-text")
+    assert binary.suffix == ".bin"
+    files = [REPO_ROOT / "examples" / "4959-28865-0017.flac"]
+    files += sorted((shared_data / "libri-other" / "dev").rglob("*.opus"))[:8]
+    model, tokenizer, _ = load_model(models / "en-whisper-tiny-bilstm-ctc.pt", "cpu")
+    pipeline = Pipeline.for_model(model, tokenizer, "cpu")
+    log_probs = pipeline.log_probs([pipeline.acoustic.to_model_rate(*read_audio(f)) for f in files])
+    lengths = np.array([lp.shape[0] for lp in log_probs])
+    padded = np.zeros((len(log_probs), lengths.max(), log_probs[0].shape[1]), dtype=np.float32)
+    for i, lp in enumerate(log_probs):
+        padded[i, : lp.shape[0]] = lp
+    lexicon = str(models / settings["lexicon"])
+    texts = []
+    for lm in (arpa, binary):
+        decoder = FlashlightDecoder(tokenizer, load_flashlight_lm(str(lm), lexicon), lexicon, settings["beam_size"],
+                                    settings["lm_weight"], settings["word_score"], beam_threshold=settings["beam_threshold"])
+        texts.append([h[0].text for h in decoder(padded, lengths)])
+    assert texts[0] == texts[1]
+    assert all(texts[0])

@@ -106,6 +106,31 @@ def test_no_encoder_gives_a_message_saying_how_to_get_one(monkeypatch, tmp_path)
         find_encoder()
 
 
+def test_encoder_digest_is_remembered_across_processes_until_the_file_changes(tmp_path, monkeypatch):
+    """The SHA-256 of model.bin (0.2 s of hashing) is kept in $ASR_CACHE_DIR by path, size and mtime:
+    a later process reads it; a changed file is hashed again."""
+    import hashlib
+    import os
+
+    from asr.frontend import whisper_numpy
+
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "enc").mkdir()
+    weights = tmp_path / "enc" / "model.bin"
+    weights.write_bytes(b"weights one")
+    first = whisper_numpy.encoder_identity(tmp_path / "enc")
+    assert first == f"enc:{hashlib.sha256(b'weights one').hexdigest()}"
+    assert (tmp_path / "cache" / "encoder-sha256.json").is_file()
+    whisper_numpy._identities.clear()  # as a new process: only the file cache remains
+    monkeypatch.setattr(whisper_numpy.hashlib, "sha256", None)  # hashing now would fail
+    assert whisper_numpy.encoder_identity(tmp_path / "enc") == first
+    monkeypatch.undo()
+    monkeypatch.setenv("ASR_CACHE_DIR", str(tmp_path / "cache"))
+    weights.write_bytes(b"weights two!")
+    os.utime(weights, ns=(1, 1))
+    assert whisper_numpy.encoder_identity(tmp_path / "enc") == f"enc:{hashlib.sha256(b'weights two!').hexdigest()}"
+
+
 def test_logmel_models_do_not_need_the_pretrained_extra(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ctranslate2", None)
     config = load_config(None, [])

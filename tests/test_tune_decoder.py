@@ -21,7 +21,7 @@ tune = load_script()
 
 
 def test_paths_beside_the_decode_file_are_written_relative(tmp_path, monkeypatch):
-    """models/decode.yaml names models/en-3gram.arpa.gz as 'en-3gram.arpa.gz', so the folder can move;
+    """models/decode.yaml names models/en-3gram.bin as 'en-3gram.bin', so the folder can move;
     an LM elsewhere keeps its absolute path."""
     models = tmp_path / "models"
     models.mkdir()

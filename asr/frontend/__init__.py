@@ -2,6 +2,7 @@
 
     logmel.py         log-mel (librosa's filterbank, computed batched in torch) and the global
                       mean/variance normalizer
+    mel_filters.py    the Slaney mel filterbank (librosa's, Whisper's) in numpy, without librosa
     specaug.py        SpecAugment: time warping, frequency and time masks
     whisper.py        a frozen pretrained encoder, Whisper's through CTranslate2, and its feature cache
     whisper_numpy.py  the Whisper encoder's files and identity, its log-mel and 30 s windows, without

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .mel_filters import slaney_mel_filters
+
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160  # log-mel frames every 10 ms
@@ -49,17 +51,49 @@ _identities: dict[tuple[str, int, int], str] = {}
 
 def encoder_identity(folder: Path) -> str:
     """'<folder name>:<SHA-256 of model.bin>' (the package's folder is just 'model': its MODEL_NAME
-    names it). Hashing 75 MB takes ~0.2 s, so it is remembered per file size and mtime."""
+    names it). Hashing 75 MB takes ~0.2 s of every start, so the digest is remembered per file path,
+    size and mtime, in this process and across processes (`_digest_cache_file`)."""
     weights = Path(folder) / "model.bin"
     stat = weights.stat()
     key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _identities:
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _identities[key] = f"{_encoder_name(Path(folder))}:{digest.hexdigest()}"
+        _identities[key] = f"{_encoder_name(Path(folder))}:{_file_sha256(weights, key)}"
     return _identities[key]
+
+
+def _digest_cache_file() -> Path:
+    """Where SHA-256 digests of encoder weights are kept between runs: $ASR_CACHE_DIR, else ~/.cache/asr."""
+    from ..files import cache_dir
+
+    return cache_dir() / "encoder-sha256.json"
+
+
+def _file_sha256(path: Path, key: tuple[str, int, int]) -> str:
+    """The SHA-256 of `path`, from the digest cache when it holds this (path, size, mtime) `key`;
+    an unreadable or unwritable cache only costs the hashing."""
+    import json
+
+    cache_file, name = _digest_cache_file(), f"{key[0]}|{key[1]}|{key[2]}"
+    try:
+        known = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(name), str):
+        return known[name]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    known[name] = digest.hexdigest()
+    try:
+        from ..files import write_text_atomic
+
+        write_text_atomic(cache_file, json.dumps(known, indent=1))  # kept small: one line per encoder file
+    except OSError:
+        pass
+    return known[name]
 
 
 def _encoder_name(folder: Path) -> str:
@@ -119,18 +153,10 @@ def log_mel_frames(num_samples: int) -> int:
     return max(num_samples, N_FFT // 2 + 1) // HOP_LENGTH
 
 
-_filterbanks: dict[int, np.ndarray] = {}
-
-
 def mel_filterbank(n_mels: int) -> np.ndarray:
     """(N_FFT // 2 + 1, n_mels): librosa.filters.mel(sr=16000, n_fft=400, n_mels) transposed, the
-    filterbank openai/whisper ships in mel_filters.npz."""
-    if n_mels not in _filterbanks:
-        import librosa
-
-        _filterbanks[n_mels] = np.ascontiguousarray(
-            librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels).T, dtype=np.float32)
-    return _filterbanks[n_mels]
+    filterbank openai/whisper ships in mel_filters.npz (computed bit-identically in numpy)."""
+    return slaney_mel_filters(SAMPLE_RATE, N_FFT, n_mels)
 
 
 def whisper_log_mel(wave: np.ndarray, n_mels: int = 80) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Transcribing with a model exported by `asr export onnx`, without torch: onnxruntime runs the graph,
-numpy computes the features, soundfile reads audio, librosa gives the mel filterbank (and resamples
-files at another rate than the model's).
+numpy computes the features (the mel filterbank too: asr.frontend.mel_filters), soundfile reads audio,
+librosa resamples files at another rate than the model's (imported only then).
 
     python -m asr.serving.onnx_runtime model.onnx speech.wav more.flac      # path<TAB>text per file
 
 Features are computed as asr.frontend.logmel.LogMel computes them: each utterance reflect-padded by n_fft/2
-at its own ends, periodic Hann window, power spectrum, librosa's Slaney mel filterbank, natural log
+at its own ends, periodic Hann window, power spectrum, librosa's Slaney mel filterbank (computed in numpy), natural log
 clamped at 1e-10; then the checkpoint's global mean/variance normalization (stored in the ONNX file's
 metadata). Everything after the model call is asr's one pipeline (asr.transcribe.Pipeline: chunking of
 long files, length-sorted batches, greedy decoding, word timings), which imports no torch; the
@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..frontend import whisper_numpy
+from ..frontend.mel_filters import slaney_mel_filters
 from ..decode import GreedyDecoder
 from ..formats import json_line, transcript_json
 from ..transcribe import Pipeline, Transcript
@@ -74,7 +75,7 @@ class OnnxRecognizer:
         self.std = np.asarray(self.meta["normalizer"]["std"], dtype=np.float32)
         self.tokenizer = tokenizer_from_dict(self.meta["tokenizer"])
         self.window = hann_window(self.n_fft)
-        self.filterbank = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels)
+        self.filterbank = slaney_mel_filters(self.sample_rate, self.n_fft, self.n_mels)
         self.encoder = whisper_engine(encoder, self.meta.get("encoder_id", ""), threads) if self.frontend == "whisper" else None
         # Written by asr export onnx since the pipeline chunks ONNX models too; older files state only frame_shift.
         self.samples_per_frame = int(self.meta.get("samples_per_frame") or round(self.meta["frame_shift"] * self.sample_rate))
@@ -114,13 +115,6 @@ class OnnxRecognizer:
 def hann_window(n_fft: int) -> np.ndarray:
     """torch.hann_window(n_fft) (periodic)."""
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """(n_fft // 2 + 1, n_mels): librosa's Slaney-scale, area-normalized filters, as LogMel uses."""
-    import librosa
-
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, norm="slaney", htk=False).T.astype(np.float32)
 
 
 def log_mel(wave: np.ndarray, window: np.ndarray, filterbank: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
