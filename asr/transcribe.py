@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,14 +230,29 @@ class Pipeline:
         return results, short, long
 
     def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool) -> None:
-        """Inputs read whole: length-sorted batches through the model and the decoder."""
-        for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
-            for i, frames, nbest in zip(batch, log_probs, self.decode(log_probs)):
-                result = short[i][0]
-                result.text = nbest[0].text if nbest else ""
-                result.nbest = [(h.text, h.score) for h in nbest]
-                if timestamps:
-                    result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
+        """Inputs read whole: length-sorted batches through the model and the decoder. The decoder
+        searches a batch in a second thread while the model runs the next one: the model's work
+        (torch, CTranslate2) and a decoder that waits on its worker processes (beam-lm with workers)
+        leave the GIL free, so the two overlap; the results are the same as one after the other."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode") as decoding:
+            previous = None
+            for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
+                searching = decoding.submit(self.decode, log_probs)
+                if previous is not None:
+                    self._store(short, *previous, timestamps)
+                previous = batch, log_probs, searching
+            if previous is not None:
+                self._store(short, *previous, timestamps)
+
+    def _store(self, short: list[tuple[Transcript, np.ndarray]], batch: list[int], log_probs: list[np.ndarray],
+               searching: Future, timestamps: bool) -> None:
+        """A batch's decoded hypotheses (once `searching` is done) and word times into its Transcripts."""
+        for i, frames, nbest in zip(batch, log_probs, searching.result()):
+            result = short[i][0]
+            result.text = nbest[0].text if nbest else ""
+            result.nbest = [(h.text, h.score) for h in nbest]
+            if timestamps:
+                result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
 
     def _model_batches(self, waves: Sequence[np.ndarray], progress: bool) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         """The batched inference loop: (indices into `waves`, their (T, V) log-probs) per batch of
@@ -259,9 +275,12 @@ class Pipeline:
             return
         max_frames = max(1, int(self.chunk_seconds / self.frame_shift))
         texts, score, words = [], 0.0, []
-        for start, end in pause_segments(frames, self.tokenizer.blank, max_frames, max_frames // 3,
-                                         self.tokenizer.word_separator, self.tokenizer.word_start_ids):
-            best = self.decode([frames[start:end]])[0][0]
+        segments = pause_segments(frames, self.tokenizer.blank, max_frames, max_frames // 3,
+                                  self.tokenizer.word_separator, self.tokenizer.word_start_ids)
+        # All segments in one call: a decoder with workers searches them at once.
+        found = self.decode([frames[start:end] for start, end in segments]) if segments else []
+        for (start, end), nbest in zip(segments, found):
+            best = nbest[0]
             if best.text:
                 texts.append(best.text)
             score += best.score

@@ -16,7 +16,8 @@ Systems (`pip install -e ".[peers]"` for the two peers):
                       `:greedy` (the default) is greedy CTC; `:lm` is the flashlight beam search with
                       `--lm` and `--lexicon` (default: those a `decode.yaml` next to it names); weights and beam come from the checkpoint's decode
                       settings and a `decode.yaml` next to it, then `--lm-weight`, `--word-score`,
-                      `--beam-size` when given.
+                      `--beam-size`, `--beam-threshold` when given. Its beam search runs in
+                      `--threads` processes (asr.decode.FlashlightDecoder's workers).
 
 Scoring: references from the manifest, WER and CER from `asr.score.score`. Every hypothesis passes
 through `normalize_hypothesis` first, the same for every system: `spell_out_numbers` (digits to
@@ -285,13 +286,14 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
         # --lm/--lexicon, else those of the checkpoint's decode settings (models/decode.yaml names the shipped
         # ones); the LM loads here, before the clock
         recognizer = Recognizer(path, "cpu", decoder="beam-lm", lm=_str_or_none(args.lm), lexicon=_str_or_none(args.lexicon),
-                                lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score)
+                                lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score,
+                                beam_threshold=args.beam_threshold)
         settings = recognizer.settings
         if not settings.lm or not settings.lexicon:
             raise SystemExit(f"peers.py: system {spec!r} needs --lm and --lexicon (or a decode.yaml next to it naming them)")
         files += [settings.lm, settings.lexicon]
-        described = (f"beam-lm (beam {settings.beam_size}, lm_weight {settings.lm_weight:g}, "
-                     f"word_score {settings.word_score:g})")
+        described = (f"beam-lm (beam {settings.beam_size}, threshold {settings.beam_threshold:g}, lm_weight "
+                     f"{settings.lm_weight:g}, word_score {settings.word_score:g}, {recognizer.decoder.workers} decoding processes)")
     rate = recognizer.sample_rate
 
     def transcribe(waves: Sequence[np.ndarray]) -> list[str]:
@@ -515,6 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lm-weight", type=float, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
     p.add_argument("--word-score", type=float, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
     p.add_argument("--beam-size", type=int, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
+    p.add_argument("--beam-threshold", type=float, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be at least 1")
