@@ -360,7 +360,7 @@ class Row:
     rtfx: float
     threads: int
     seconds: float  # wall seconds of transcription
-    cpu_seconds: float = 0.0  # CPU seconds of this process during transcription (all its threads)
+    cpu_seconds: float = 0.0  # CPU seconds of this process (all its threads) and its worker processes during transcription
     rtfx_cpu: float = 0.0  # audio seconds / cpu_seconds: less sensitive to a busy machine than wall RTFx
     settings: str = ""
     size_note: str = ""
@@ -377,15 +377,32 @@ def load_waves(utts, sample_rate: int) -> list[np.ndarray]:
     return [load_utterance_audio(u, sample_rate).numpy() for u in utts]
 
 
+def cpu_seconds_with_workers() -> float:
+    """CPU seconds so far of this process and of its live child processes (beam-lm's decoding
+    workers, which are not waited for, so os.times() does not count them), from /proc where there is
+    one (elsewhere: this process alone)."""
+    import multiprocessing
+
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for child in multiprocessing.active_children():
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+    return total
+
+
 def run_system(system: System, set_name: str, utts, waves: Sequence[np.ndarray], threads: int,
                out_dir: Path) -> Row:
     """Transcribe (timed), write the hypothesis files, score against the manifest's texts."""
     from asr.score import score
 
     load_start = list(os.getloadavg())
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), cpu_seconds_with_workers()
     texts = system.transcribe(waves)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = time.perf_counter() - start, cpu_seconds_with_workers() - cpu_start
     load_end = list(os.getloadavg())
     if len(texts) != len(utts):
         raise RuntimeError(f"{system.name} returned {len(texts)} transcripts for {len(utts)} utterances")
