@@ -340,7 +340,8 @@ def _recognizer(args: argparse.Namespace, nbest: int = 1) -> Recognizer:
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-seconds", type=float, default=None, help="padded audio seconds per batch (default: from the model's config)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the model, and beam-lm's decoding processes (default: torch's thread count)")
     # Decoding; None means: from decode.yaml next to the checkpoint if present, else the checkpoint's config.
     p.add_argument("--decoder", default=None, choices=DECODERS,
                    help="greedy; beam: CTC prefix beam search without LM; beam-lm: flashlight beam search with a "
@@ -623,7 +624,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model, and beam-lm's decoding processes (default: torch's thread count)")
     p.add_argument("--decoder", default=None, choices=DECODERS,
                    help="default: the model's decode settings (its config, then decode.yaml next to it)")
     p.add_argument("--max-batch", type=int, default=8, help="requests transcribed together (1: no batching)")

@@ -79,6 +79,7 @@ class DecodeConfig:
     lm_weight: float = 2.0
     word_score: float = 0.0
     beam_threshold: float = 25.0  # beam-lm: prune hypotheses this far (log-prob) below the best
+    workers: int = 0  # beam-lm: processes searching a batch's utterances at once (0: as many as torch's CPU threads)
     chunk_seconds: float = 30.0  # transcribe: longer files are decoded in chunks of this length (0: never)
     chunk_overlap: float = 4.0  # seconds shared by consecutive chunks; the seam is in its middle
 

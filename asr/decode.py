@@ -8,8 +8,10 @@ need it, so the greedy decoder and the settings work without torch (asr.serving.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -241,10 +243,19 @@ def _with_silence_column(log_probs: torch.Tensor, blank: int) -> torch.Tensor:
 
 class FlashlightDecoder:
     """torchaudio's ctc_decoder (flashlight-text): lexicon-constrained when a lexicon is given,
-    lexicon-free otherwise (then an LM, if any, must be over our tokens, not words)."""
+    lexicon-free otherwise (then an LM, if any, must be over our tokens, not words).
+
+    `workers` > 1 searches the utterances of a batch in that many processes at once. Flashlight's
+    search holds the GIL (its Python binding does not release it), so threads would take turns;
+    processes forked once, when the decoder is built, share the loaded LM and lexicon trie
+    copy-on-write and each searches with its own copy of the decoder. Every utterance is searched
+    the same way whichever process does it, so the hypotheses are those of `workers=1`. Where
+    processes cannot be forked (Windows), it searches in this process.
+    """
 
     def __init__(self, tokenizer: Tokenizer, lm: str = "", lexicon: str = "", beam_size: int = 50,
-                 lm_weight: float = 2.0, word_score: float = 0.0, nbest: int = 1, beam_threshold: float = 25.0):
+                 lm_weight: float = 2.0, word_score: float = 0.0, nbest: int = 1, beam_threshold: float = 25.0,
+                 workers: int = 1):
         try:
             import flashlight.lib.text  # noqa: F401
             from torchaudio.models.decoder import ctc_decoder
@@ -289,6 +300,20 @@ class FlashlightDecoder:
             self.decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options)
         else:
             self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=lm or None, **options)
+        self._search = FlashlightSearch(self.decoder, tokenizer, self.lexicon, nbest)
+        self.workers = workers if workers > 1 and "fork" in multiprocessing.get_all_start_methods() else 1
+        self._pool = None
+        if self.workers > 1:
+            # Forked now, in the thread that builds the decoder, not later from a pipeline's decoding thread.
+            _FORKED_SEARCHES[id(self._search)] = self._search
+            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            weakref.finalize(self, _close_pool, self._pool, id(self._search))
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (also done when the decoder is garbage-collected)."""
+        if self._pool is not None:
+            _close_pool(self._pool, id(self._search))
+            self._pool, self.workers = None, 1
 
     def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
         import torch
@@ -303,16 +328,55 @@ class FlashlightDecoder:
             lengths = lengths + 1
         if self._silence_column:
             log_probs = _with_silence_column(log_probs, self.tokenizer.blank)
-        results = self.decoder(log_probs.contiguous(), lengths.to(torch.int32))
+        emissions = log_probs.to(torch.float32).numpy()
+        utterances = [np.ascontiguousarray(emissions[i, : int(n)]) for i, n in enumerate(lengths.tolist())]
+        if self._pool is not None and len(utterances) > 1:
+            # Longest first, one utterance per task: the workers finish together.
+            order = sorted(range(len(utterances)), key=lambda i: -utterances[i].shape[0])
+            found = self._pool.map(_search_in_worker, [(id(self._search), utterances[i]) for i in order], chunksize=1)
+            results: list = [None] * len(utterances)
+            for i, hyps in zip(order, found):
+                results[i] = hyps
+        else:
+            results = [self._search(frames) for frames in utterances]
+        return [hyps or [Hypothesis("", float("-inf"), [])] for hyps in results]
+
+
+class FlashlightSearch:
+    """The part of a FlashlightDecoder that its worker processes run: torchaudio's ctc_decoder and
+    the conversion of its results to Hypothesis."""
+
+    def __init__(self, ctc_decoder, tokenizer: Tokenizer, lexicon: bool, nbest: int):
+        self.ctc_decoder, self.tokenizer, self.lexicon, self.nbest = ctc_decoder, tokenizer, lexicon, nbest
+
+    def __call__(self, emissions: np.ndarray) -> list[Hypothesis]:
+        """Flashlight's search of one utterance: (T, V') float32 emissions, V' = V plus the silence
+        column where there is one -> its n-best hypotheses, as torchaudio's ctc_decoder returns them."""
+        frames, labels = emissions.shape
+        results = self.ctc_decoder.decoder.decode(emissions.ctypes.data, frames, labels)[: self.nbest]
         out = []
-        for hyps in results:
-            items = []
-            for h in hyps:
-                ids = [int(x) for x in h.tokens if int(x) != self.tokenizer.blank and int(x) < len(self.tokenizer)]
-                text = " ".join(h.words) if self.lexicon else self.tokenizer.decode(ids)
-                items.append(Hypothesis(text, float(h.score), ids))
-            out.append(items or [Hypothesis("", float("-inf"), [])])
+        for result in results:
+            ids = [x for x in collapse(np.asarray(result.tokens, dtype=np.int64), self.tokenizer.blank)
+                   if x < len(self.tokenizer)]
+            words = [self.ctc_decoder.word_dict.get_entry(x) for x in result.words if x >= 0]
+            text = " ".join(words) if self.lexicon else self.tokenizer.decode(ids)
+            out.append(Hypothesis(text, float(result.score), ids))
         return out
+
+
+_FORKED_SEARCHES: dict[int, FlashlightSearch] = {}  # searches of decoders with worker processes, by id; inherited by the workers
+
+
+def _search_in_worker(task: tuple[int, np.ndarray]) -> list[Hypothesis]:
+    """In a worker process: the search of one utterance by its copy of the decoder that forked it."""
+    key, emissions = task
+    return _FORKED_SEARCHES[key](emissions)
+
+
+def _close_pool(pool, key: int) -> None:
+    pool.terminate()
+    pool.join()
+    _FORKED_SEARCHES.pop(key, None)
 
 
 def read_lexicon(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
@@ -429,14 +493,14 @@ class CudaBeamDecoder:
 
 def make_decoder(name: str, tokenizer: Tokenizer, device: torch.device | str = "cpu", beam_size: int = 10,
                  lm: str = "", lexicon: str = "", lm_weight: float = 2.0, word_score: float = 0.0,
-                 nbest: int = 1, beam_threshold: float = 25.0) -> Decoder:
-    """The decoder of DECODERS called `name`."""
+                 nbest: int = 1, beam_threshold: float = 25.0, workers: int = 1) -> Decoder:
+    """The decoder of DECODERS called `name`; `workers`: processes of beam-lm (FlashlightDecoder)."""
     if name == "greedy":
         return GreedyDecoder(tokenizer)
     if name == "beam":
         return PrefixBeamDecoder(tokenizer, beam_size, nbest)
     if name == "beam-lm":
-        return FlashlightDecoder(tokenizer, lm, lexicon, beam_size, lm_weight, word_score, nbest, beam_threshold)
+        return FlashlightDecoder(tokenizer, lm, lexicon, beam_size, lm_weight, word_score, nbest, beam_threshold, workers)
     if name == "gpu-beam":
         return CudaBeamDecoder(tokenizer, device, beam_size, nbest)
     raise ValueError(f"unknown decoder {name!r} (choose from {', '.join(DECODERS)})")
@@ -497,8 +561,20 @@ def flashlight_available() -> bool:
 
 def decoder_from_settings(settings: DecodeConfig, tokenizer: Tokenizer, device: torch.device | str = "cpu",
                           nbest: int = 1) -> Decoder:
+    """The decoder the settings describe; beam-lm's worker processes: `settings.workers`, or with 0 as
+    many as torch's CPU threads (what `--threads` sets), so one thread count governs both."""
     return make_decoder(settings.decoder, tokenizer, device, settings.beam_size, settings.lm, settings.lexicon,
-                        settings.lm_weight, settings.word_score, nbest, settings.beam_threshold)
+                        settings.lm_weight, settings.word_score, nbest, settings.beam_threshold,
+                        settings.workers or default_workers())
+
+
+def default_workers() -> int:
+    """Decoder processes when none are set: torch's CPU thread count (1 without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return 1
+    return torch.get_num_threads()
 
 
 def load_flashlight_lm(lm: str, lexicon: str = ""):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -258,17 +259,33 @@ class Pipeline:
     def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool,
                    batch_done: Callable[[list[Transcript]], None]) -> None:
         """Inputs read whole: length-sorted batches through the model and the decoder; `batch_done`
-        gets each batch's finished results."""
+        gets each batch's finished results. The decoder searches a batch in a second thread while the
+        model runs the next one: the model's work (torch, CTranslate2) and a decoder that waits on its
+        worker processes (beam-lm with workers) leave the GIL free, so the two overlap; the results are
+        the same as one after the other."""
         frame = self.acoustic.samples_per_frame
-        for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
-            log_probs = [self.blank_silences(lp, frame_levels(short[i][1], frame)) for i, lp in zip(batch, log_probs)]
-            for i, frames, nbest in zip(batch, log_probs, self.decode(log_probs)):
-                result = short[i][0]
-                result.text = nbest[0].text if nbest else ""
-                result.nbest = [(h.text, h.score) for h in nbest]
-                if timestamps:
-                    result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
-            batch_done([short[i][0] for i in batch])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode") as decoding:
+            previous = None
+            for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
+                log_probs = [self.blank_silences(lp, frame_levels(short[i][1], frame)) for i, lp in zip(batch, log_probs)]
+                searching = decoding.submit(self.decode, log_probs)
+                if previous is not None:
+                    self._store(short, *previous, timestamps, batch_done)
+                previous = batch, log_probs, searching
+            if previous is not None:
+                self._store(short, *previous, timestamps, batch_done)
+
+    def _store(self, short: list[tuple[Transcript, np.ndarray]], batch: list[int], log_probs: list[np.ndarray],
+               searching: Future, timestamps: bool, batch_done: Callable[[list[Transcript]], None]) -> None:
+        """A batch's decoded hypotheses (once `searching` is done) and word times into its Transcripts,
+        then handed to `batch_done`."""
+        for i, frames, nbest in zip(batch, log_probs, searching.result()):
+            result = short[i][0]
+            result.text = nbest[0].text if nbest else ""
+            result.nbest = [(h.text, h.score) for h in nbest]
+            if timestamps:
+                result.words = _clip(word_timings(frames, result.text, self.tokenizer, self.frame_shift), result.duration)
+        batch_done([short[i][0] for i in batch])
 
     def _model_batches(self, waves: Sequence[np.ndarray], progress: bool) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         """The batched inference loop: (indices into `waves`, their (T, V) log-probs) per batch of
@@ -295,11 +312,13 @@ class Pipeline:
         frames = self.blank_silences(frames, levels)
         max_frames = max(1, int(self.chunk_seconds / self.frame_shift))
         texts, score, words = [], 0.0, []
-        for start, end in pause_segments(frames, self.tokenizer.blank, max_frames, max_frames // 3,
-                                         self.tokenizer.word_separator, self.tokenizer.word_start_ids, quiet):
-            if quiet[start:end].all():  # a stretch of silence between pauses: no words
-                continue
-            best = self.decode([frames[start:end]])[0][0]
+        segments = [(start, end) for start, end in pause_segments(
+            frames, self.tokenizer.blank, max_frames, max_frames // 3, self.tokenizer.word_separator,
+            self.tokenizer.word_start_ids, quiet) if not quiet[start:end].all()]  # silence between pauses: no words
+        # All segments in one call: a decoder with workers searches them at once.
+        found = self.decode([frames[start:end] for start, end in segments]) if segments else []
+        for (start, end), nbest in zip(segments, found):
+            best = nbest[0]
             if best.text:
                 texts.append(best.text)
             score += best.score

@@ -16,7 +16,8 @@ Systems (`pip install -e ".[peers]"` for the two peers):
                       `:greedy` (the default) is greedy CTC; `:lm` is the flashlight beam search with
                       `--lm` and `--lexicon` (default: those a `decode.yaml` next to it names); weights and beam come from the checkpoint's decode
                       settings and a `decode.yaml` next to it, then `--lm-weight`, `--word-score`,
-                      `--beam-size` when given.
+                      `--beam-size`, `--beam-threshold` when given. Its beam search runs in
+                      `--threads` processes (asr.decode.FlashlightDecoder's workers).
 
 Scoring: references from the manifest, WER and CER from `asr.score.score`. Every hypothesis passes
 through `normalize_hypothesis` first, the same for every system: `spell_out_numbers` (digits to
@@ -285,13 +286,14 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
         # --lm/--lexicon, else those of the checkpoint's decode settings (models/decode.yaml names the shipped
         # ones); the LM loads here, before the clock
         recognizer = Recognizer(path, "cpu", decoder="beam-lm", lm=_str_or_none(args.lm), lexicon=_str_or_none(args.lexicon),
-                                lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score)
+                                lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score,
+                                beam_threshold=args.beam_threshold)
         settings = recognizer.settings
         if not settings.lm or not settings.lexicon:
             raise SystemExit(f"peers.py: system {spec!r} needs --lm and --lexicon (or a decode.yaml next to it naming them)")
         files += [settings.lm, settings.lexicon]
-        described = (f"beam-lm (beam {settings.beam_size}, lm_weight {settings.lm_weight:g}, "
-                     f"word_score {settings.word_score:g})")
+        described = (f"beam-lm (beam {settings.beam_size}, threshold {settings.beam_threshold:g}, lm_weight "
+                     f"{settings.lm_weight:g}, word_score {settings.word_score:g}, {recognizer.decoder.workers} decoding processes)")
     rate = recognizer.sample_rate
 
     def transcribe(waves: Sequence[np.ndarray]) -> list[str]:
@@ -358,7 +360,7 @@ class Row:
     rtfx: float
     threads: int
     seconds: float  # wall seconds of transcription
-    cpu_seconds: float = 0.0  # CPU seconds of this process during transcription (all its threads)
+    cpu_seconds: float = 0.0  # CPU seconds of this process (all its threads) and its worker processes during transcription
     rtfx_cpu: float = 0.0  # audio seconds / cpu_seconds: less sensitive to a busy machine than wall RTFx
     settings: str = ""
     size_note: str = ""
@@ -375,15 +377,32 @@ def load_waves(utts, sample_rate: int) -> list[np.ndarray]:
     return [load_utterance_audio(u, sample_rate).numpy() for u in utts]
 
 
+def cpu_seconds_with_workers() -> float:
+    """CPU seconds so far of this process and of its live child processes (beam-lm's decoding
+    workers, which are not waited for, so os.times() does not count them), from /proc where there is
+    one (elsewhere: this process alone)."""
+    import multiprocessing
+
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for child in multiprocessing.active_children():
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+    return total
+
+
 def run_system(system: System, set_name: str, utts, waves: Sequence[np.ndarray], threads: int,
                out_dir: Path) -> Row:
     """Transcribe (timed), write the hypothesis files, score against the manifest's texts."""
     from asr.score import score
 
     load_start = list(os.getloadavg())
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), cpu_seconds_with_workers()
     texts = system.transcribe(waves)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = time.perf_counter() - start, cpu_seconds_with_workers() - cpu_start
     load_end = list(os.getloadavg())
     if len(texts) != len(utts):
         raise RuntimeError(f"{system.name} returned {len(texts)} transcripts for {len(utts)} utterances")
@@ -515,6 +534,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lm-weight", type=float, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
     p.add_argument("--word-score", type=float, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
     p.add_argument("--beam-size", type=int, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
+    p.add_argument("--beam-threshold", type=float, default=None, help="asr:...:lm: default from the checkpoint / decode.yaml")
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be at least 1")

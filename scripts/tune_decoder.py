@@ -6,9 +6,14 @@ into the experiment's decode config (decode.yaml next to the checkpoint, read by
     python scripts/tune_decoder.py exp/x/best.pt data/dev.jsonl --lm lm.arpa --lexicon lexicon.txt \\
         --max-utts 100 --lm-weights 0.5 1 1.5 2 --word-scores -1 0 1 2          # grid
     python scripts/tune_decoder.py ... --random 20 --seed 0                      # 20 random pairs
+    python scripts/tune_decoder.py models/en-whisper-tiny-bilstm-ctc.pt data/libri_dev.jsonl \
+        --lm models/en-3gram.arpa.gz --lexicon models/en-lexicon.txt --lm-weights 3.5 --word-scores 1 \
+        --beam-sizes 25 50 100 200 --beam-thresholds 15 25 50 --threads 1 --no-write   # speed/WER curve
 
 The acoustic model runs once; each setting only re-runs the search on the stored log-probs, and the
-LM is loaded once. Prints one line per setting (WER, CER) and the best one.
+LM is loaded once. Prints one line per setting (WER, CER, decode-only seconds and RTFx: audio seconds
+over the seconds of the search alone, in this process's threads) and the best one; with several beam
+sizes or thresholds, also a Markdown table of the trade-off curve, fastest setting first.
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("manifest", type=Path, help="dev manifest with reference texts (never the test set)")
     p.add_argument("--lm", required=True, help="KenLM ARPA or binary")
     p.add_argument("--lexicon", default="", help="spelling lexicon (asr lm lexicon); omitted: lexicon-free")
-    p.add_argument("--beam-size", type=int, default=50)
-    p.add_argument("--beam-threshold", type=float, default=25.0)
+    p.add_argument("--beam-sizes", "--beam-size", type=int, nargs="+", default=[50])
+    p.add_argument("--beam-thresholds", "--beam-threshold", type=float, nargs="+", default=[25.0])
     p.add_argument("--lm-weights", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0])
     p.add_argument("--word-scores", type=float, nargs="+", default=[-2.0, -1.0, 0.0, 1.0, 2.0])
     p.add_argument("--random", type=int, default=0, metavar="N",
@@ -64,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="decode config to update (default: decode.yaml next to MODEL)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="decoder worker processes (default 1: time the search alone)")
+    p.add_argument("--no-write", action="store_true", help="only print: leave the decode config as it is")
     p.add_argument("--quiet", action="store_true", help="no progress bar (it appears only when stderr is a terminal)")
     args = p.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    tokenizer, utts, _, log_probs = dev_log_probs(args.model, args.manifest, args.max_utts, args.device)
+    tokenizer, utts, audio_seconds, log_probs = dev_log_probs(args.model, args.manifest, args.max_utts, args.device)
     print(f"acoustic model on {len(utts)} utterances: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     refs = {u.id: u.text for u in utts}
     greedy = GreedyDecoder(tokenizer)(torch.nn.utils.rnn.pad_sequence(log_probs, batch_first=True),
@@ -82,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         w_lo, w_hi = min(args.lm_weights), max(args.lm_weights)
         s_lo, s_hi = min(args.word_scores), max(args.word_scores)
-        settings = [(round(rng.uniform(w_lo, w_hi), 3), round(rng.uniform(s_lo, s_hi), 3)) for _ in range(args.random)]
+        pairs = [(round(rng.uniform(w_lo, w_hi), 3), round(rng.uniform(s_lo, s_hi), 3)) for _ in range(args.random)]
     else:
-        settings = list(itertools.product(args.lm_weights, args.word_scores))
+        pairs = list(itertools.product(args.lm_weights, args.word_scores))
+    settings = [(beam, threshold, w, s) for beam, threshold in itertools.product(args.beam_sizes, args.beam_thresholds)
+                for w, s in pairs]
 
     start = time.perf_counter()
     lm = load_flashlight_lm(args.lm, args.lexicon)
@@ -93,34 +102,54 @@ def main(argv: list[str] | None = None) -> int:
     padded = torch.nn.utils.rnn.pad_sequence(log_probs, batch_first=True)
     results = []
     bar = tqdm(settings, desc="tuning", unit="setting", disable=args.quiet or not sys.stderr.isatty())
-    for lm_weight, word_score in bar:
-        decoder = FlashlightDecoder(tokenizer, lm, args.lexicon, args.beam_size, lm_weight, word_score,
-                                    beam_threshold=args.beam_threshold)
-        start = time.perf_counter()
+    for beam_size, beam_threshold, lm_weight, word_score in bar:
+        decoder = FlashlightDecoder(tokenizer, lm, args.lexicon, beam_size, lm_weight, word_score,
+                                    beam_threshold=beam_threshold, workers=args.workers)
+        start, cpu_start = time.perf_counter(), time.process_time()
         hyps = decoder(padded, lengths)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        decoder.close()
         report = score(refs, {u.id: h[0].text for u, h in zip(utts, hyps)})
-        results.append((report.wer, report.cer, lm_weight, word_score))
-        bar.write(f"lm_weight {lm_weight:g} word_score {word_score:g}: WER {report.wer:.2f} CER {report.cer:.2f} "
-                  f"({seconds:.1f} s)", file=sys.stdout)
+        results.append((report.wer, report.cer, beam_size, beam_threshold, lm_weight, word_score, seconds, cpu_seconds))
+        bar.write(f"beam_size {beam_size} beam_threshold {beam_threshold:g} lm_weight {lm_weight:g} "
+                  f"word_score {word_score:g}: WER {report.wer:.2f} CER {report.cer:.2f} "
+                  f"({seconds:.1f} s, decode-only RTFx {audio_seconds / seconds:.1f}; this process's CPU "
+                  f"{cpu_seconds:.1f} s, RTFx {audio_seconds / max(cpu_seconds, 1e-9):.1f})", file=sys.stdout)
         bar.set_postfix_str(f"best WER {min(results)[0]:.2f}")
-    wer, cer, lm_weight, word_score = min(results)
-    print(f"best: lm_weight {lm_weight:g} word_score {word_score:g}: WER {wer:.2f} CER {cer:.2f} "
-          f"(greedy {greedy_report.wer:.2f})")
+    if len(args.beam_sizes) > 1 or len(args.beam_thresholds) > 1:
+        print(curve_table(results, audio_seconds, greedy_report.wer, greedy_report.cer))
+    wer, cer, beam_size, beam_threshold, lm_weight, word_score, *_ = min(results)
+    print(f"best: beam_size {beam_size} beam_threshold {beam_threshold:g} lm_weight {lm_weight:g} "
+          f"word_score {word_score:g}: WER {wer:.2f} CER {cer:.2f} (greedy {greedy_report.wer:.2f})")
+    if args.no_write:
+        return 0
 
     out = args.out or args.model.parent / "decode.yaml"
     data = {}
     if out.is_file():
         data = yaml.safe_load(out.read_text(encoding="utf-8")) or {}
     section = data.setdefault("decode", {}) if "decode" in data or not data else data
-    section.update({"decoder": "beam-lm", "beam_size": args.beam_size, "lm": portable_path(args.lm, out),
+    section.update({"decoder": "beam-lm", "beam_size": beam_size, "lm": portable_path(args.lm, out),
                     "lexicon": portable_path(args.lexicon, out) if args.lexicon else "",
                     "lm_weight": float(lm_weight), "word_score": float(word_score),
-                    "beam_threshold": args.beam_threshold})
+                    "beam_threshold": beam_threshold})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def curve_table(results: list[tuple], audio_seconds: float, greedy_wer: float, greedy_cer: float) -> str:
+    """The speed/accuracy trade-off as a Markdown table: one row per setting, fastest first, with
+    decode-only RTFx (audio seconds / seconds of search, wall and this process's CPU time: on a
+    shared machine the CPU-time figure moves less), and greedy's WER and CER for reference."""
+    lines = ["| beam_size | beam_threshold | lm_weight | word_score | WER % | CER % | decode s (wall) | decode-only RTFx (wall) "
+             "| decode-only RTFx (CPU time) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for wer, cer, beam, threshold, weight, word_score, seconds, cpu in sorted(results, key=lambda r: r[-1]):
+        lines.append(f"| {beam} | {threshold:g} | {weight:g} | {word_score:g} | {wer:.2f} | {cer:.2f} | {seconds:.1f} | "
+                     f"{audio_seconds / seconds:.1f} | {audio_seconds / max(cpu, 1e-9):.1f} |")
+    lines.append(f"| greedy | — | — | — | {greedy_wer:.2f} | {greedy_cer:.2f} | — | — | — |")
+    return "\n".join(lines)
 
 
 def portable_path(path: str | Path, decode_file: Path) -> str:

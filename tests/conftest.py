@@ -193,3 +193,19 @@ def tracked_models() -> list[Path]:
     if listed.returncode != 0:
         return []
     return sorted(REPO_ROOT / name for name in listed.stdout.split("\0") if name and (REPO_ROOT / name).is_file())
+
+
+TINY_LM_WORDS = ["the", "cat", "sat", "ran", "a", "on", "mat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_word_lm(tmp_path_factory) -> tuple[str, str]:
+    """(ARPA bigram, lexicon in CharTokenizer's symbols) over TINY_LM_WORDS, built here: beam-lm
+    decoding without the shipped LM."""
+    from asr.lm import build_ngram_model, write_arpa, write_lexicon
+
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    lm = build_ngram_model(["the cat sat", "the cat ran", "a cat sat on the mat", "the dog ran"], order=2)
+    write_arpa(lm, folder / "lm.arpa")
+    write_lexicon(TINY_LM_WORDS, folder / "lexicon.txt")
+    return str(folder / "lm.arpa"), str(folder / "lexicon.txt")

@@ -19,12 +19,14 @@ from asr.decode import (
     PrefixBeamDecoder,
     ctc_prefix_beam_search,
     decode_settings,
+    decoder_from_settings,
     greedy_decode,
     make_decoder,
 )
 from asr.lm import build_ngram_model, write_arpa, write_lexicon
 from asr.model import CTCModel
 from asr.text import CharTokenizer
+from conftest import TINY_LM_WORDS
 
 torch.set_num_threads(1)
 TOKENIZER = CharTokenizer()
@@ -133,7 +135,7 @@ def _posteriorgram(spelling: list[dict[str, float]], tok: CharTokenizer = TOKENI
     return torch.stack(rows).log()
 
 
-def test_lm_decoding_prefers_the_in_vocabulary_word(tmp_path):
+def test_lm_decoding_prefers_the_in_vocabulary_word(tiny_word_lm):
     pytest.importorskip("flashlight.lib.text")
     # "the c?t": the acoustics slightly prefer 'e' (cet), which is not a word; greedy and the
     # lexicon-free search without LM say "the cet", the lexicon search with the LM says "the cat".
@@ -141,17 +143,72 @@ def test_lm_decoding_prefers_the_in_vocabulary_word(tmp_path):
     log_probs = _posteriorgram(frames)[None]
     lengths = torch.tensor([log_probs.shape[1]])
     assert GreedyDecoder(TOKENIZER)(log_probs, lengths)[0][0].text == "the cet"
-    lm = build_ngram_model(["the cat sat", "the cat ran", "a cat sat on the mat", "the dog ran"], order=2)
-    write_arpa(lm, tmp_path / "lm.arpa")
-    write_lexicon(["the", "cat", "sat", "ran", "a", "on", "mat", "dog"], tmp_path / "lexicon.txt")
-    decoder = make_decoder("beam-lm", TOKENIZER, lm=str(tmp_path / "lm.arpa"), lexicon=str(tmp_path / "lexicon.txt"),
-                           beam_size=20, lm_weight=1.0, word_score=0.0, nbest=3)
+    lm, lexicon = tiny_word_lm
+    decoder = make_decoder("beam-lm", TOKENIZER, lm=lm, lexicon=lexicon, beam_size=20, lm_weight=1.0, word_score=0.0, nbest=3)
     nbest = decoder(log_probs, lengths)[0]
     assert nbest[0].text == "the cat"
-    assert all(h.text.split()[-1] in {"cat", "mat", "sat", "the", "ran", "a", "on", "dog"} for h in nbest)
+    assert all(h.text.split()[-1] in TINY_LM_WORDS for h in nbest)
     # Lexicon-free, no LM: the acoustics decide.
     free = make_decoder("beam-lm", TOKENIZER, beam_size=20)(log_probs, lengths)[0][0]
     assert free.text == "the cet"
+
+
+def _noisy_utterances(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, V) log-probs of `count` utterances of 2-6 random words of TINY_LM_WORDS, each frame's spelling
+    blurred with random mass on other symbols, padded, and their (B,) lengths (all different)."""
+    rng = np.random.default_rng(seed)
+    utterances = []
+    for _ in range(count):
+        text = " ".join(rng.choice(TINY_LM_WORDS, size=int(rng.integers(2, 7))))
+        frames = []
+        for symbol in text:
+            other = TOKENIZER.symbols[int(rng.integers(1, len(TOKENIZER)))]
+            frames += [{symbol: 0.6, other: 0.3}, {}] if other != symbol else [{symbol: 0.9}, {}]
+        utterances.append(_posteriorgram(frames))
+    lengths = torch.tensor([u.shape[0] for u in utterances])
+    return torch.nn.utils.rnn.pad_sequence(utterances, batch_first=True), lengths
+
+
+def test_lm_decoding_in_worker_processes_equals_one_process(tiny_word_lm):
+    """beam-lm with 2 worker processes gives exactly the hypotheses (texts, scores, label ids, n-best
+    order) of the search in this process, per utterance, in input order."""
+    pytest.importorskip("flashlight.lib.text")
+    lm, lexicon = tiny_word_lm
+    log_probs, lengths = _noisy_utterances(9, seed=0)
+    settings = dict(lm=lm, lexicon=lexicon, beam_size=20, lm_weight=1.0, word_score=0.5, nbest=3)
+    alone = make_decoder("beam-lm", TOKENIZER, **settings)
+    parallel = make_decoder("beam-lm", TOKENIZER, workers=2, **settings)
+    try:
+        assert parallel.workers == 2 and alone.workers == 1
+        expected = alone(log_probs, lengths)
+        assert len({hyps[0].text for hyps in expected}) > 3  # the utterances differ, so order matters
+        for _ in range(2):  # the workers stay up between calls
+            assert _as_tuples(parallel(log_probs, lengths)) == _as_tuples(expected)
+        one = parallel(log_probs[:1, : int(lengths[0])], lengths[:1])  # a single utterance: searched here
+        assert _as_tuples(one) == _as_tuples(expected[:1])
+    finally:
+        parallel.close()
+    assert parallel.workers == 1 and _as_tuples(parallel(log_probs, lengths)) == _as_tuples(expected)
+
+
+def _as_tuples(nbests: list[list]) -> list[list[tuple]]:
+    return [[(h.text, h.score, h.tokens) for h in hyps] for hyps in nbests]
+
+
+def test_decoder_workers_follow_torch_threads_unless_set(tiny_word_lm):
+    """`--threads N` sets torch's threads before the decoder is built: beam-lm then searches in N
+    processes; an explicit `workers` setting wins."""
+    pytest.importorskip("flashlight.lib.text")
+    lm, lexicon = tiny_word_lm
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        from_threads = decoder_from_settings(DecodeConfig(decoder="beam-lm", lm=lm, lexicon=lexicon), TOKENIZER)
+        one = decoder_from_settings(DecodeConfig(decoder="beam-lm", lm=lm, lexicon=lexicon, workers=1), TOKENIZER)
+    finally:
+        torch.set_num_threads(threads)
+    assert from_threads.workers == 2 and one.workers == 1
+    from_threads.close()
 
 
 def test_decode_settings_precedence(tmp_path):

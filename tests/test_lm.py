@@ -280,7 +280,7 @@ def test_shipped_binary_lm_transcribes_like_the_arpa(shared_data):
     from conftest import REPO_ROOT
     from encoder_support import encoder_available
 
-    from asr.audio import read_audio
+    from asr.audio import read_mono
     from asr.checkpoint import load_model
     from asr.decode import FlashlightDecoder, flashlight_available, load_flashlight_lm
     from asr.transcribe import Pipeline
@@ -295,7 +295,7 @@ def test_shipped_binary_lm_transcribes_like_the_arpa(shared_data):
     files += sorted((shared_data / "libri-other" / "dev").rglob("*.opus"))[:8]
     model, tokenizer, _ = load_model(models / "en-whisper-tiny-bilstm-ctc.pt", "cpu")
     pipeline = Pipeline.for_model(model, tokenizer, "cpu")
-    log_probs = pipeline.log_probs([pipeline.acoustic.to_model_rate(*read_audio(f)) for f in files])
+    log_probs = pipeline.log_probs([read_mono(f, pipeline.acoustic.sample_rate) for f in files])
     lengths = np.array([lp.shape[0] for lp in log_probs])
     padded = np.zeros((len(log_probs), lengths.max(), log_probs[0].shape[1]), dtype=np.float32)
     for i, lp in enumerate(log_probs):

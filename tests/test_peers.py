@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,27 @@ def test_whisper_end_to_end(real_manifest, tmp_path):
     # word wrong on a CPU whose int8 arithmetic rounds differently.
     assert r["wer"] <= 34.0
     assert text[:1].isupper()  # raw Whisper output is kept in the hypothesis file; only scoring normalizes
+
+
+def _spend_cpu(seconds: float) -> float:
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return time.process_time() - start
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads child CPU time from /proc")
+def test_cpu_seconds_count_the_decoding_worker_processes():
+    """RTFx (CPU time) of beam-lm with workers must include the workers' CPU, which os.times() misses
+    while they live."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(2)
+    try:
+        before = peers.cpu_seconds_with_workers()
+        spent = sum(pool.map(_spend_cpu, [0.3, 0.3]))
+        counted = peers.cpu_seconds_with_workers() - before
+    finally:
+        pool.terminate()
+        pool.join()
+    assert spent >= 0.6 and counted >= spent - 0.05  # /proc counts in clock ticks (0.01 s)

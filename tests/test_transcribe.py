@@ -163,6 +163,29 @@ def test_transcribe_files_text_matches_decoding_each_file_alone(loaded, folder):
         assert r.text == transcribe_waves(model, tokenizer, [wave], CPU)[0], r.path
 
 
+def test_lm_pipeline_with_decoder_workers_equals_one_process(loaded, tiny_word_lm):
+    """The pipeline with beam-lm searching in 2 processes, a batch's search overlapping the model's
+    next batch, gives the transcripts of one process: over several batches, and over a long input cut
+    into chunks whose segments are searched together."""
+    pytest.importorskip("flashlight.lib.text")
+    from asr.decode import make_decoder
+    from asr.transcribe import Pipeline
+
+    model, tokenizer = loaded
+    lm, lexicon = tiny_word_lm
+    inputs = [(chirp(1.0 + 0.3 * i, 16000, f0=100.0 + 40 * i, seed=i, noise=0.2), 16000) for i in range(7)]
+    inputs.append((chirp(9.0, 16000, seed=9, noise=0.2), 16000))  # longer than chunk_seconds
+    texts = {}
+    for workers in (1, 2):
+        decoder = make_decoder("beam-lm", tokenizer, lm=lm, lexicon=lexicon, beam_size=10, word_score=3.0,
+                               nbest=2, workers=workers)
+        pipeline = Pipeline.for_model(model, tokenizer, CPU, decoder, batch_seconds=4.0, chunk_seconds=3.0, chunk_overlap=1.0)
+        texts[workers] = [(r.text, r.nbest) for r in pipeline.transcribe(inputs)]
+        decoder.close()
+    assert sum(bool(text) for text, _ in texts[1]) >= 4  # words were found, so the comparison means something
+    assert texts[2] == texts[1]
+
+
 def test_transcribe_files_resamples_and_mixes_down(loaded, audio):
     model, tokenizer = loaded
     mono16 = chirp(0.5, 16000, noise=0.0)
