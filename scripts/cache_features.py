@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="speed perturbation factors to cache (default: 1.0, the audio as it is)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")
     args = parser.parse_args(argv)
+    # argparse gives every positional after the config to `manifests` (nargs="+" is greedy), so the
+    # section.key=value words among them are the overrides.
+    args.overrides += [a for a in args.manifests if "=" in a]
+    args.manifests = [a for a in args.manifests if "=" not in a]
+    if not args.manifests:
+        parser.error("no manifest given (only overrides)")
     config = load_config(args.config, args.overrides)
     frontend = make_frontend(config.features)
     if not hasattr(frontend, "use_cache"):

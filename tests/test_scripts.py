@@ -299,6 +299,18 @@ def test_cache_features_caches_the_speed_perturbed_copies_training_reads(manifes
                      "train.speed_perturb=[0.9,1.0,1.1]", "train.num_workers=0", f"train.feature_cache={cache}"]) == 0
 
 
+def test_cache_features_takes_overrides_after_the_manifests(manifest, tmp_path):
+    """`cache_features.py CONFIG a.jsonl b.jsonl features.finetune_blocks=0` (as the issue-23 series
+    documents it): the override reaches the config instead of being read as a manifest."""
+    from asr.config import ConfigError
+
+    config = tmp_path / "whisper.yaml"
+    config.write_text("features:\n  frontend: whisper\n")
+    script = load_script("cache_features")
+    with pytest.raises(ConfigError, match="no_such_key"):
+        script.main([str(config), str(manifest), str(manifest), "features.no_such_key=1"])
+
+
 def test_synthesize_speech_draws_the_same_plan_from_the_same_seed(tmp_path):
     synth = load_script("synthesize_speech")
     text = tmp_path / "text.txt"
