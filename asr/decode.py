@@ -210,19 +210,6 @@ class PrefixBeamDecoder:
         return out
 
 
-def _check_lexicon(path: str, tokens: Sequence[str]) -> None:
-    """Every spelling of a flashlight lexicon must use the model's own units (a character lexicon
-    does not fit a BPE model, nor one BPE model's lexicon another's)."""
-    known = set(tokens)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            word, *spelling = line.split() or [""]
-            for token in spelling:
-                if token not in known:
-                    raise ValueError(f"{path}, line {number}: the spelling of {word!r} uses {token!r}, which is not a "
-                                     "unit of this model; write its lexicon with: asr lm lexicon WORDS --model CKPT --out LEXICON")
-
-
 SILENCE_TOKEN = "<silence>"  # the extra token flashlight fills the frames between BPE words with
 
 
@@ -271,8 +258,6 @@ class FlashlightDecoder:
         if separator is None and lm and not lexicon:
             raise ValueError("beam-lm with a BPE model needs a --lexicon spelt in its pieces (asr lm lexicon WORDS "
                              "--model CKPT --out LEXICON): lexicon-free search with a word LM is not supported")
-        if lexicon:
-            _check_lexicon(lexicon, tokenizer.lexicon_tokens)
         import torch
 
         self.tokenizer = tokenizer
@@ -297,7 +282,8 @@ class FlashlightDecoder:
         options = dict(nbest=nbest, beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight,
                        word_score=word_score, blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>")
         if lexicon:
-            self.decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options)
+            self.decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options,
+                                               units=tokenizer.lexicon_tokens)
         else:
             self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=lm or None, **options)
         self._search = FlashlightSearch(self.decoder, tokenizer, self.lexicon, nbest)
@@ -379,9 +365,11 @@ def _close_pool(pool, key: int) -> None:
     _FORKED_SEARCHES.pop(key, None)
 
 
-def read_lexicon(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+def read_lexicon(path: str | os.PathLike, units: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """A flashlight lexicon ('word<TAB>t o k e n s' per line) -> (words, their spellings), in file
-    order; a word with several spellings appears once per spelling."""
+    order; a word with several spellings appears once per spelling. `units`: the model's own; a
+    spelling using any other is a ValueError naming its line (a character lexicon does not fit a BPE
+    model, nor one BPE model's lexicon another's)."""
     words, spellings = [], []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -392,6 +380,15 @@ def read_lexicon(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
                 raise ValueError(f"{path}, line {number}: no spelling after the word {word!r}")
             words.append(word)
             spellings.append(spelling)
+    if units is not None and set().union(*spellings) - set(units):  # one set operation, not a check per letter
+        known = set(units)
+        with open(path, encoding="utf-8") as f:  # only to name the first bad line
+            for number, line in enumerate(f, 1):
+                word, *spelling = line.split() or [""]
+                token = next((t for t in spelling if t not in known), None)
+                if token is not None:
+                    raise ValueError(f"{path}, line {number}: the spelling of {word!r} uses {token!r}, which is not a "
+                                     "unit of this model; write its lexicon with: asr lm lexicon WORDS --model CKPT --out LEXICON")
     return words, spellings
 
 
@@ -407,7 +404,8 @@ def lexicon_word_dict(words: Sequence[str], unk_word: str):
 
 
 def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, beam_size: int, beam_threshold: float,
-                        lm_weight: float, word_score: float, blank_token: str, sil_token: str, unk_word: str):
+                        lm_weight: float, word_score: float, blank_token: str, sil_token: str, unk_word: str,
+                        units: Sequence[str] | None = None):
     """torchaudio's ctc_decoder(lexicon=...) built about 6 times faster: it reads the lexicon through
     flashlight's load_words (a C++ map of 200k words converted to Python and back) and looks each
     letter up in C++ from Python; that cost ~3 s of every start with the shipped 200k-word lexicon,
@@ -415,14 +413,15 @@ def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, bea
     letters are mapped by Python dicts, and the same flashlight objects are made with the same options
     (torchaudio's defaults: unk_score -inf, sil_score 0, no log-add, every token per step), so the
     search is the same; tests/test_beam.py compares the two. `lm`: a path, None, or a KenLM from
-    load_flashlight_lm over the same lexicon."""
+    load_flashlight_lm over the same lexicon. `units`: the model's own units, which every spelling must
+    use (read_lexicon); `tokens` may hold more (a BPE model's extra silence token)."""
     from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
                                              Trie, ZeroLM)
     from flashlight.lib.text.dictionary import Dictionary
     from torchaudio.models.decoder import CTCDecoder
     from torchaudio.models.decoder import _ctc_decoder as impl
 
-    words, spellings = read_lexicon(lexicon)  # its tokens are the model's: FlashlightDecoder checks (_check_lexicon)
+    words, spellings = read_lexicon(lexicon, units)
     token_ids = {token: i for i, token in enumerate(tokens)}
     word_dict = lexicon_word_dict(words, unk_word)
     if isinstance(lm, str):
