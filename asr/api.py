@@ -64,6 +64,21 @@ class Recognizer:
         self.pipeline = Pipeline(TorchModel(self.model, self.device), self.tokenizer, self.decoder,
                                  self.settings.batch_seconds, self.settings.chunk_seconds, self.settings.chunk_overlap)
 
+    def ready(self) -> "Recognizer":
+        """Wait until the decoder can search: beam-lm builds its LM and lexicon trie in a process of its
+        own while the model loads (asr.decode.FlashlightDecoder); raises what building them raised
+        (a bad lexicon line, an unreadable LM). `asr.load` returns a ready Recognizer."""
+        ready = getattr(self.decoder, "ready", None)
+        if ready is not None:
+            ready()
+        return self
+
+    def close(self) -> None:
+        """Stop the decoder's processes (beam-lm), if any; a later transcription searches in this process."""
+        close = getattr(self.decoder, "close", None)
+        if close is not None:
+            close()
+
     @property
     def sample_rate(self) -> int:
         """The rate the model runs at; audio at any other rate is resampled to it."""
@@ -145,4 +160,4 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     ("cpu", "cuda", "auto"). Options: decode_file, nbest, and any decode setting (asr.config.DecodeConfig:
     decoder, beam_size, lm, lexicon, lm_weight, word_score, beam_threshold, batch_seconds,
     chunk_seconds, chunk_overlap), as on `asr transcribe`."""
-    return Recognizer(path, device, **options)
+    return Recognizer(path, device, **options).ready()

@@ -16,9 +16,32 @@ from typing import Any, Sequence
 import yaml
 
 from .frontend import FeatureConfig, check_feature_config
-from .frontend.specaug import SpecAugmentConfig
-from .model import ModelConfig
 from .text import TokenizerConfig
+
+
+# The model's and SpecAugment's options live here, not beside the code that uses them, so that a
+# config (and a checkpoint's) is read without importing torch (issue 27: the CLI reads the decode
+# settings before torch is imported). asr.model and asr.frontend.specaug import them from here.
+@dataclass
+class ModelConfig:
+    subsampling: str = "conv"  # "conv": two strided 3x3 convolutions; "stack": concatenate frames
+    subsampling_factor: int = 4  # conv: 2 or 4; stack: any >= 1
+    conv_channels: int = 32
+    rnn_type: str = "lstm"  # lstm | gru | rnn (tanh)
+    bidirectional: bool = True
+    hidden_size: int = 320  # per direction
+    num_layers: int = 3
+    dropout: float = 0.1  # between recurrent layers and before the output layer
+
+
+@dataclass
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 27  # at most this many mel bins per mask
+    time_masks: int = 2
+    time_width: float = 0.05  # at most this fraction of the utterance per mask
+    max_time_width: int = 40  # ...and at most this many frames
+    time_warp: int = 0  # move a random point of each utterance by up to this many frames, stretching both sides (0: off)
 
 
 @dataclass

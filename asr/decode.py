@@ -8,14 +8,15 @@ need it, so the greedy decoder and the settings work without torch (asr.serving.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Sequence
-
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -232,74 +233,58 @@ class FlashlightDecoder:
     """torchaudio's ctc_decoder (flashlight-text): lexicon-constrained when a lexicon is given,
     lexicon-free otherwise (then an LM, if any, must be over our tokens, not words).
 
+    The search is built and runs in a process of its own (a `SearchProcess`, forked when the decoder
+    is made) wherever processes can be forked: building it (loading the LM, the lexicon trie of 200k
+    words) takes longer than transcribing a short file, and in the process of its own it goes on
+    while the model loads and runs. `asr transcribe` starts it before torch is even imported
+    (start_search_early); a decoder made later with the same settings takes over that process.
+    Errors in building it (a bad lexicon line) are raised by `ready()` or the first search.
+
     `workers` > 1 searches the utterances of a batch in that many processes at once. Flashlight's
-    search holds the GIL (its Python binding does not release it), so threads would take turns;
-    processes forked once, when the decoder is built, share the loaded LM and lexicon trie
-    copy-on-write and each searches with its own copy of the decoder. Every utterance is searched
-    the same way whichever process does it, so the hypotheses are those of `workers=1`. Where
-    processes cannot be forked (Windows), it searches in this process.
+    search holds the GIL (its Python binding does not release it), so threads would take turns; the
+    search process forks them once the search is built, so they share the loaded LM and lexicon trie
+    copy-on-write. Every utterance is searched the same way whichever process does it, so the
+    hypotheses are those of `workers=1`. Where processes cannot be forked (Windows), the search is
+    built and runs in this process.
     """
 
     def __init__(self, tokenizer: Tokenizer, lm: str = "", lexicon: str = "", beam_size: int = 50,
                  lm_weight: float = 2.0, word_score: float = 0.0, nbest: int = 1, beam_threshold: float = 25.0,
                  workers: int = 1):
-        try:
-            import flashlight.lib.text  # noqa: F401
-            from torchaudio.models.decoder import ctc_decoder
-        except ImportError as e:
-            raise RuntimeError(f"--decoder beam-lm needs flashlight-text, which is not installed ({e}); "
-                               f"install it with: {LM_EXTRA_HINT}") from None
-        for name, path in (("LM", lm if isinstance(lm, str) else ""), ("lexicon", lexicon)):
-            if path and not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: {name} file not found")
-        if not tokenizer.word_start_ids:
-            raise ValueError("beam-lm needs units that mark words: a space symbol, or BPE pieces starting with '\u2581'")
-        separator = tokenizer.word_separator
-        if separator is None and lm and not lexicon:
-            raise ValueError("beam-lm with a BPE model needs a --lexicon spelt in its pieces (asr lm lexicon WORDS "
-                             "--model CKPT --out LEXICON): lexicon-free search with a word LM is not supported")
         import torch
 
         self.tokenizer = tokenizer
         self.lexicon = bool(lexicon)
-        tokens = list(tokenizer.lexicon_tokens)
+        tokens, options, self._silence_column = _flashlight_plan(tokenizer, lm, lexicon, beam_size, lm_weight,
+                                                                  word_score, nbest, beam_threshold)
         self._closing_frame = None
-        self._silence_column = False
-        if separator is not None:
-            silence = tokens[separator]
+        if tokenizer.word_separator is not None:
             self._closing_frame = torch.full((len(tokenizer),), -30.0)
-            self._closing_frame[separator] = 0.0
-        elif lexicon:
-            # BPE with a lexicon: a word is complete after its last piece (the next starts with '\u2581'),
-            # and until the next word starts flashlight can only emit its silence token. A CTC model
-            # often holds a piece for several frames, so silence gets a column of its own: blank, or
-            # holding the piece of the frame before (see `_with_silence_column`).
-            silence = SILENCE_TOKEN
-            tokens.append(SILENCE_TOKEN)
-            self._silence_column = True
+            self._closing_frame[tokenizer.word_separator] = 0.0
+        self._build = functools.partial(_build_flashlight_search, tokenizer, lm, lexicon, nbest, tokens, options)
+        self._search: FlashlightSearch | None = None
+        self._process: SearchProcess | None = None
+        forkable = "fork" in multiprocessing.get_all_start_methods()
+        self.workers = workers if workers > 1 and forkable else 1
+        if forkable:
+            key = _search_key(tokenizer, lm, lexicon, beam_size, lm_weight, word_score, nbest, beam_threshold)
+            self._process = _STARTED_EARLY.pop(key, None) or SearchProcess(self._build)
+            weakref.finalize(self, self._process.close)
         else:
-            silence = tokens[tokenizer.blank]  # lexicon-free: silence is simply the blank
-        options = dict(nbest=nbest, beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight,
-                       word_score=word_score, blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>")
-        if lexicon:
-            self.decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options,
-                                               units=tokenizer.lexicon_tokens)
-        else:
-            self.decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=lm or None, **options)
-        self._search = FlashlightSearch(self.decoder, tokenizer, self.lexicon, nbest)
-        self.workers = workers if workers > 1 and "fork" in multiprocessing.get_all_start_methods() else 1
-        self._pool = None
-        if self.workers > 1:
-            # Forked now, in the thread that builds the decoder, not later from a pipeline's decoding thread.
-            _FORKED_SEARCHES[id(self._search)] = self._search
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
-            weakref.finalize(self, _close_pool, self._pool, id(self._search))
+            self._search = self._build()
+
+    def ready(self) -> None:
+        """Wait until the search is built; raises what building it raised (a bad lexicon line, an
+        unreadable LM)."""
+        if self._process is not None:
+            self._process.wait_built()
 
     def close(self) -> None:
-        """Stop the worker processes, if any (also done when the decoder is garbage-collected)."""
-        if self._pool is not None:
-            _close_pool(self._pool, id(self._search))
-            self._pool, self.workers = None, 1
+        """Stop the search process and its workers, if any (also done when the decoder is
+        garbage-collected); a later search is built and runs in this process."""
+        if self._process is not None:
+            self._process.close()
+            self._process, self.workers = None, 1
 
     def __call__(self, log_probs, lengths) -> list[list[Hypothesis]]:
         import torch
@@ -316,21 +301,69 @@ class FlashlightDecoder:
             log_probs = _with_silence_column(log_probs, self.tokenizer.blank)
         emissions = log_probs.to(torch.float32).numpy()
         utterances = [np.ascontiguousarray(emissions[i, : int(n)]) for i, n in enumerate(lengths.tolist())]
-        if self._pool is not None and len(utterances) > 1:
-            # Longest first, one utterance per task: the workers finish together.
-            order = sorted(range(len(utterances)), key=lambda i: -utterances[i].shape[0])
-            found = self._pool.map(_search_in_worker, [(id(self._search), utterances[i]) for i in order], chunksize=1)
-            results: list = [None] * len(utterances)
-            for i, hyps in zip(order, found):
-                results[i] = hyps
+        if self._process is not None:
+            results = self._process.search(utterances, self.workers)
         else:
+            if self._search is None:
+                self._search = self._build()
             results = [self._search(frames) for frames in utterances]
         return [hyps or [Hypothesis("", float("-inf"), [])] for hyps in results]
 
 
+def _flashlight_plan(tokenizer: Tokenizer, lm, lexicon: str, beam_size: int, lm_weight: float, word_score: float,
+                     nbest: int, beam_threshold: float) -> tuple[list[str], dict, bool]:
+    """What a FlashlightDecoder's search is built from, after the checks that need no building:
+    (flashlight's token list, the options of its decoder, whether the emissions get a silence column).
+    Imports no torch."""
+    try:
+        import flashlight.lib.text  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"--decoder beam-lm needs flashlight-text, which is not installed ({e}); "
+                           f"install it with: {LM_EXTRA_HINT}") from None
+    for name, path in (("LM", lm if isinstance(lm, str) else ""), ("lexicon", lexicon)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: {name} file not found")
+    if not tokenizer.word_start_ids:
+        raise ValueError("beam-lm needs units that mark words: a space symbol, or BPE pieces starting with '\u2581'")
+    separator = tokenizer.word_separator
+    if separator is None and lm and not lexicon:
+        raise ValueError("beam-lm with a BPE model needs a --lexicon spelt in its pieces (asr lm lexicon WORDS "
+                         "--model CKPT --out LEXICON): lexicon-free search with a word LM is not supported")
+    tokens = list(tokenizer.lexicon_tokens)
+    silence_column = False
+    if separator is not None:
+        silence = tokens[separator]
+    elif lexicon:
+        # BPE with a lexicon: a word is complete after its last piece (the next starts with '\u2581'),
+        # and until the next word starts flashlight can only emit its silence token. A CTC model
+        # often holds a piece for several frames, so silence gets a column of its own: blank, or
+        # holding the piece of the frame before (see `_with_silence_column`).
+        silence = SILENCE_TOKEN
+        tokens.append(SILENCE_TOKEN)
+        silence_column = True
+    else:
+        silence = tokens[tokenizer.blank]  # lexicon-free: silence is simply the blank
+    options = dict(nbest=nbest, beam_size=beam_size, beam_threshold=beam_threshold, lm_weight=lm_weight,
+                   word_score=word_score, blank_token=tokens[tokenizer.blank], sil_token=silence, unk_word="<unk>")
+    return tokens, options, silence_column
+
+
+def _build_flashlight_search(tokenizer: Tokenizer, lm, lexicon: str, nbest: int, tokens: list[str],
+                             options: dict) -> FlashlightSearch:
+    """The search of `_flashlight_plan`'s tokens and options: with a lexicon our lexicon_ctc_decoder
+    (no torch), without one torchaudio's ctc_decoder."""
+    if lexicon:
+        decoder = lexicon_ctc_decoder(lexicon, tokens, lm or None, **options, units=tokenizer.lexicon_tokens)
+    else:
+        from torchaudio.models.decoder import ctc_decoder
+
+        decoder = ctc_decoder(lexicon=None, tokens=tokens, lm=lm or None, **options)
+    return FlashlightSearch(decoder, tokenizer, bool(lexicon), nbest)
+
+
 class FlashlightSearch:
-    """The part of a FlashlightDecoder that its worker processes run: torchaudio's ctc_decoder and
-    the conversion of its results to Hypothesis."""
+    """The part of a FlashlightDecoder that its search process runs: a flashlight decoder (with its
+    word dictionary) and the conversion of its results to Hypothesis."""
 
     def __init__(self, ctc_decoder, tokenizer: Tokenizer, lexicon: bool, nbest: int):
         self.ctc_decoder, self.tokenizer, self.lexicon, self.nbest = ctc_decoder, tokenizer, lexicon, nbest
@@ -350,19 +383,184 @@ class FlashlightSearch:
         return out
 
 
-_FORKED_SEARCHES: dict[int, FlashlightSearch] = {}  # searches of decoders with worker processes, by id; inherited by the workers
+class SearchProcess:
+    """A FlashlightSearch built by `build` in a process forked from this one, searching there: the
+    process builds it at once, says when it is built (or what building raised), then searches the
+    batches it is sent, in `workers` processes of its own where a batch has several utterances.
+    It stops when told to (`close`), or when this process ends and the pipe to it closes."""
+
+    def __init__(self, build: Callable[[], FlashlightSearch]):
+        context = multiprocessing.get_context("fork")
+        self._connection, theirs = context.Pipe()
+        self._process = context.Process(target=_run_search_process, args=(build, theirs, self._connection),
+                                        name="asr-beam-lm", daemon=True)
+        self._process.start()
+        theirs.close()
+        self._built = False
+        self._error: Exception | None = None  # what building it raised: raised again by every later call
+        self._lock = threading.Lock()  # one request at a time on the pipe, whichever thread asks
+
+    def wait_built(self) -> None:
+        with self._lock:
+            self._wait_built()
+
+    def search(self, utterances: list[np.ndarray], workers: int = 1) -> list[list[Hypothesis]]:
+        """Each utterance's (T, V') float32 emissions -> its n-best hypotheses, in input order."""
+        with self._lock:
+            self._wait_built()
+            self._connection.send((utterances, workers))
+            return self._receive()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._process is None:
+                return
+            self._connection.close()  # the process sees the pipe closed, stops its workers and exits
+            self._process.join(timeout=10)
+            if self._process.exitcode is None:
+                self._process.kill()
+                self._process.join()
+            self._process = None
+
+    def _wait_built(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._built:
+            try:
+                self._receive()
+            except Exception as e:
+                self._error = e
+                raise
+            self._built = True
+
+    def _receive(self):
+        if self._process is None:
+            raise RuntimeError("beam-lm: the search process was closed")
+        try:
+            kind, value = self._connection.recv()
+        except (EOFError, OSError):
+            self._process.join(timeout=1)
+            raise RuntimeError(f"beam-lm: the search process stopped (exit code {self._process.exitcode})") from None
+        if kind == "error":
+            raise value
+        return value
 
 
-def _search_in_worker(task: tuple[int, np.ndarray]) -> list[Hypothesis]:
-    """In a worker process: the search of one utterance by its copy of the decoder that forked it."""
-    key, emissions = task
-    return _FORKED_SEARCHES[key](emissions)
+_SEARCH: FlashlightSearch | None = None  # in a search process: its search, inherited by the workers it forks
 
 
-def _close_pool(pool, key: int) -> None:
-    pool.terminate()
-    pool.join()
-    _FORKED_SEARCHES.pop(key, None)
+def _run_search_process(build: Callable[[], FlashlightSearch], connection, parents_end) -> None:
+    """The body of a SearchProcess (see there)."""
+    global _SEARCH
+    parents_end.close()  # else the pipe would never read as closed when the parent is gone
+    # Daemonic, so that no parent ever waits for it at exit; multiprocessing refuses children to a
+    # daemonic process, but this one's workers are stopped by itself (finally below).
+    multiprocessing.current_process().daemon = False
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the workers too (finally below)
+    try:
+        _SEARCH = build()
+    except Exception as e:
+        connection.send(("error", _picklable(e)))
+        return
+    connection.send(("built", None))
+    pool, pool_size = None, 1
+    try:
+        while True:
+            try:
+                utterances, workers = connection.recv()
+            except EOFError:
+                return
+            try:
+                if workers > 1 and len(utterances) > 1:
+                    if pool_size != workers:
+                        if pool is not None:
+                            pool.terminate()
+                        pool, pool_size = multiprocessing.get_context("fork").Pool(workers), workers
+                    # Longest first, one utterance per task: the workers finish together.
+                    order = sorted(range(len(utterances)), key=lambda i: -utterances[i].shape[0])
+                    found = pool.map(_search_in_worker, [utterances[i] for i in order], chunksize=1)
+                    results: list = [None] * len(utterances)
+                    for i, hyps in zip(order, found):
+                        results[i] = hyps
+                else:
+                    results = [_SEARCH(frames) for frames in utterances]
+                connection.send(("done", results))
+            except Exception as e:
+                connection.send(("error", _picklable(e)))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _search_in_worker(emissions: np.ndarray) -> list[Hypothesis]:
+    """In a worker of a search process: the search of one utterance by the search it inherited."""
+    return _SEARCH(emissions)
+
+
+def _picklable(error: Exception) -> Exception:
+    """`error` as it can cross to another process: as it is where it pickles, else a RuntimeError with its message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _search_key(tokenizer: Tokenizer, lm, lexicon: str, beam_size: int, lm_weight: float, word_score: float,
+                nbest: int, beam_threshold: float) -> tuple | None:
+    """What makes two FlashlightDecoders' searches the same (None where the LM is a loaded object)."""
+    if not isinstance(lm, str):
+        return None
+    return (repr(tokenizer.to_dict()), lm, lexicon, beam_size, float(lm_weight),
+            float(word_score), nbest, float(beam_threshold))
+
+
+_STARTED_EARLY: dict[tuple, SearchProcess] = {}  # by _search_key: searches start_search_early began
+
+
+def close_early_searches() -> None:
+    """Stop the searches start_search_early began that no decoder took over (the settings it read
+    were not those the decoder was made with)."""
+    while _STARTED_EARLY:
+        _STARTED_EARLY.popitem()[1].close()
+
+
+def start_search_early(model_path: str | os.PathLike, decode_file: str | os.PathLike | None = None, nbest: int = 1,
+                       **given) -> bool:
+    """Begin building the beam-lm search that the checkpoint's decode settings (decode_settings:
+    its config < decode.yaml or `decode_file` < `given`) ask for, in a process of its own, before
+    the caller imports torch or loads the model: the FlashlightDecoder later made with the same
+    settings takes it over, so the LM and the lexicon trie are built while torch is imported and the
+    model loads and runs (issue 27: a short file's transcript in about half the time). The
+    checkpoint's config and tokenizer are read without torch (asr.files.checkpoint_entries).
+    Returns whether a search was started: not for another decoder, nor where anything is amiss (the
+    model's loading and the decoder then say what, as without this), nor where processes cannot be
+    forked or flashlight-text is missing."""
+    if "fork" not in multiprocessing.get_all_start_methods() or not flashlight_available():
+        return False
+    try:
+        from .config import config_from_dict
+        from .files import checkpoint_entries
+        from .text import tokenizer_from_dict
+
+        entries = checkpoint_entries(model_path)
+        tokenizer = tokenizer_from_dict(entries["tokenizer"])
+        settings = decode_settings(config_from_dict(entries["config"]).decode, model_path, decode_file, **given)
+        if settings.decoder != "beam-lm":
+            return False
+        args = (tokenizer, settings.lm, settings.lexicon, settings.beam_size, settings.lm_weight, settings.word_score,
+                nbest, settings.beam_threshold)
+        tokens, options, _ = _flashlight_plan(*args)
+    except Exception:
+        return False
+    key = _search_key(*args)
+    if key not in _STARTED_EARLY:
+        _STARTED_EARLY[key] = SearchProcess(functools.partial(_build_flashlight_search, tokenizer, settings.lm,
+                                                              settings.lexicon, nbest, tokens, options))
+    return True
 
 
 def read_lexicon(path: str | os.PathLike, units: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -403,32 +601,41 @@ def lexicon_word_dict(words: Sequence[str], unk_word: str):
     return word_dict
 
 
+@dataclass
+class LexiconSearch:
+    """What lexicon_ctc_decoder makes: flashlight's LexiconDecoder with its word Dictionary, and the
+    LM, which flashlight keeps no reference to (pytorch/audio#3218) so this does. `decoder.decode(
+    emissions pointer, frames, labels)` searches; FlashlightSearch reads `decoder` and `word_dict`, as
+    it does of torchaudio's CTCDecoder (lexicon-free search)."""
+    decoder: Any
+    word_dict: Any
+    lm: Any
+
+
 def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, beam_size: int, beam_threshold: float,
                         lm_weight: float, word_score: float, blank_token: str, sil_token: str, unk_word: str,
-                        units: Sequence[str] | None = None):
-    """torchaudio's ctc_decoder(lexicon=...) built about 6 times faster: it reads the lexicon through
-    flashlight's load_words (a C++ map of 200k words converted to Python and back) and looks each
-    letter up in C++ from Python; that cost ~3 s of every start with the shipped 200k-word lexicon,
-    more than the search of a short file (issue 27). Here the lexicon is read in Python, words and
-    letters are mapped by Python dicts, and the same flashlight objects are made with the same options
-    (torchaudio's defaults: unk_score -inf, sil_score 0, no log-add, every token per step), so the
-    search is the same; tests/test_beam.py compares the two. `lm`: a path, None, or a KenLM from
-    load_flashlight_lm over the same lexicon. `units`: the model's own units, which every spelling must
-    use (read_lexicon); `tokens` may hold more (a BPE model's extra silence token)."""
+                        units: Sequence[str] | None = None) -> LexiconSearch:
+    """The search torchaudio's ctc_decoder(lexicon=...) builds, built about 6 times faster and without
+    torch: torchaudio reads the lexicon through flashlight's load_words (a C++ map of 200k words
+    converted to Python and back) and looks each letter up in C++ from Python; that cost ~3 s of
+    every start with the shipped 200k-word lexicon, more than the search of a short file (issue 27).
+    Here the lexicon is read in Python, words and letters are mapped by Python dicts, and the same
+    flashlight objects are made with the same options (torchaudio's defaults: unk_score -inf,
+    sil_score 0, no log-add, every token per step), so the search is the same; tests/test_beam.py
+    compares the two. `lm`: a path, None, or a KenLM from load_flashlight_lm over the same lexicon.
+    `units`: the model's own units, which every spelling must use (read_lexicon); `tokens` may hold
+    more (a BPE model's extra silence token). `nbest` is the caller's to apply to the results."""
     from flashlight.lib.text.decoder import (CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode,
                                              Trie, ZeroLM)
-    from flashlight.lib.text.dictionary import Dictionary
-    from torchaudio.models.decoder import CTCDecoder
-    from torchaudio.models.decoder import _ctc_decoder as impl
+    from flashlight.lib.text.decoder.kenlm import KenLM
 
     words, spellings = read_lexicon(lexicon, units)
     token_ids = {token: i for i, token in enumerate(tokens)}
     word_dict = lexicon_word_dict(words, unk_word)
     if isinstance(lm, str):
-        lm = impl._KenLM(lm, word_dict)
+        lm = KenLM(lm, word_dict)
     elif lm is None:
         lm = ZeroLM()
-    tokens_dict = Dictionary(list(tokens))
     silence, blank = token_ids[sil_token], token_ids[blank_token]
     trie = Trie(len(tokens), silence)
     start = lm.start(False)
@@ -443,13 +650,8 @@ def lexicon_ctc_decoder(lexicon: str, tokens: Sequence[str], lm, nbest: int, bea
     options = LexiconDecoderOptions(
         beam_size=beam_size, beam_size_token=len(tokens), beam_threshold=beam_threshold, lm_weight=lm_weight,
         word_score=word_score, unk_score=float("-inf"), sil_score=0.0, log_add=False, criterion_type=CriterionType.CTC)
-    # torchaudio's CTCDecoder turns flashlight's results into hypotheses; it is made without its
-    # constructor (which would build the trie again), holding what its methods read.
-    decoder = CTCDecoder.__new__(CTCDecoder)
-    decoder.nbest, decoder.word_dict, decoder.tokens_dict, decoder.blank = nbest, word_dict, tokens_dict, blank
-    decoder.decoder = LexiconDecoder(options, trie, lm, silence, blank, word_dict.get_index(unk_word), [], False)
-    decoder.lm = lm  # flashlight keeps no reference to the LM (pytorch/audio#3218)
-    return decoder
+    decoder = LexiconDecoder(options, trie, lm, silence, blank, word_dict.get_index(unk_word), [], False)
+    return LexiconSearch(decoder, word_dict, lm)
 
 
 # The first compute capability on which torchaudio's cuda_ctc_decoder is known to abort (see CudaBeamDecoder).
@@ -584,10 +786,7 @@ def load_flashlight_lm(lm: str, lexicon: str = ""):
     if not lm or not lexicon:
         return lm
     try:
-        from torchaudio.models.decoder import _ctc_decoder as impl
-
-        if impl._KenLM is None:
-            return lm
-        return impl._KenLM(lm, lexicon_word_dict(read_lexicon(lexicon)[0], "<unk>"))
-    except (ImportError, AttributeError, TypeError):
+        from flashlight.lib.text.decoder.kenlm import KenLM
+    except ImportError:
         return lm
+    return KenLM(lm, lexicon_word_dict(read_lexicon(lexicon)[0], "<unk>"))

@@ -6,26 +6,13 @@ T' ~= T / subsampling_factor; log-probs (B, T', vocab).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .config import ModelConfig
 from .frontend import FeatureConfig, make_frontend
 from .frontend.logmel import GlobalNormalizer, frame_mask
-
-
-@dataclass
-class ModelConfig:
-    subsampling: str = "conv"  # "conv": two strided 3x3 convolutions; "stack": concatenate frames
-    subsampling_factor: int = 4  # conv: 2 or 4; stack: any >= 1
-    conv_channels: int = 32
-    rnn_type: str = "lstm"  # lstm | gru | rnn (tanh)
-    bidirectional: bool = True
-    hidden_size: int = 320  # per direction
-    num_layers: int = 3
-    dropout: float = 0.1  # between recurrent layers and before the output layer
 
 
 class ConvSubsampler(nn.Module):

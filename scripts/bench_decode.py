@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.lm:
         flash = FlashlightDecoder(tokenizer, args.lm, args.lexicon, args.beam_size, args.lm_weight, args.word_score)
+        flash.ready()  # its search is built in a process of its own: before the clock
         run(f"beam-lm {args.beam_size} (ours: flashlight, {'lexicon' if args.lexicon else 'lexicon-free'}, "
             f"lm_weight {args.lm_weight:g}, word_score {args.word_score:g})",
             lambda: [h[0].text for h in flash(padded, lengths)])

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = time.perf_counter() - start
         decoder = FlashlightDecoder(tokenizer, lm, settings.lexicon, settings.beam_size, settings.lm_weight,
                                     settings.word_score, beam_threshold=settings.beam_threshold)
+        decoder.ready()  # its search is built in a process of its own: before the clock
         start = time.perf_counter()
         hyps = [h[0].text for h in decoder(padded, lengths)]
         report = score(refs, dict(zip(refs, hyps)))

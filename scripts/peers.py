@@ -284,10 +284,10 @@ def load_asr(spec: str, threads: int, args: argparse.Namespace) -> System:
         described = "greedy"
     else:
         # --lm/--lexicon, else those of the checkpoint's decode settings (models/decode.yaml names the shipped
-        # ones); the LM loads here, before the clock
+        # ones); the LM loads here, before the clock (ready(): the search is built in a process of its own)
         recognizer = Recognizer(path, "cpu", decoder="beam-lm", lm=_str_or_none(args.lm), lexicon=_str_or_none(args.lexicon),
                                 lm_weight=args.lm_weight, beam_size=args.beam_size, word_score=args.word_score,
-                                beam_threshold=args.beam_threshold)
+                                beam_threshold=args.beam_threshold).ready()
         settings = recognizer.settings
         if not settings.lm or not settings.lexicon:
             raise SystemExit(f"peers.py: system {spec!r} needs --lm and --lexicon (or a decode.yaml next to it naming them)")
@@ -378,20 +378,24 @@ def load_waves(utts, sample_rate: int) -> list[np.ndarray]:
 
 
 def cpu_seconds_with_workers() -> float:
-    """CPU seconds so far of this process and of its live child processes (beam-lm's decoding
-    workers, which are not waited for, so os.times() does not count them), from /proc where there is
-    one (elsewhere: this process alone)."""
-    import multiprocessing
-
+    """CPU seconds so far of this process and of every live process descended from it (beam-lm's
+    search process and its workers, which are not waited for, so os.times() does not count them),
+    from /proc where there is one (elsewhere: this process alone)."""
     total = time.process_time()
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for child in multiprocessing.active_children():
+    stats = {}  # pid -> (parent pid, utime + stime ticks)
+    for entry in Path("/proc").glob("[0-9]*/stat") if Path("/proc/self/stat").is_file() else []:
         try:
-            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = entry.read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
-    return total
+            continue  # ended meanwhile
+        stats[int(entry.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime, stime
+    ours, grown = {os.getpid()}, True
+    while grown:
+        found = {pid for pid, (parent, _) in stats.items() if parent in ours} - ours
+        ours |= found
+        grown = bool(found)
+    return total + sum(stats[pid][1] for pid in ours - {os.getpid()}) / ticks
 
 
 def run_system(system: System, set_name: str, utts, waves: Sequence[np.ndarray], threads: int,

@@ -295,8 +295,8 @@ def test_cli_decode_beam_equals_greedy_at_beam_1_and_gpu_beam_error(random_check
 @pytest.mark.parametrize("with_lm", [True, False])
 def test_fast_lexicon_decoder_searches_like_torchaudios(tmp_path, with_lm):
     """lexicon_ctc_decoder (the lexicon read in Python, issue 27) gives torchaudio's ctc_decoder's
-    n-best lists exactly: words, tokens, time steps and scores, on random utterances over a
-    lexicon of 200 words, one of them spelt two ways."""
+    n-best lists exactly: words, label ids (torchaudio's time steps follow from them) and scores,
+    on random utterances over a lexicon of 200 words, one of them spelt two ways."""
     pytest.importorskip("flashlight.lib.text")
     from torchaudio.models.decoder import ctc_decoder
 
@@ -321,10 +321,100 @@ def test_fast_lexicon_decoder_searches_like_torchaudios(tmp_path, with_lm):
                                     load_flashlight_lm(lm, str(tmp_path / "lexicon.txt")) if lm else None, **options)
     logits = torch.from_numpy(rng.standard_normal((6, 60, len(tokens))).astype(np.float32) * 3)
     logits[..., TOKENIZER.blank] += 1.5
-    log_probs, lengths = torch.log_softmax(logits, -1), torch.tensor([60, 55, 40, 60, 30, 12], dtype=torch.int32)
-    for a, b, c in zip(ours(log_probs, lengths), theirs(log_probs, lengths), preloaded(log_probs, lengths)):
+    log_probs = torch.log_softmax(logits, -1).numpy()
+    for utterance, frames in enumerate((60, 55, 40, 60, 30, 12)):
+        emissions = np.ascontiguousarray(log_probs[utterance, :frames])
+        a, b, c = (_raw_nbest(d, emissions, 5) for d in (ours, theirs, preloaded))
         assert len(a) == len(b) == len(c) > 1
-        for x, y, z in zip(a, b, c):
-            assert (z.words, z.score) == (y.words, y.score)
-            assert (x.words, x.score) == (y.words, y.score)
-            assert torch.equal(x.tokens, y.tokens) and torch.equal(x.timesteps, y.timesteps)
+        assert a == b and c == b
+
+
+def _raw_nbest(decoder, emissions: np.ndarray, nbest: int) -> list[tuple]:
+    """flashlight's n-best of one utterance, through the `.decoder` both torchaudio's CTCDecoder and
+    our LexiconSearch hold, with their word dictionaries: (words, label ids, score) per hypothesis."""
+    results = decoder.decoder.decode(emissions.ctypes.data, emissions.shape[0], emissions.shape[1])[:nbest]
+    return [([decoder.word_dict.get_entry(w) for w in r.words if w >= 0], list(r.tokens), r.score) for r in results]
+
+
+def _model_with_decode_yaml(random_checkpoint, folder, decode_yaml: str):
+    import shutil
+
+    folder.mkdir(exist_ok=True)
+    shutil.copy(random_checkpoint, folder / "model.pt")
+    (folder / "decode.yaml").write_text(decode_yaml)
+    return folder / "model.pt"
+
+
+def test_search_started_early_is_taken_over_by_the_decoder(random_checkpoint, tiny_word_lm, tmp_path):
+    """start_search_early (asr transcribe, before torch is imported) builds the beam-lm search its
+    checkpoint's decode.yaml asks for; the Recognizer made with the same settings takes that
+    process over and finds what a decoder built afterwards finds; settings that differ start their
+    own, and close_early_searches stops the one nobody took. Another decoder, or a file that is no
+    checkpoint, starts nothing."""
+    pytest.importorskip("flashlight.lib.text")
+    from asr import decode
+    from asr.api import Recognizer
+
+    lm, lexicon = tiny_word_lm
+    path = _model_with_decode_yaml(random_checkpoint, tmp_path / "m",
+                                   f"decoder: beam-lm\nlm: {lm}\nlexicon: {lexicon}\nbeam_size: 20\nlm_weight: 1.0\n")
+    assert decode.start_search_early(path, nbest=2)
+    (started,) = decode._STARTED_EARLY.values()
+    recognizer = Recognizer(path, nbest=2)
+    try:
+        assert recognizer.decoder._process is started and not decode._STARTED_EARLY
+        log_probs, lengths = _noisy_utterances(4, seed=1)
+        fresh = make_decoder("beam-lm", TOKENIZER, lm=lm, lexicon=lexicon, beam_size=20, lm_weight=1.0, nbest=2)
+        assert _as_tuples(recognizer.decoder(log_probs, lengths)) == _as_tuples(fresh(log_probs, lengths))
+        fresh.close()
+    finally:
+        recognizer.close()
+    assert decode.start_search_early(path, nbest=2, lm_weight=2.0)
+    (other,) = decode._STARTED_EARLY.values()
+    taken = Recognizer(path, nbest=2)
+    assert taken.decoder._process is not other
+    taken.close()
+    decode.close_early_searches()
+    assert not decode._STARTED_EARLY and other._process is None
+    greedy = _model_with_decode_yaml(random_checkpoint, tmp_path / "g", "decoder: greedy\n")
+    assert not decode.start_search_early(greedy)
+    assert not decode.start_search_early(lexicon)  # not a checkpoint: the model's loading will say so
+    assert not decode._STARTED_EARLY
+
+
+def test_search_starts_early_without_torch(random_checkpoint, tiny_word_lm, tmp_path):
+    """The point of starting early: it reads the checkpoint and settings and forks the search
+    without importing torch (a fresh interpreter), and the search it builds searches."""
+    pytest.importorskip("flashlight.lib.text")
+    import subprocess
+
+    lm, lexicon = tiny_word_lm
+    path = _model_with_decode_yaml(random_checkpoint, tmp_path / "m", f"decoder: beam-lm\nlm: {lm}\nlexicon: {lexicon}\n")
+    code = ("import sys, numpy as np; from asr import decode; started = decode.start_search_early(sys.argv[1]); "
+            "print(started, 'torch' in sys.modules); (search,) = decode._STARTED_EARLY.values(); "
+            "print(len(search.search([np.log(np.full((6, 30), 1 / 30, dtype=np.float32))])[0]))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True False", "1"]
+
+
+def test_an_error_building_the_search_is_raised_by_ready_and_load(random_checkpoint, tmp_path):
+    """The search is built in its own process: a bad lexicon line is raised by ready() (asr.load
+    calls it, so the API reports it on loading) and by the first search, with its message."""
+    pytest.importorskip("flashlight.lib.text")
+    import asr
+    from asr.api import Recognizer
+
+    bad = tmp_path / "lexicon.txt"
+    bad.write_text("cat\tc a t |\ndog\n")
+    path = _model_with_decode_yaml(random_checkpoint, tmp_path / "m", f"decoder: beam-lm\nlexicon: {bad}\n")
+    with pytest.raises(ValueError, match=r"lexicon.txt, line 2: no spelling after the word 'dog'"):
+        asr.load(path)
+    recognizer = Recognizer(path)
+    try:
+        log_probs, lengths = _noisy_utterances(1, seed=0)
+        for _ in range(2):  # and by every one after it
+            with pytest.raises(ValueError, match="line 2: no spelling"):
+                recognizer.decoder(log_probs, lengths)
+    finally:
+        recognizer.close()

@@ -358,6 +358,45 @@ def test_parser_knows_every_subcommand():
                                 "upgrade-checkpoint", "serve", "split"}
 
 
+def test_a_command_builds_only_its_own_parser():
+    """`asr transcribe` does not import the corpus registry (asr prepare's options) to parse its
+    arguments (issue 27); with no command, or an unknown one, every command is known."""
+    code = ("import sys; from asr.cli import build_parser; "
+            "p = build_parser('transcribe'); p.parse_args(['transcribe', 'a.wav']); print('asr.corpora' in sys.modules); "
+            "build_parser('prepare'); print('asr.corpora' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"]
+    for command in (None, "nope"):
+        sub = next(a for a in build_parser(command)._actions if a.dest == "command")
+        assert {"prepare", "transcribe", "train"} <= set(sub.choices)
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam-lm"])
+def test_the_asr_command_prints_everything_and_exits_with_its_code(checkpoint, files, tiny_word_lm, decoder):
+    """`python -m asr.cli` (the console script's entry(), which ends the process without tearing the
+    interpreter down) prints every transcript, also through a pipe, exits 0 or 1 for a bad file,
+    and leaves no process behind (beam-lm's search process is stopped first)."""
+    if decoder == "beam-lm":
+        pytest.importorskip("flashlight.lib.text")
+    good, bad = files
+    lm, lexicon = tiny_word_lm
+    argv = [sys.executable, "-m", "asr.cli", "transcribe", "--model", str(checkpoint), "--decoder", decoder,
+            "--lm", lm, "--lexicon", lexicon, "--device", "cpu"]
+    done = subprocess.run(argv + [str(p) for p in good], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [line.split("\t")[0] for line in done.stdout.splitlines()] == [str(p) for p in good]
+    failed = subprocess.run(argv + [str(good[0]), str(bad)], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and failed.stdout.startswith(str(good[0])) and "bad.wav" in failed.stderr
+    # Whether the children were stopped: a process left behind would hold the pipe open, and reading
+    # it to its end would time out.
+    process = subprocess.Popen(argv + [str(good[0])], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        out, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and out.decode().startswith(str(good[0]))
+
+
 def test_console_script_help():
     bin_dir = Path(sys.executable).parent
     script = shutil.which("asr", path=str(bin_dir))

@@ -478,7 +478,7 @@ def test_beam_lm_with_bpe_lexicon(tmp_path):
         make_decoder("beam-lm", tok, lm=str(tmp_path / "lm.arpa"))
     write_lexicon(words, tmp_path / "char_lexicon.txt")  # spelt in characters: not this model's units
     with pytest.raises(ValueError, match=r"char_lexicon.txt, line 1: the spelling of 'the' uses '\|'.*--model CKPT"):
-        make_decoder("beam-lm", tok, lexicon=str(tmp_path / "char_lexicon.txt"))
+        make_decoder("beam-lm", tok, lexicon=str(tmp_path / "char_lexicon.txt")).ready()  # built in a process of its own
 
 
 BPE_TRAIN = [

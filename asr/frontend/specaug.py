@@ -6,19 +6,9 @@ Shapes: features (batch, frames, dims), lengths (batch,).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class SpecAugmentConfig:
-    freq_masks: int = 2
-    freq_width: int = 27  # at most this many mel bins per mask
-    time_masks: int = 2
-    time_width: float = 0.05  # at most this fraction of the utterance per mask
-    max_time_width: int = 40  # ...and at most this many frames
-    time_warp: int = 0  # move a random point of each utterance by up to this many frames, stretching both sides (0: off)
+from ..config import SpecAugmentConfig
 
 
 def spec_augment(

@@ -28,11 +28,27 @@ The parts, in the order a run uses them:
     distributed.py  torchrun ranks: process group, DistributedDataParallel, collectives
 """
 
-from .distributed import DistributedSetup, distributed_setup_from_env
-from .loop import TRACE_ENV, train
-from .metrics import plot_training, validate
-from .resume import RESUME_SAFE_KEYS, check_resume_config
-from .state import TrainState
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .distributed import DistributedSetup, distributed_setup_from_env
+    from .loop import TRACE_ENV, train
+    from .metrics import plot_training, validate
+    from .resume import RESUME_SAFE_KEYS, check_resume_config
+    from .state import TrainState
+
+# Imported when first used: `asr transcribe` reads only distributed.py (where its process stands under
+# torchrun), and importing the package must not cost it the training loop's imports (issue 27).
+_WHERE = {"DistributedSetup": "distributed", "distributed_setup_from_env": "distributed", "TRACE_ENV": "loop",
+          "train": "loop", "plot_training": "metrics", "validate": "metrics", "RESUME_SAFE_KEYS": "resume",
+          "check_resume_config": "resume", "TrainState": "state"}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
 
 __all__ = [
     "RESUME_SAFE_KEYS", "TRACE_ENV", "DistributedSetup", "TrainState", "check_resume_config",
