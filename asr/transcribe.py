@@ -207,7 +207,7 @@ class Pipeline:
             chunk_layout(self.acoustic, self.chunk_seconds, self.chunk_overlap)
         done = on_done or (lambda finished: None)
         results, short, long = self._read(inputs)
-        queued = {id(result) for result, _ in short} | {id(result) for result, _, _ in long}
+        queued = {id(result) for result, _, _ in short} | {id(result) for result, _, _ in long}
         for result in results:
             if id(result) not in queued:
                 self._empty_unless_failed(result, timestamps)
@@ -226,16 +226,16 @@ class Pipeline:
         if not result.error and result.nbest is None:
             result.nbest, result.words = [("", 0.0)], [] if timestamps else None
 
-    def is_silent(self, wave: np.ndarray) -> bool:
-        """Whether a mono wave (samples,) at the model's rate holds no frame at or above silence_dbfs."""
-        levels = frame_levels(wave, self.acoustic.samples_per_frame)
+    def is_silent(self, levels: np.ndarray) -> bool:
+        """Whether a mono wave's frame levels (frame_levels at the model's samples_per_frame) hold no
+        frame at or above silence_dbfs."""
         return not (levels >= self.silence_dbfs).any()
 
     def _read(self, inputs: Sequence[AudioInput]):
-        """(all results, [(result, wave at the model's rate)] for inputs read whole, [(result, input,
-        header seconds)] for those to be read in chunks)."""
+        """(all results, [(result, wave at the model's rate, its frame levels)] for inputs read whole,
+        [(result, input, header seconds)] for those to be read in chunks)."""
         results: list[Transcript] = []
-        short: list[tuple[Transcript, np.ndarray]] = []
+        short: list[tuple[Transcript, np.ndarray, np.ndarray]] = []
         long: list[tuple[Transcript, Path | tuple[np.ndarray, int], float]] = []
         rate = self.acoustic.sample_rate
         for index, item in enumerate(_expand(inputs)):
@@ -252,22 +252,24 @@ class Pipeline:
                 continue
             result.duration = wave.shape[0] / rate
             result.warning = too_short_warning(_name(item, index), wave.shape[0], min_audio_samples(self.acoustic), rate)
-            if not result.warning and not self.is_silent(wave):
-                short.append((result, wave))
+            if result.warning:
+                continue
+            levels = frame_levels(wave, self.acoustic.samples_per_frame)  # for the silence gate, then blank_silences
+            if not self.is_silent(levels):
+                short.append((result, wave, levels))
         return results, short, long
 
-    def _run_short(self, short: list[tuple[Transcript, np.ndarray]], timestamps: bool, progress: bool,
+    def _run_short(self, short: list[tuple[Transcript, np.ndarray, np.ndarray]], timestamps: bool, progress: bool,
                    batch_done: Callable[[list[Transcript]], None]) -> None:
         """Inputs read whole: length-sorted batches through the model and the decoder; `batch_done`
         gets each batch's finished results. The decoder searches a batch in a second thread while the
         model runs the next one: the model's work (torch, CTranslate2) and a decoder that waits on its
         worker processes (beam-lm with workers) leave the GIL free, so the two overlap; the results are
         the same as one after the other."""
-        frame = self.acoustic.samples_per_frame
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode") as decoding:
             previous = None
-            for batch, log_probs in self._model_batches([wave for _, wave in short], progress):
-                log_probs = [self.blank_silences(lp, frame_levels(short[i][1], frame)) for i, lp in zip(batch, log_probs)]
+            for batch, log_probs in self._model_batches([wave for _, wave, _ in short], progress):
+                log_probs = [self.blank_silences(lp, short[i][2]) for i, lp in zip(batch, log_probs)]
                 searching = decoding.submit(self.decode, log_probs)
                 if previous is not None:
                     self._store(short, *previous, timestamps, batch_done)
@@ -275,7 +277,7 @@ class Pipeline:
             if previous is not None:
                 self._store(short, *previous, timestamps, batch_done)
 
-    def _store(self, short: list[tuple[Transcript, np.ndarray]], batch: list[int], log_probs: list[np.ndarray],
+    def _store(self, short: list[tuple[Transcript, np.ndarray, np.ndarray]], batch: list[int], log_probs: list[np.ndarray],
                searching: Future, timestamps: bool, batch_done: Callable[[list[Transcript]], None]) -> None:
         """A batch's decoded hypotheses (once `searching` is done) and word times into its Transcripts,
         then handed to `batch_done`."""
