@@ -457,6 +457,9 @@ def _run_search_process(build: Callable[[], FlashlightSearch], connection, paren
     # daemonic process, but this one's workers are stopped by itself (finally below).
     multiprocessing.current_process().daemon = False
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the workers too (finally below)
+    # Ctrl-C reaches the whole process group: the parent handles it (and closes this process); here it
+    # would only print a traceback of this process and of each worker (which inherit this).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _SEARCH = build()
     except Exception as e:
