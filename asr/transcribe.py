@@ -254,7 +254,7 @@ class Pipeline:
             result.warning = too_short_warning(_name(item, index), wave.shape[0], min_audio_samples(self.acoustic), rate)
             if result.warning:
                 continue
-            levels = frame_levels(wave, self.acoustic.samples_per_frame)  # for the silence gate, then blank_silences
+            levels = frame_levels(wave, self.acoustic.samples_per_frame)  # for the silence gate, then quiet_frames
             if not self.is_silent(levels):
                 short.append((result, wave, levels))
         return results, short, long
@@ -269,7 +269,8 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-decode") as decoding:
             previous = None
             for batch, log_probs in self._model_batches([wave for _, wave, _ in short], progress):
-                log_probs = [self.blank_silences(lp, short[i][2]) for i, lp in zip(batch, log_probs)]
+                log_probs = [self.blank_silences(lp, self.quiet_frames(short[i][2], lp.shape[0]))
+                             for i, lp in zip(batch, log_probs)]
                 searching = decoding.submit(self.decode, log_probs)
                 if previous is not None:
                     self._store(short, *previous, timestamps, batch_done)
@@ -311,7 +312,7 @@ class Pipeline:
         quiet = self.quiet_frames(levels, frames.shape[0])
         if quiet.all():
             return
-        frames = self.blank_silences(frames, levels)
+        frames = self.blank_silences(frames, quiet)
         max_frames = max(1, int(self.chunk_seconds / self.frame_shift))
         texts, score, words = [], 0.0, []
         segments = [(start, end) for start, end in pause_segments(
@@ -339,15 +340,14 @@ class Pipeline:
         loudest = levels.max(initial=-np.inf)
         return levels < max(self.silence_dbfs, loudest - self.relative_silence_db)
 
-    def blank_silences(self, log_probs: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    def blank_silences(self, log_probs: np.ndarray, quiet: np.ndarray) -> np.ndarray:
         """(T, V) log-probs in which no unit of a word can be decoded or aligned inside a silence: in
-        every run of at least MIN_SILENCE_SECONDS of quiet frames (`quiet_frames`), less
+        every run of at least MIN_SILENCE_SECONDS of `quiet` frames ((T,) bool, `quiet_frames`), less
         SILENCE_MARGIN_SECONDS at each end, every label but the blank and the word separator gets
         CERTAINLY_NOT. A copy where anything changes. A CTC model emits the separator between words
         in the pause, and a word's first or last letter up to a few frames outside its sound (on
         libri-other dev, blanking whole quiet runs of 0.5 s joined words and cut first letters: greedy
         WER 32.73 -> 35.73%), hence the two exceptions."""
-        quiet = self.quiet_frames(levels, log_probs.shape[0])
         margin = round(SILENCE_MARGIN_SECONDS / self.frame_shift)
         runs = _long_runs(quiet, max(1, round(MIN_SILENCE_SECONDS / self.frame_shift)), margin)
         if not runs.any():

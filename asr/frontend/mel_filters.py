@@ -5,7 +5,7 @@ The arithmetic follows librosa 0.10-0.11 step by step, in float64, rounded to fl
 stores into its float32 array (each triangle, then again after the area normalization), so the
 result is bit-identical to librosa's: the int8 Whisper encoder turns even the last bit of a feature
 into a different quantization step (asr/frontend/whisper_numpy.py), so "close" would not do.
-tests/test_frontend_mel_filters.py compares them for every shape asr uses.
+tests/test_mel_filters.py compares them for every shape asr uses.
 """
 
 from __future__ import annotations
