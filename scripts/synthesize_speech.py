@@ -17,6 +17,11 @@ loads its voice once per batch of --piper-batch sentences, which share a voice a
 length_scale). The point is text the real corpora lack (the spelling of words a character model has
 not heard) read by more voices. Writes <out>/wav/<id>.wav (the voice's own rate: 16 kHz for flite,
 22.05 kHz for Piper's medium voices; `asr` resamples on reading) and <out>/manifest.jsonl.
+
+More voices from one (issue 23's lever 3): --pitch draws a factor per sentence and writes the file's
+header rate as the voice's rate times it, so the sentence plays that much faster and higher, formants
+included (Kaldi's speed perturbation, done once at synthesis; no samples are touched); --noise-scale
+draws Piper's generator noise per batch (its prosody and voice quality vary with it).
 """
 
 from __future__ import annotations
@@ -47,17 +52,34 @@ def read_sentences(path: str | Path, min_words: int, max_words: int) -> list[str
 
 
 def draw_plan(sentences: list[str], count: int, voices: list[str], stretch: tuple[float, float],
-              seed: int, group: int = 1) -> list[dict]:
+              seed: int, group: int = 1, pitch: tuple[float, float] = (1.0, 1.0),
+              noise: tuple[float, float] | None = None) -> list[dict]:
     """`count` distinct sentences, each with a voice and a speaking rate (flite's duration_stretch,
-    Piper's length_scale); each run of `group` consecutive sentences shares them."""
+    Piper's length_scale); each run of `group` consecutive sentences shares them (and a Piper noise
+    scale drawn from `noise`, if given). Each sentence gets its own pitch factor from `pitch`."""
     rng = random.Random(seed)
+    # Pitch and noise come from their own generator, so a seed's sentences, voices and rates stay the
+    # ones it drew before these options existed.
+    variation = random.Random(f"{seed}-variation")
     picked = rng.sample(range(len(sentences)), min(count, len(sentences)))
     plan = []
     for n, i in enumerate(picked):
         if n % group == 0:
             voice, rate = rng.choice(voices), round(rng.uniform(*stretch), 3)
-        plan.append({"id": f"synth-{seed}-{n:06d}", "text": sentences[i], "voice": voice, "stretch": rate})
+            noise_scale = round(variation.uniform(*noise), 3) if noise else None
+        item = {"id": f"synth-{seed}-{n:06d}", "text": sentences[i], "voice": voice, "stretch": rate}
+        if pitch != (1.0, 1.0):
+            item["pitch"] = round(variation.uniform(*pitch), 3)
+        if noise_scale is not None:
+            item["noise_scale"] = noise_scale
+        plan.append(item)
     return plan
+
+
+def shift_pitch(path: Path, factor: float) -> None:
+    """Rewrite a wav's header rate as its rate x factor: it then plays `factor` times faster and higher."""
+    audio, rate = soundfile.read(str(path), dtype="int16")
+    soundfile.write(str(path), audio, round(rate * factor), subtype="PCM_16")
 
 
 def synthesize(item: dict, wav_dir: Path, flite: str) -> dict:
@@ -71,7 +93,9 @@ def synthesize(item: dict, wav_dir: Path, flite: str) -> dict:
     info = soundfile.info(str(path))
     if info.samplerate != 16000:
         raise RuntimeError(f"{path}: flite voice {item['voice']} wrote {info.samplerate} Hz audio; use a 16 kHz voice")
-    return manifest_row(item, path, f"flite-{item['voice']}", info.duration)
+    if "pitch" in item:
+        shift_pitch(path, item["pitch"])
+    return manifest_row(item, path, f"flite-{item['voice']}", soundfile.info(str(path)).duration)
 
 
 def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]:
@@ -86,6 +110,8 @@ def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]
         lines.write_text("".join(item["text"] + "\n" for item in batch), encoding="utf-8")
         command = [piper, "-m", voice, "-i", str(lines), "-d", scratch, "--output-dir-naming", "timestamp",
                    "--length-scale", str(rate)]
+        if "noise_scale" in batch[0]:
+            command += ["--noise-scale", str(batch[0]["noise_scale"])]
         done = subprocess.run(command, capture_output=True, text=True)
         written = sorted(Path(scratch).glob("*.wav"), key=lambda p: int(p.stem))
         if done.returncode != 0 or len(written) != len(batch):
@@ -95,6 +121,8 @@ def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]
         for item, source in zip(batch, written):
             path = wav_dir / f"{item['id']}.wav"
             os.replace(source, path)
+            if "pitch" in item:
+                shift_pitch(path, item["pitch"])
             rows.append(manifest_row(item, path, f"piper-{Path(voice).name.removesuffix('.onnx')}",
                                      soundfile.info(str(path)).duration))
     return rows
@@ -117,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--piper-batch", type=int, default=50, help="sentences per Piper run (one voice load)")
     parser.add_argument("--stretch", type=float, nargs=2, default=(0.85, 1.2), metavar=("LOW", "HIGH"),
                         help="range of flite's duration_stretch / Piper's length_scale (> 1: slower)")
+    parser.add_argument("--pitch", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                        help="range of a per-sentence factor on pitch and tempo together (header rate x factor)")
+    parser.add_argument("--noise-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="piper: range of its generator noise, drawn per batch (Piper's default: the voice's, 0.667)")
     parser.add_argument("--min-words", type=int, default=8)
     parser.add_argument("--max-words", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -144,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     # About 0.4 s per word at flite's default rate: plan enough sentences, stop at --hours.
     mean_words = sum(len(s.split()) for s in sentences[:10000]) / min(len(sentences), 10000)
     plan = draw_plan(sentences, int(args.hours * 3600 / (0.4 * mean_words) * 1.5) + 10, args.voices,
-                     tuple(args.stretch), args.seed, group)
+                     tuple(args.stretch), args.seed, group, tuple(args.pitch),
+                     tuple(args.noise_scale) if args.noise_scale else None)
     batches = [plan[i:i + group] for i in range(0, len(plan), group)]
     out = Path(args.out)
     wav_dir = out / "wav"

@@ -357,18 +357,19 @@ import argparse, time, numpy, soundfile
 p = argparse.ArgumentParser()
 for flag in ("-m", "-i", "-d", "--output-dir-naming", "--length-scale"):
     p.add_argument(flag)
+p.add_argument("--noise-scale", default="0.1")  # the samples' value, so a test can read it back
 args = p.parse_args()
 lines = [line.strip() for line in open(args.i) if line.strip()]
 if "missing" in args.m:
     lines = lines[:-1]
 for line in lines:
-    samples = numpy.full(int(2205 * len(line.split()) * float(args.length_scale)), 0.1, dtype="float32")
+    samples = numpy.full(int(2205 * len(line.split()) * float(args.length_scale)), float(args.noise_scale), dtype="float32")
     soundfile.write(f"{{args.d}}/{{time.monotonic_ns()}}.wav", samples, 22050)
 '''
 
 
-def test_synthesize_speech_with_piper_maps_each_file_to_its_line(tmp_path):
-    synth = load_script("synthesize_speech")
+def fake_piper_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The fake piper program, an empty voice beside its .json, and 12 lines of 8-19 words."""
     piper = tmp_path / "piper"
     piper.write_text(FAKE_PIPER.format(python=sys.executable))
     piper.chmod(0o755)
@@ -377,6 +378,12 @@ def test_synthesize_speech_with_piper_maps_each_file_to_its_line(tmp_path):
     (tmp_path / "voice.onnx.json").write_text("{}")
     text = tmp_path / "text.txt"
     text.write_text("".join(" ".join(["word"] * n) + "\n" for n in range(8, 20)))
+    return piper, voice, text
+
+
+def test_synthesize_speech_with_piper_maps_each_file_to_its_line(tmp_path):
+    synth = load_script("synthesize_speech")
+    piper, voice, text = fake_piper_setup(tmp_path)
     args = [str(text), "--out", str(tmp_path / "out"), "--hours", "0.001", "--engine", "piper",
             "--piper", str(piper), "--voices", str(voice), "--piper-batch", "3", "--stretch", "1", "1"]
     assert synth.main(args) == 0
@@ -393,6 +400,32 @@ def test_synthesize_speech_with_piper_maps_each_file_to_its_line(tmp_path):
         synth.main(args[:-7] + ["--voices", str(broken), "--piper-batch", "3", "--stretch", "1", "1"])
     with pytest.raises(SystemExit):
         synth.main(args[:-7] + ["--voices", str(tmp_path / "none.onnx")])
+
+
+def test_synthesize_speech_pitch_and_noise_vary_each_sentence_and_keep_the_seeds_plan(tmp_path):
+    synth = load_script("synthesize_speech")
+    sentences = [f"sentence number {n} has a few more words in it" for n in range(40)]
+    plain = synth.draw_plan(sentences, 12, ["a.onnx", "b.onnx"], (0.8, 1.2), seed=5, group=4)
+    varied = synth.draw_plan(sentences, 12, ["a.onnx", "b.onnx"], (0.8, 1.2), seed=5, group=4,
+                             pitch=(0.9, 1.1), noise=(0.5, 0.9))
+    # the same sentences, voices and rates as without the options: earlier seeds' sets stay reproducible
+    assert [{k: p[k] for k in ("id", "text", "voice", "stretch")} for p in varied] == plain
+    assert all(0.9 <= p["pitch"] <= 1.1 for p in varied) and len({p["pitch"] for p in varied}) > 6
+    for start in (0, 4, 8):  # Piper's noise is one per batch
+        assert len({p["noise_scale"] for p in varied[start:start + 4]}) == 1
+    assert all(0.5 <= p["noise_scale"] <= 0.9 for p in varied)
+
+    piper, voice, text = fake_piper_setup(tmp_path)
+    assert synth.main([str(text), "--out", str(tmp_path / "out"), "--hours", "0.001", "--engine", "piper",
+                       "--piper", str(piper), "--voices", str(voice), "--piper-batch", "3", "--stretch", "1", "1",
+                       "--pitch", "1.25", "1.25", "--noise-scale", "0.25", "0.5"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) >= 2
+    for row in rows:  # played 1.25x faster: the header rate rises, the duration falls, samples unchanged
+        audio, rate = soundfile.read(row["audio"])
+        assert rate == round(22050 * 1.25)
+        assert row["duration"] == pytest.approx(0.1 * len(row["text"].split()) / 1.25, abs=1e-3)
+        assert 0.25 <= audio[0] <= 0.5 and audio.min() == audio.max()
 
 
 def test_serve_upload_memory_reports_the_refusal_and_the_decode(tmp_path, capsys, monkeypatch):
