@@ -76,10 +76,13 @@ def draw_plan(sentences: list[str], count: int, voices: list[str], stretch: tupl
     return plan
 
 
-def shift_pitch(path: Path, factor: float) -> None:
-    """Rewrite a wav's header rate as its rate x factor: it then plays `factor` times faster and higher."""
-    audio, rate = soundfile.read(str(path), dtype="int16")
-    soundfile.write(str(path), audio, round(rate * factor), subtype="PCM_16")
+def finish_wav(path: Path, item: dict) -> float:
+    """Apply the planned pitch factor, if any, to a synthesized wav; its duration in seconds. The factor
+    rewrites the header rate as rate x factor: the file then plays that many times faster and higher."""
+    if "pitch" in item:
+        audio, rate = soundfile.read(str(path), dtype="int16")
+        soundfile.write(str(path), audio, round(rate * item["pitch"]), subtype="PCM_16")
+    return soundfile.info(str(path)).duration
 
 
 def synthesize(item: dict, wav_dir: Path, flite: str) -> dict:
@@ -93,9 +96,7 @@ def synthesize(item: dict, wav_dir: Path, flite: str) -> dict:
     info = soundfile.info(str(path))
     if info.samplerate != 16000:
         raise RuntimeError(f"{path}: flite voice {item['voice']} wrote {info.samplerate} Hz audio; use a 16 kHz voice")
-    if "pitch" in item:
-        shift_pitch(path, item["pitch"])
-    return manifest_row(item, path, f"flite-{item['voice']}", soundfile.info(str(path)).duration)
+    return manifest_row(item, path, f"flite-{item['voice']}", finish_wav(path, item))
 
 
 def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]:
@@ -121,10 +122,8 @@ def synthesize_piper(batch: list[dict], wav_dir: Path, piper: str) -> list[dict]
         for item, source in zip(batch, written):
             path = wav_dir / f"{item['id']}.wav"
             os.replace(source, path)
-            if "pitch" in item:
-                shift_pitch(path, item["pitch"])
             rows.append(manifest_row(item, path, f"piper-{Path(voice).name.removesuffix('.onnx')}",
-                                     soundfile.info(str(path)).duration))
+                                     finish_wav(path, item)))
     return rows
 
 
