@@ -53,15 +53,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
-def entry() -> None:
-    """The `asr` console command: main(), then exit without tearing the interpreter down. Freeing a
-    loaded model, the LM and the lexicon trie object by object took 0.5 s (greedy) to 1.5 s (beam-lm)
-    after the transcript was out, a third of a short file's run (issue 27); the OS frees a process's
-    memory at once. Output is flushed and log files closed first; where child processes are still
-    running (their owners clean them up at exit) the interpreter exits the usual way."""
+def entry(argv: list[str] | None = None) -> None:
+    """The `asr` console command (and `python -m asr.cli`, `python -m asr.training`): main(argv), then
+    exit without tearing the interpreter down. Freeing a loaded model, the LM and the lexicon trie
+    object by object took 0.5 s (greedy) to 1.5 s (beam-lm) after the transcript was out, a third of a
+    short file's run (issue 27); the OS frees a process's memory at once. Under torchrun it also keeps a
+    finished rank alive: torch never frees the gloo process group once DistributedDataParallel has used
+    it (destroy_process_group leaves its threads running), and C++ teardown at exit then aborted the
+    rank ("terminate called without an active exception", exit -6) when another rank outlived it, in
+    about 1 of 7 two-rank runs of a minimal DDP script. Output is flushed and log files closed first;
+    where child processes are still running (their owners clean them up at exit) the interpreter exits
+    the usual way."""
     import multiprocessing
 
-    code = main()
+    code = main(argv)
     if multiprocessing.active_children():
         sys.exit(code)
     logging.shutdown()

@@ -6,6 +6,6 @@ import sys
 if __name__ == "__main__":
     # Imported here, not at the top: importing asr.training.__main__ (tests/test_imports.py) must
     # neither start training nor pull in the whole CLI.
-    from ..cli import main
+    from ..cli import entry
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    entry(["train", *sys.argv[1:]])
