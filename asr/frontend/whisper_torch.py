@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +39,45 @@ def _read_string(f: BinaryIO) -> str:
     return f.read(size)[:-1].decode("utf-8")
 
 
+class _Record(NamedTuple):
+    """One variable's entry in a model.bin, up to its data."""
+
+    name: str
+    dims: tuple[int, ...]
+    dtype_id: int
+    size: int  # bytes of data
+    header: bytes  # the entry's bytes before the data, as stored
+
+
+def _header_and_records(f: BinaryIO, path: Path) -> tuple[bytes, Iterator[_Record]]:
+    """The header of an open model.bin (version, spec name, revision: the bytes before the variable
+    count) and an iterator over its variables, each left at its data, which the caller reads or skips."""
+    start = f.tell()
+    (version,) = struct.unpack("<I", f.read(4))
+    if version != SUPPORTED_BINARY_VERSION:
+        raise ValueError(f"{path}: CTranslate2 binary version {version}; this reader knows version "
+                         f"{SUPPORTED_BINARY_VERSION}")
+    _read_string(f)  # the spec's name, e.g. WhisperSpec
+    f.read(4)  # revision
+    end = f.tell()
+    f.seek(start)
+    header = f.read(end - start)
+    (count,) = struct.unpack("<I", f.read(4))
+
+    def records() -> Iterator[_Record]:
+        for _ in range(count):
+            record_start = f.tell()
+            name = _read_string(f)
+            (rank,) = struct.unpack("<B", f.read(1))
+            dims = struct.unpack(f"<{rank}I", f.read(4 * rank))
+            dtype_id, size = struct.unpack("<BI", f.read(5))
+            record_end = f.tell()
+            f.seek(record_start)
+            yield _Record(name, dims, dtype_id, size, f.read(record_end - record_start))
+
+    return header, records()
+
+
 def read_ctranslate2_variables(path: str | Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
     """The variables of a CTranslate2 model.bin whose names start with `prefix`, as numpy arrays in
     their stored dtype (the others are skipped without being kept). Raises ValueError naming the file
@@ -47,31 +86,65 @@ def read_ctranslate2_variables(path: str | Path, prefix: str = "encoder/") -> di
     variables: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
         try:
-            (version,) = struct.unpack("<I", f.read(4))
-            if version != SUPPORTED_BINARY_VERSION:
-                raise ValueError(f"{path}: CTranslate2 binary version {version}; this reader knows version "
-                                 f"{SUPPORTED_BINARY_VERSION}")
-            _read_string(f)  # the spec's name, e.g. WhisperSpec
-            f.read(4)  # revision
-            (count,) = struct.unpack("<I", f.read(4))
-            for _ in range(count):
-                name = _read_string(f)
-                (rank,) = struct.unpack("<B", f.read(1))
-                dims = struct.unpack(f"<{rank}I", f.read(4 * rank))
-                dtype_id, size = struct.unpack("<BI", f.read(5))
-                if not name.startswith(prefix):
-                    f.seek(size, 1)
+            _, records = _header_and_records(f, path)
+            for record in records:
+                if not record.name.startswith(prefix):
+                    f.seek(record.size, 1)
                     continue
-                if dtype_id not in _DTYPES:
-                    raise ValueError(f"{path}: variable {name} has CTranslate2 dtype id {dtype_id}, not one of "
-                                     f"{sorted(_DTYPES)} (float32, int8, int16, int32, float16)")
-                data = f.read(size)
-                if len(data) != size:
-                    raise ValueError(f"{path}: the file ends inside variable {name}")
-                variables[name] = np.frombuffer(data, dtype=_DTYPES[dtype_id]).reshape(dims)
+                if record.dtype_id not in _DTYPES:
+                    raise ValueError(f"{path}: variable {record.name} has CTranslate2 dtype id {record.dtype_id}, "
+                                     f"not one of {sorted(_DTYPES)} (float32, int8, int16, int32, float16)")
+                data = f.read(record.size)
+                if len(data) != record.size:
+                    raise ValueError(f"{path}: the file ends inside variable {record.name}")
+                variables[record.name] = np.frombuffer(data, dtype=_DTYPES[record.dtype_id]).reshape(record.dims)
         except struct.error:
             raise ValueError(f"{path}: truncated or not a CTranslate2 model.bin") from None
     return variables
+
+
+def write_encoder_only(source: str | Path, out: str | Path) -> Path:
+    """Write `out`/model.bin: the CTranslate2 Whisper model.bin of folder `source` cut to its encoder
+    (the header and every `encoder/` variable's entry copied byte for byte, in file order; no
+    aliases), for the places that cannot take the whole file: the GPU machine takes at most 64 MiB
+    along, and tiny.en's model.bin is 72 MiB, its encoder 15.7 MiB. The torch encoder loads the cut
+    folder (features.encoder or $ASR_WHISPER_ENCODER) and computes exactly what it computes from
+    `source`; CTranslate2 cannot load it (no decoder). Its identity (the file's SHA-256, which
+    checkpoints record) is its own: a model trained on it names this file. `out`/source.txt names the
+    file it was cut from. Returns the new model.bin's path."""
+    from .whisper_numpy import encoder_identity
+
+    source, out = Path(source), Path(out)
+    path = source / "model.bin"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no CTranslate2 model.bin in {source}")
+    kept: list[bytes] = []
+    with open(path, "rb") as f:
+        try:
+            header, records = _header_and_records(f, path)
+            for record in records:
+                if not record.name.startswith("encoder/"):
+                    f.seek(record.size, 1)
+                    continue
+                data = f.read(record.size)
+                if len(data) != record.size:
+                    raise ValueError(f"{path}: the file ends inside variable {record.name}")
+                kept.append(record.header + data)
+        except struct.error:
+            raise ValueError(f"{path}: truncated or not a CTranslate2 model.bin") from None
+    if not kept:
+        raise ValueError(f"{path}: no encoder/ variables (not a Whisper model)")
+    out.mkdir(parents=True, exist_ok=True)
+    target, partial = out / "model.bin", out / "model.bin.partial"
+    with open(partial, "wb") as f:
+        f.write(header + struct.pack("<I", len(kept)))
+        for entry in kept:
+            f.write(entry)
+        f.write(struct.pack("<I", 0))  # aliases
+    partial.replace(target)
+    (out / "source.txt").write_text(f"encoder variables of {path} (encoder {encoder_identity(source)})\n",
+                                    encoding="utf-8")
+    return target
 
 
 class Block(nn.Module):
