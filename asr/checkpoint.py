@@ -250,6 +250,30 @@ def upgrade_checkpoint(source: str | os.PathLike, out: str | os.PathLike) -> lis
     return converted
 
 
+def retarget_encoder(source: str | os.PathLike, out: str | os.PathLike, trained_on: str | os.PathLike,
+                     target: str | os.PathLike) -> str:
+    """Rewrite checkpoint `source` (into `out`, which may be `source`), trained on the Whisper encoder in
+    folder `trained_on`, to name the encoder in folder `target` instead, after checking that the
+    checkpoint names `trained_on` and that both folders hold the same encoder weights: a model trained
+    on the GPU machine from the encoder alone (scripts/gpu_prepare.sh --whisper-encoder, whose file has
+    an identity of its own) then loads with the installed model. Returns the new identity."""
+    from .frontend.whisper_numpy import check_identity, encoder_identity
+    from .frontend.whisper_torch import same_encoder
+
+    payload = read_checkpoint(source)
+    features = payload["config"].get("features", {})
+    if not features.get("encoder_id"):
+        raise ValueError(f"{source}: not trained on a pretrained encoder (features.frontend "
+                         f"{features.get('frontend', 'logmel')!r}): nothing to retarget")
+    check_identity(Path(trained_on), features["encoder_id"])
+    if not same_encoder(trained_on, target):
+        raise ValueError(f"{target}: its encoder weights differ from those in {trained_on}, which {source} was "
+                         "trained on: its features would differ")
+    features["encoder_id"], features["encoder"] = encoder_identity(Path(target)), ""
+    save_checkpoint(out, payload)
+    return features["encoder_id"]
+
+
 def _numpy_array_globals() -> list:
     """What pickled numpy arrays and scalars refer to, under the module names numpy 1 and 2 give them."""
     import numpy as np

@@ -3,7 +3,10 @@ what CTranslate2 computes from the same weights."""
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +217,50 @@ def test_encoder_only_copy_of_the_installed_model(tmp_path):
     assert whole.keys() == alone.keys()
     assert all(np.array_equal(whole[name], alone[name]) for name in whole)
     assert cut.stat().st_size < (folder / "model.bin").stat().st_size / 3
+
+
+def _encoder_checkpoint(path: Path, encoder_id: str) -> Path:
+    """A checkpoint whose config names an encoder (all that retarget_encoder reads and rewrites)."""
+    from asr.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"config": {"features": {"frontend": "whisper-torch", "encoder": "/gpu/machine/cut",
+                                                   "encoder_id": encoder_id}},
+                           "tokenizer": {"kind": "char"}, "model": {"w": torch.ones(2)}})
+    return path
+
+
+def test_retarget_a_model_trained_on_the_cut_encoder(tmp_path):
+    """scripts/retarget_encoder.py: a checkpoint naming the cut folder's identity is rewritten to
+    name the whole model's, weights untouched; a checkpoint of another encoder, or a target whose
+    encoder differs, is refused with the file and the reason."""
+    from asr.checkpoint import read_checkpoint
+    from asr.frontend.whisper_numpy import encoder_identity
+    from asr.frontend.whisper_torch import write_encoder_only
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "whole").mkdir()
+    write_model_bin(tmp_path / "whole" / "model.bin", tiny_encoder_variables())
+    write_encoder_only(tmp_path / "whole", tmp_path / "cut")
+    trained = _encoder_checkpoint(tmp_path / "gpu.pt", encoder_identity(tmp_path / "cut"))
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(repo / "scripts" / "retarget_encoder.py"), *args], capture_output=True,
+                              text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
+
+    done = script(str(trained), "--trained-on", str(tmp_path / "cut"), "--encoder", str(tmp_path / "whole"),
+                  "--out", str(tmp_path / "here.pt"))
+    assert done.returncode == 0, done.stderr
+    payload = read_checkpoint(tmp_path / "here.pt")
+    assert payload["config"]["features"]["encoder_id"] == encoder_identity(tmp_path / "whole")
+    assert payload["config"]["features"]["encoder"] == ""
+    assert torch.equal(payload["model"]["w"], torch.ones(2))
+
+    (tmp_path / "other").mkdir()
+    write_model_bin(tmp_path / "other" / "model.bin", tiny_encoder_variables(seed=1))
+    refused = script(str(trained), "--trained-on", str(tmp_path / "cut"), "--encoder", str(tmp_path / "other"),
+                     "--out", str(tmp_path / "x.pt"))
+    assert refused.returncode == 1 and "weights differ" in refused.stderr and "other" in refused.stderr
+    wrong_source = script(str(trained), "--trained-on", str(tmp_path / "other"), "--encoder", str(tmp_path / "whole"),
+                          "--out", str(tmp_path / "x.pt"))
+    assert wrong_source.returncode == 1 and "trained on the features of" in wrong_source.stderr
+    assert not (tmp_path / "x.pt").exists()

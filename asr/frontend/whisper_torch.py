@@ -147,6 +147,16 @@ def write_encoder_only(source: str | Path, out: str | Path) -> Path:
     return target
 
 
+def same_encoder(a: str | Path, b: str | Path) -> bool:
+    """Whether CTranslate2 Whisper folders `a` and `b` hold the same encoder: the same `encoder/`
+    variables, equal in dtype, shape and every value (a folder cut by write_encoder_only against the
+    model it was cut from), so the same features."""
+    first, second = read_ctranslate2_variables(Path(a) / "model.bin"), read_ctranslate2_variables(Path(b) / "model.bin")
+    return first.keys() == second.keys() and all(
+        first[k].dtype == second[k].dtype and first[k].shape == second[k].shape and np.array_equal(first[k], second[k])
+        for k in first)
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
 
