@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -45,37 +45,46 @@ class _Record(NamedTuple):
     name: str
     dims: tuple[int, ...]
     dtype_id: int
-    size: int  # bytes of data
     header: bytes  # the entry's bytes before the data, as stored
 
 
-def _header_and_records(f: BinaryIO, path: Path) -> tuple[bytes, Iterator[_Record]]:
-    """The header of an open model.bin (version, spec name, revision: the bytes before the variable
-    count) and an iterator over its variables, each left at its data, which the caller reads or skips."""
-    start = f.tell()
-    (version,) = struct.unpack("<I", f.read(4))
-    if version != SUPPORTED_BINARY_VERSION:
-        raise ValueError(f"{path}: CTranslate2 binary version {version}; this reader knows version "
-                         f"{SUPPORTED_BINARY_VERSION}")
-    _read_string(f)  # the spec's name, e.g. WhisperSpec
-    f.read(4)  # revision
-    end = f.tell()
-    f.seek(start)
-    header = f.read(end - start)
-    (count,) = struct.unpack("<I", f.read(4))
-
-    def records() -> Iterator[_Record]:
-        for _ in range(count):
-            record_start = f.tell()
-            name = _read_string(f)
-            (rank,) = struct.unpack("<B", f.read(1))
-            dims = struct.unpack(f"<{rank}I", f.read(4 * rank))
-            dtype_id, size = struct.unpack("<BI", f.read(5))
-            record_end = f.tell()
-            f.seek(record_start)
-            yield _Record(name, dims, dtype_id, size, f.read(record_end - record_start))
-
-    return header, records()
+def _read_entries(path: Path, prefix: str) -> tuple[bytes, list[tuple[_Record, bytes]]]:
+    """The header of the model.bin at `path` (version, spec name, revision: the bytes before the
+    variable count) and (entry, data bytes) of each variable whose name starts with `prefix`, in
+    file order; the others are skipped without being read. Raises ValueError naming the file for
+    another binary version or a truncated file."""
+    kept = []
+    with open(path, "rb") as f:
+        try:
+            (version,) = struct.unpack("<I", f.read(4))
+            if version != SUPPORTED_BINARY_VERSION:
+                raise ValueError(f"{path}: CTranslate2 binary version {version}; this reader knows version "
+                                 f"{SUPPORTED_BINARY_VERSION}")
+            _read_string(f)  # the spec's name, e.g. WhisperSpec
+            f.read(4)  # revision
+            header_end = f.tell()
+            (count,) = struct.unpack("<I", f.read(4))
+            for _ in range(count):
+                entry_start = f.tell()
+                name = _read_string(f)
+                (rank,) = struct.unpack("<B", f.read(1))
+                dims = struct.unpack(f"<{rank}I", f.read(4 * rank))
+                dtype_id, size = struct.unpack("<BI", f.read(5))
+                if not name.startswith(prefix):
+                    f.seek(size, 1)
+                    continue
+                entry_end = f.tell()
+                f.seek(entry_start)
+                record = _Record(name, dims, dtype_id, f.read(entry_end - entry_start))
+                data = f.read(size)
+                if len(data) != size:
+                    raise ValueError(f"{path}: the file ends inside variable {name}")
+                kept.append((record, data))
+            f.seek(0)
+            header = f.read(header_end)
+        except struct.error:
+            raise ValueError(f"{path}: truncated or not a CTranslate2 model.bin") from None
+    return header, kept
 
 
 def read_ctranslate2_variables(path: str | Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
@@ -84,22 +93,11 @@ def read_ctranslate2_variables(path: str | Path, prefix: str = "encoder/") -> di
     for another binary version, an unknown dtype or a truncated file."""
     path = Path(path)
     variables: dict[str, np.ndarray] = {}
-    with open(path, "rb") as f:
-        try:
-            _, records = _header_and_records(f, path)
-            for record in records:
-                if not record.name.startswith(prefix):
-                    f.seek(record.size, 1)
-                    continue
-                if record.dtype_id not in _DTYPES:
-                    raise ValueError(f"{path}: variable {record.name} has CTranslate2 dtype id {record.dtype_id}, "
-                                     f"not one of {sorted(_DTYPES)} (float32, int8, int16, int32, float16)")
-                data = f.read(record.size)
-                if len(data) != record.size:
-                    raise ValueError(f"{path}: the file ends inside variable {record.name}")
-                variables[record.name] = np.frombuffer(data, dtype=_DTYPES[record.dtype_id]).reshape(record.dims)
-        except struct.error:
-            raise ValueError(f"{path}: truncated or not a CTranslate2 model.bin") from None
+    for record, data in _read_entries(path, prefix)[1]:
+        if record.dtype_id not in _DTYPES:
+            raise ValueError(f"{path}: variable {record.name} has CTranslate2 dtype id {record.dtype_id}, "
+                             f"not one of {sorted(_DTYPES)} (float32, int8, int16, int32, float16)")
+        variables[record.name] = np.frombuffer(data, dtype=_DTYPES[record.dtype_id]).reshape(record.dims)
     return variables
 
 
@@ -118,28 +116,15 @@ def write_encoder_only(source: str | Path, out: str | Path) -> Path:
     path = source / "model.bin"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no CTranslate2 model.bin in {source}")
-    kept: list[bytes] = []
-    with open(path, "rb") as f:
-        try:
-            header, records = _header_and_records(f, path)
-            for record in records:
-                if not record.name.startswith("encoder/"):
-                    f.seek(record.size, 1)
-                    continue
-                data = f.read(record.size)
-                if len(data) != record.size:
-                    raise ValueError(f"{path}: the file ends inside variable {record.name}")
-                kept.append(record.header + data)
-        except struct.error:
-            raise ValueError(f"{path}: truncated or not a CTranslate2 model.bin") from None
+    header, kept = _read_entries(path, "encoder/")
     if not kept:
         raise ValueError(f"{path}: no encoder/ variables (not a Whisper model)")
     out.mkdir(parents=True, exist_ok=True)
     target, partial = out / "model.bin", out / "model.bin.partial"
     with open(partial, "wb") as f:
         f.write(header + struct.pack("<I", len(kept)))
-        for entry in kept:
-            f.write(entry)
+        for record, data in kept:
+            f.write(record.header + data)
         f.write(struct.pack("<I", 0))  # aliases
     partial.replace(target)
     (out / "source.txt").write_text(f"encoder variables of {path} (encoder {encoder_identity(source)})\n",
