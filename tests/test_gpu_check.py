@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from asr.checkpoint import load_model
 from asr.config import load_config
+from encoder_support import needs_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
@@ -71,10 +74,15 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert files == OUTPUT_FILES and all(p.is_file() for p in out.iterdir())
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
-    assert [s["name"] for s in summary["steps"]] == list(_gpu_check_module().STEPS)
+    module = _gpu_check_module()
+    assert [s["name"] for s in summary["steps"]] == list(module.STEPS)
     for step in summary["steps"]:
+        if step["name"] in module.ON_REQUEST:  # only when --only names it
+            assert step["status"] == "skipped" and "not selected" in step["note"], step
+            continue
         assert step["status"] == "ok", step
         assert step["seconds"] > 0 and step["commands"], step
+    steps = {name: step for name, step in steps.items() if name not in module.ON_REQUEST}
     assert summary["mode"] == "cpu" and summary["seconds"] < 6 * 60
 
     # setup: the wheel was installed into a folder that comes first on the steps' path
@@ -93,7 +101,7 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     torchrun = steps["torchrun"]["figures"]["torchrun"]
     assert torchrun["identical_tensors"] == torchrun["tensors"] and torchrun["losses_identical"]
     train = steps["train"]["figures"]
-    assert train["updates"] == 8 and train["best_pt"] == "copied"
+    assert train["updates"] == 8 and train["best_pt"] == "best.pt"
     model, tokenizer, config = load_model(out / "best.pt")
     assert config.model.num_layers == 1 and len(tokenizer) > 20
 
@@ -110,7 +118,7 @@ def test_gpu_check_keeps_to_its_time_budget(tmp_path):
     run = _run(out, "--wheels", str(tmp_path / "none"), "--minutes", "0.05", timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["status"] for s in summary["steps"]] == ["skipped"] * 6
+    assert [s["status"] for s in summary["steps"]] == ["skipped"] * 7
     assert all(s["note"] for s in summary["steps"])
     assert "no time left" in summary["steps"][0]["note"]
 
@@ -123,12 +131,50 @@ def test_gpu_profile_overrides_are_valid():
     load_config(REPO / gpu.torchrun_config, gpu.torchrun_overrides + ["train.device=cuda"])
     config = load_config(REPO / gpu.train_config, gpu.train_overrides + ["train.device=cuda", "train.epochs=7"])
     assert config.train.num_workers == 4
+    module = _gpu_check_module()
+    config = load_config(REPO / module.FINETUNE_CONFIG, [*module.FINETUNE_SCHEDULE, *gpu.finetune_overrides,
+                                                        f"features.finetune_blocks={gpu.finetune_blocks}", "train.device=cuda"])
+    assert config.features.finetune_blocks == 4 and config.train.lr == 1e-4
 
 
-@pytest.mark.parametrize("args", [["OUT", "--only", "nonsense"], []])
-def test_gpu_check_refuses_bad_arguments(args):
+@needs_encoder
+def test_gpu_check_finetunes_the_shipped_head_under_the_whole_encoder(tmp_path):
+    """The finetune step (issue 23's lever on the GPU) on the CPU: the shipped head with all four of
+    Whisper's blocks trained under it (19.9 MB in float16), brought back as parts under the device
+    tool's 16 MiB that join into a model that loads; it runs only when --only names it."""
+    out = tmp_path / "out"
+    run = _run(out, "--only", "finetune", "--finetune-blocks", "4", "--minutes", "4")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+    assert {p.name for p in out.iterdir()} == {"summary.md", "summary.json", "check.log", "finetune.pt.0",
+                                               "finetune.pt.1", "finetune_metrics.jsonl"}
+    assert all(p.stat().st_size <= 15 * 2**20 for p in out.iterdir())
+    steps = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["steps"]}
+    assert steps["train"]["status"] == "skipped" and steps["finetune"]["status"] == "ok"
+    tuned = steps["finetune"]["figures"]
+    assert tuned["updates"] == 8 and tuned["finetune_blocks"] == 4 and tuned["init_from"].endswith("en-whisper-tiny-bilstm-ctc.pt")
+    joined = tmp_path / "finetune.pt"
+    joined.write_bytes(b"".join((out / f"finetune.pt.{i}").read_bytes() for i in range(2)))
+    model, _, config = load_model(joined)
+    assert config.features.finetune_blocks == 4 and len(model.frontend.top_blocks) == 4
+    assert next(model.parameters()).dtype == torch.float32  # float16 on disk, float32 to run
+    assert "## Fine-tuning run" in (out / "summary.md").read_text()
+
+
+def test_split_file_writes_parts_that_join_into_the_file(tmp_path):
+    data = bytes(range(256)) * 41  # 10,496 bytes
+    (tmp_path / "model.pt").write_bytes(data)
+    (tmp_path / "out").mkdir()
+    split_file = _gpu_check_module().split_file
+    assert split_file(tmp_path / "model.pt", tmp_path / "out", "m.pt", 4096) == ["m.pt.0", "m.pt.1", "m.pt.2"]
+    assert b"".join((tmp_path / "out" / f"m.pt.{i}").read_bytes() for i in range(3)) == data
+    assert split_file(tmp_path / "model.pt", tmp_path / "out", "one.pt", len(data)) == ["one.pt.0"]
+
+
+@pytest.mark.parametrize("args, message", [(["OUT", "--only", "nonsense"], "unknown steps nonsense"), ([], "usage"),
+                                           (["OUT", "--only", "train,finetune"], "run them in two checks")])
+def test_gpu_check_refuses_bad_arguments(args, message):
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), *args], capture_output=True, text=True)
-    assert run.returncode == 2 and "usage" in run.stderr
+    assert run.returncode == 2 and "usage" in run.stderr and message in run.stderr
 
 
 def test_a_crashed_pytest_is_reported_by_its_fatal_error_and_test():

@@ -251,6 +251,32 @@ def test_init_from_a_whisper_head_into_other_widths_or_encoders_is_refused(encod
                                              f"train.init_from={source}"]), corpus, corpus[:2], tmp_path / "other")
 
 
+def test_init_from_fewer_trained_blocks_keeps_them_on_top_and_starts_the_new_ones_from_the_encoder(
+        encoder_folder, corpus, tmp_path):
+    """A run that trained the top block continues with both blocks trained (issue 23: growing the trained
+    part of the encoder): its block stays the top one, the block below starts as the encoder holds it."""
+    top1 = OVERRIDES + [f"features.encoder={encoder_folder}", "features.finetune_blocks=1", "train.lr=0.01",
+                        "train.frontend_lr_scale=1"]
+    train(load_config(None, top1), corpus, corpus[:2], tmp_path / "top1")
+    source = read_checkpoint(tmp_path / "top1" / "last.pt")["model"]
+    encoder = frozen_encoder(encoder_folder, torch.device("cpu"))
+    assert not torch.equal(source["frontend.top_blocks.0.qkv.weight"], encoder.blocks[1].qkv.weight)  # it trained
+    config = load_config(None, OVERRIDES + [f"features.encoder={encoder_folder}", f"features.finetune_blocks={BLOCKS}",
+                                            f"train.init_from={tmp_path / 'top1' / 'last.pt'}", "train.lr=0"])
+    train(config, corpus, corpus[:2], tmp_path / "top2")
+    grown = read_checkpoint(tmp_path / "top2" / "last.pt")["model"]
+    for key, value in source.items():
+        moved = key.replace("frontend.top_blocks.0.", f"frontend.top_blocks.{BLOCKS - 1}.")
+        torch.testing.assert_close(grown[moved], value, msg=key)
+    for name, value in encoder.blocks[0].state_dict().items():
+        torch.testing.assert_close(grown[f"frontend.top_blocks.0.{name}"], value, msg=name)
+    # Fewer trained blocks than the checkpoint holds would drop trained weights: refused.
+    with pytest.raises(ValueError, match=r"cannot fine-tune from it \(train.init_from\): this run's "
+                                         rf"features.finetune_blocks {BLOCKS} -> 1 differs"):
+        train(load_config(None, top1 + [f"train.init_from={tmp_path / 'top2' / 'last.pt'}"]), corpus, corpus[:2],
+              tmp_path / "fewer")
+
+
 def test_onnx_export_refuses_whisper_torch_models(encoder_folder, corpus, tmp_path):
     from asr.serving.onnx_export import export_onnx
 

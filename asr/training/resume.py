@@ -38,7 +38,9 @@ RESUME_FIXED_SECTIONS = ("features", "model", "tokenizer")
 # train.init_from may start a features.frontend whisper-torch run from a head trained on the whisper
 # frontend (issue 23: the shipped head under fine-tuned top blocks): the same encoder (encoder_id) and
 # feature width, so the head's weights fit; these keys may differ, and the frontend's trained part
-# (top blocks, layer weights) starts from the encoder's own values.
+# (top blocks, layer weights) starts from the encoder's own values. Likewise from a whisper-torch run
+# that trained fewer top blocks (features.finetune_blocks k -> k' > k, last layer): its k blocks stay
+# the top k, the k' - k below them start from the encoder's own (growing the trained part downwards).
 WHISPER_TO_TORCH_KEYS = ("features.frontend", "features.encoder_layers", "features.finetune_blocks")
 
 
@@ -112,7 +114,7 @@ def read_init_checkpoint(path: str, config: Config) -> dict[str, Any]:
     else would not fit the weights or would mean other symbols. Checked before any data is read."""
     payload = read_checkpoint(path, map_location="cpu")
     trained = config_from_dict(payload["config"], f"{path}: config")
-    head_moves = _whisper_head_to_torch(trained, config)
+    head_moves = _whisper_head_to_torch(trained, config) or _more_top_blocks(trained, config)
     differ = [f"{k} {old!r} -> {new!r}" for k, old, new in _weight_fitting_changes(trained, config)
               if k.split(".")[0] in RESUME_FIXED_SECTIONS and not (head_moves and k in WHISPER_TO_TORCH_KEYS)]
     if differ:
@@ -128,17 +130,38 @@ def _whisper_head_to_torch(trained: Config, new: Config) -> bool:
             and feature_width_factor(new.features) == feature_width_factor(trained.features))
 
 
+def _more_top_blocks(trained: Config, new: Config) -> bool:
+    """Whether `new` trains more top blocks of the same whisper-torch last layer than `trained` did
+    (see WHISPER_TO_TORCH_KEYS)."""
+    a, b = trained.features, new.features
+    return (a.frontend == b.frontend == "whisper-torch" and a.encoder_layers == b.encoder_layers == "last"
+            and b.finetune_blocks > a.finetune_blocks)
+
+
 def load_init_weights(model: CTCModel, tokenizer: Tokenizer, payload: dict[str, Any], path: str) -> None:
     """Load train.init_from's weights and feature normalization into `model` to fine-tune it."""
     if payload["tokenizer"] != tokenizer.to_dict():
         raise ValueError(f"{path}: cannot fine-tune from it (train.init_from): its tokenizer is not this run's")
     own = model.state_dict()
     weights = dict(payload["model"])
-    if payload["config"].get("features", {}).get("frontend") == "whisper":
-        # A whisper-frontend head has no frontend weights: whisper-torch's trained part keeps the encoder's.
+    features = payload["config"].get("features", {})
+    if features.get("frontend") in ("whisper", "whisper-torch"):
+        # Its k trained blocks (none for a whisper-frontend head) are the top k of this run's k'; the
+        # frontend's other trained parameters keep the encoder's own values, as the model was built.
+        shift = getattr(model.frontend, "finetune_blocks", 0) - features.get("finetune_blocks", 0)
+        weights = {_shift_top_block(k, shift): v for k, v in weights.items()}
         weights.update({k: v for k, v in own.items() if k.startswith("frontend.") and k not in weights})
     model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in weights.items()})
     log.info("initialized from %s (weights and feature normalization)", path)
+
+
+def _shift_top_block(key: str, shift: int) -> str:
+    """'frontend.top_blocks.{i}.rest' -> 'frontend.top_blocks.{i + shift}.rest'; other keys as they are."""
+    prefix = "frontend.top_blocks."
+    if not shift or not key.startswith(prefix):
+        return key
+    index, rest = key[len(prefix):].split(".", 1)
+    return f"{prefix}{int(index) + shift}.{rest}"
 
 
 def read_resume_checkpoint(last_path: Path, config: Config, force_resume: bool) -> dict[str, Any]:
