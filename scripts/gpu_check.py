@@ -35,7 +35,8 @@ Steps, in this order; each is timed, and a failed one is recorded while the next
                of --finetune-from (default: .devdata/finetune_init.pt, which gpu_prepare.sh
                --whisper-encoder writes from the shipped model; else the shipped model itself), on the
                prepared subset for the minutes that remain, timed as train is
-               (conf/whisper_torch_ft1_cpu.yaml at lr 1e-4 decaying to 1e-5)
+               (conf/whisper_torch_ft1_cpu.yaml at lr 1e-4 decaying to 1e-5); brings back the last
+               weights (the dev slice is part of libri-other dev, where the model is scored)
 
 The output folder holds at most 8 files (what the device tool brings back): summary.md (the table
 and figures to read first), summary.json (the same, every figure), check.log (every step's command
@@ -538,7 +539,9 @@ class Check:
         note = (f"gpu_check finetune step: {FINETUNE_CONFIG}, top {blocks} block(s) trained under {Path(source).name}, on "
                 f"{figures['train_hours']:.2f} h of libri-other, {figures['updates']} updates, dev slice WER "
                 f"{figures['best_dev_wer']:.2f}% CER {figures['best_dev_cer']:.2f}%")
-        figures["finetune_pt"] = ", ".join(self.bring_back(result, exp / "best.pt", "finetune.pt", note))
+        # The last weights, not best.pt: the dev slice that picks best.pt is part of libri-other dev, on
+        # which the model is then scored, and the schedule ends at its lowest learning rate anyway.
+        figures["finetune_pt"] = ", ".join(self.bring_back(result, exp / "last.pt", "finetune.pt", note))
         shutil.copyfile(exp / "metrics.jsonl", self.out / "finetune_metrics.jsonl")
         result.figures.update(figures, config=FINETUNE_CONFIG, init_from=str(source), finetune_blocks=blocks)
         result.note = (f"top {blocks} block(s): {figures['updates']} updates, {figures['epochs']} epochs in "
