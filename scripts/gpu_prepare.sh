@@ -41,11 +41,14 @@ while [ $# -gt 0 ]; do
     --dev-utts) DEV_UTTS=$2; shift 2 ;;
     --margin-mib) MARGIN_MIB=$2; shift 2 ;;
     --whisper-encoder) WHISPER_ENCODER=1; shift ;;
-    --finetune-from) FINETUNE_FROM=$2; shift 2 ;;
+    --finetune-from) FINETUNE_FROM=$2; FINETUNE_GIVEN=1; shift 2 ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu_prepare: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "${FINETUNE_GIVEN:-0}" = 1 ] && [ "$WHISPER_ENCODER" = 0 ]; then
+  echo "gpu_prepare: --finetune-from needs --whisper-encoder (the model is named on the encoder carried with it)" >&2; exit 2
+fi
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
