@@ -426,13 +426,19 @@ def expand_checkpoint_paths(patterns: Sequence[str | os.PathLike]) -> list[Path]
     return paths
 
 
-def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
+def average_checkpoints(paths: Sequence[str | os.PathLike], weights: Sequence[float] | None = None) -> dict[str, Any]:
     """A checkpoint (config, tokenizer, model, metadata) whose weights are the element-wise mean of
-    those of `paths`, e.g. the last epochs of one run: floating-point tensors are summed in float64
-    and stored as float32, integer and bool buffers are taken from the last checkpoint, and so are
-    the config and tokenizer. The checkpoints must share the features and model config sections,
-    the tokenizer, and the names and shapes of all tensors (the train and decode sections may differ,
-    e.g. after a resume with more epochs); the first that does not is named in the error."""
+    those of `paths`, e.g. the last epochs of one run, or weighted by `weights` (one per path, not
+    negative; scaled to sum to 1): floating-point tensors are summed in float64 and stored as
+    float32, integer and bool buffers are taken from the last checkpoint, and so are the config and
+    tokenizer. The checkpoints must share the features and model config sections, the tokenizer, and
+    the names and shapes of all tensors (the train and decode sections may differ, e.g. after a
+    resume with more epochs); the first that does not is named in the error.
+
+    One exception makes soups of runs from one start possible: whisper-torch models that trained
+    different numbers of the encoder's top blocks (features.finetune_blocks) are each read as one
+    training the most blocks, the blocks they left frozen at the encoder's own weights
+    (asr.frontend.whisper_finetune.grow_trained_blocks), and the average trains that many."""
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}: {', '.join(map(str, paths))}")
@@ -442,11 +448,18 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
             also = "" if str(seen[path.resolve()]) == str(path) else f" (also as {seen[path.resolve()]})"
             raise ValueError(f"{path}: given twice{also}; it would count double")
         seen[path.resolve()] = path
+    shares = _average_shares(paths, weights)
+    blocks = _most_trained_blocks(paths)
     reference: tuple[Path, Any, dict, dict[str, tuple]] | None = None
     sums: dict[str, torch.Tensor] = {}
-    for path in paths:
+    for path, share in zip(paths, shares):
         payload = read_checkpoint(path)
         config = config_from_dict(payload["config"], f"{path}: config")
+        if blocks is not None and config.features.finetune_blocks != blocks:
+            from .frontend.whisper_finetune import grow_trained_blocks
+
+            payload["model"] = grow_trained_blocks(payload["model"], config.features, blocks)
+            config.features.finetune_blocks = payload["config"]["features"]["finetune_blocks"] = blocks
         layout = {k: (tuple(v.shape), v.is_floating_point()) for k, v in payload["model"].items()}
         if reference is None:
             reference = (path, config, payload["tokenizer"], layout)
@@ -454,21 +467,48 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
             _check_same_model(path, config, payload["tokenizer"], layout, *reference)
         for name, value in payload["model"].items():
             if value.is_floating_point():
-                sums[name] = sums[name] + value.double() if name in sums else value.double()
+                value = value.double() * share
+                sums[name] = sums[name] + value if name in sums else value
             else:
                 sums[name] = value  # integer and bool buffers: the last checkpoint's
         last_config, last_tokenizer = payload["config"], payload["tokenizer"]
         del payload
-    weights = {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in sums.items()}
+    metadata: dict[str, Any] = {"averaged": [_short_name(p) for p in paths]}
+    if weights is not None:
+        metadata["weights"] = [round(s, 6) for s in shares]
     result = {
         "config": last_config,
         "tokenizer": last_tokenizer,
-        "model": weights,
-        "metadata": {"averaged": [_short_name(p) for p in paths],
-                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "model": {k: v.float() if v.is_floating_point() else v for k, v in sums.items()},
+        "metadata": {**metadata, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
     model_from_payload(result)  # the result must load as a model
     return result
+
+
+def _average_shares(paths: list[Path], weights: Sequence[float] | None) -> list[float]:
+    """Each checkpoint's share of the average: equal, or `weights` scaled to sum to 1."""
+    if weights is None:
+        return [1.0 / len(paths)] * len(paths)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} checkpoints ({', '.join(map(str, paths))}): "
+                         "give one weight per checkpoint")
+    if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"averaging weights must be 0 or more and not all 0, got {' '.join(f'{w:g}' for w in weights)}")
+    return [w / sum(weights) for w in weights]
+
+
+def _most_trained_blocks(paths: list[Path]) -> int | None:
+    """The most encoder blocks any of `paths` trained when they are all whisper-torch models read at
+    the last layer and do not all train the same number (see average_checkpoints); else None."""
+    counts = []
+    for path in paths:
+        features = read_checkpoint(path)["config"].get("features", {})
+        if features.get("frontend") != "whisper-torch" or features.get("encoder_layers", "last") != "last":
+            return None
+        counts.append(int(features.get("finetune_blocks", 0)))
+    return max(counts) if len(set(counts)) > 1 else None
 
 
 def _check_same_model(path: Path, config: Config, tokenizer: dict, layout: dict[str, tuple],

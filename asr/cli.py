@@ -236,9 +236,13 @@ def add_average(sub: argparse._SubParsersAction) -> None:
     """`asr average`: the mean of several checkpoints' weights."""
     p = sub.add_parser("average", help="average the weights of several checkpoints of one model, e.g. its last epochs",
                        description="Element-wise mean of the weights of checkpoints of one model (same config, "
-                       "tokenizer and shapes), written as a checkpoint that loads like any other.")
+                       "tokenizer and shapes), written as a checkpoint that loads like any other. Whisper-torch "
+                       "models that trained different numbers of encoder blocks (runs from one start) average as "
+                       "models training the most, the blocks they left frozen at the encoder's own weights.")
     p.add_argument("checkpoints", nargs="+", help="checkpoints, or a quoted glob such as 'exp/x/epoch*.pt'")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt); asr export model compacts it")
+    p.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one weight per checkpoint (after glob expansion), scaled to sum to 1 (default: equal)")
     p.set_defaults(run=_average)
 
 
@@ -248,8 +252,13 @@ def _average(args: argparse.Namespace) -> int:
     paths = expand_checkpoint_paths(args.checkpoints)
     if any(p.resolve() == args.out.resolve() for p in paths):
         raise ValueError(f"{args.out}: --out is one of the checkpoints to average; choose another file")
-    save_checkpoint(args.out, average_checkpoints(paths))
-    print(f"wrote {args.out}: the average of {len(paths)} checkpoints ({', '.join(str(p) for p in paths)})")
+    save_checkpoint(args.out, average_checkpoints(paths, args.weights))
+    if args.weights is None:
+        print(f"wrote {args.out}: the average of {len(paths)} checkpoints ({', '.join(str(p) for p in paths)})")
+    else:
+        total = sum(args.weights)
+        parts = ", ".join(f"{w / total:.3g} x {p}" for w, p in zip(args.weights, paths))
+        print(f"wrote {args.out}: the weighted average of {len(paths)} checkpoints ({parts})")
     return 0
 
 

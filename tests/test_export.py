@@ -229,6 +229,21 @@ def test_average_mismatch_names_the_file(tmp_path, change, message):
         average_checkpoints([a, b, odd])
 
 
+def test_weighted_average(tmp_path):
+    a = make_checkpoint(tmp_path / "a.pt", seed=1, training_state=False)
+    b = make_checkpoint(tmp_path / "b.pt", seed=2, training_state=False)
+    payload = average_checkpoints([a, b], weights=[1, 3])
+    first, second = read_checkpoint(a)["model"], read_checkpoint(b)["model"]
+    for name, value in payload["model"].items():
+        torch.testing.assert_close(value, 0.25 * first[name] + 0.75 * second[name], rtol=0, atol=1e-6)
+    assert payload["metadata"]["weights"] == [0.25, 0.75]
+    assert "weights" not in average_checkpoints([a, b])["metadata"]
+    for weights, message in (([1], "1 weights for 2 checkpoints"), ([1, -1], "must be 0 or more"),
+                             ([0, 0], "not all 0"), ([1, float("nan")], "must be 0 or more")):
+        with pytest.raises(ValueError, match=message):
+            average_checkpoints([a, b], weights=weights)
+
+
 def test_average_needs_two_distinct_checkpoints(tmp_path):
     a = make_checkpoint(tmp_path / "a.pt", training_state=False)
     with pytest.raises(ValueError, match="at least two"):
@@ -258,6 +273,12 @@ def test_average_cli_with_glob(capsys, tmp_path):
     torch.testing.assert_close(read_checkpoint(out)["model"]["output.weight"], sum(weights) / 3, rtol=0, atol=1e-6)
     code, _, err = run(capsys, "average", tmp_path / "exp" / "epoch*.pt", "--out", tmp_path / "exp" / "epoch3.pt")
     assert code == 2 and "epoch3.pt: --out is one of the checkpoints" in err
+    code, stdout, _ = run(capsys, "average", tmp_path / "exp" / "epoch*.pt", "--weights", "2", "1", "1", "--out", out)
+    assert code == 0 and "weighted average of 3 checkpoints (0.5 x " in stdout
+    torch.testing.assert_close(read_checkpoint(out)["model"]["output.weight"],
+                               (2 * weights[0] + weights[1] + weights[2]) / 4, rtol=0, atol=1e-6)
+    code, _, err = run(capsys, "average", tmp_path / "exp" / "epoch*.pt", "--weights", "1", "1", "--out", out)
+    assert code == 2 and "2 weights for 3 checkpoints" in err
     code, _, err = run(capsys, "average", tmp_path / "none*.pt", "--out", out)
     assert code == 2 and "none*.pt: no checkpoint matches" in err
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from asr.checkpoint import load_model, read_checkpoint, save_checkpoint
+from asr.checkpoint import average_checkpoints, load_model, read_checkpoint, save_checkpoint
 from asr.config import ConfigError, load_config
 from asr.data import read_manifest
 from asr.frontend import FeatureConfig, make_frontend
-from asr.frontend.whisper_finetune import WhisperTorchFrontend, frozen_encoder
+from asr.frontend.whisper_finetune import WhisperTorchFrontend, frozen_encoder, grow_trained_blocks
 from asr.frontend.whisper_numpy import whisper_log_mel
 from asr.model import CTCModel
 from asr.training import train
@@ -275,6 +275,49 @@ def test_init_from_fewer_trained_blocks_keeps_them_on_top_and_starts_the_new_one
                                          rf"features.finetune_blocks {BLOCKS} -> 1 differs"):
         train(load_config(None, top1 + [f"train.init_from={tmp_path / 'top2' / 'last.pt'}"]), corpus, corpus[:2],
               tmp_path / "fewer")
+
+
+@pytest.mark.parametrize("trained", [0, 1])
+def test_a_model_grown_to_more_trained_blocks_computes_the_same_features(encoder_folder, trained):
+    """grow_trained_blocks: the blocks a model left frozen take the encoder's own weights, so the grown
+    model (as `asr average` reads it) gives the features the model gave."""
+    small = make_frontend(features(encoder_folder, finetune_blocks=trained))
+    for parameter in small.parameters():  # as if trained: not the encoder's values any more
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    weights = {f"frontend.{k}": v for k, v in small.state_dict().items()}
+    grown = grow_trained_blocks(weights, small.config, BLOCKS)
+    assert sorted(grown) == sorted(f"frontend.{k}" for k in make_frontend(
+        features(encoder_folder, finetune_blocks=BLOCKS)).state_dict())
+    big = make_frontend(features(encoder_folder, finetune_blocks=BLOCKS))
+    big.load_state_dict({k.removeprefix("frontend."): v for k, v in grown.items()})
+    batch, lengths = waves(2.0, 1.1)
+    torch.testing.assert_close(big(batch, lengths)[0], small(batch, lengths)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=f"features.finetune_blocks {BLOCKS + 1}: the encoder in .* has {BLOCKS} blocks"):
+        grow_trained_blocks(weights, small.config, BLOCKS + 1)
+
+
+def test_average_of_runs_that_trained_different_blocks(encoder_folder, corpus, tmp_path):
+    """asr average over whisper-torch runs that trained one and two blocks (a soup of runs from one
+    start, issue 23): the one-block run counts with the encoder's own lower block; weights apply."""
+    base = OVERRIDES + [f"features.encoder={encoder_folder}", "train.lr=0.01", "train.frontend_lr_scale=1"]
+    for k in (1, BLOCKS):
+        train(load_config(None, base + [f"features.finetune_blocks={k}"]), corpus, corpus[:2], tmp_path / f"top{k}")
+    paths = [tmp_path / "top1" / "last.pt", tmp_path / f"top{BLOCKS}" / "last.pt"]
+    one, two = (read_checkpoint(p)["model"] for p in paths)
+    payload = average_checkpoints(paths, weights=[3, 1])
+    assert payload["config"]["features"]["finetune_blocks"] == BLOCKS
+    assert payload["metadata"]["weights"] == [0.75, 0.25]
+    encoder = frozen_encoder(encoder_folder, torch.device("cpu"))
+    own = {f"frontend.top_blocks.0.{k}": v for k, v in encoder.blocks[0].state_dict().items()}
+    for key, value in payload["model"].items():
+        if key in own:  # frozen in the one-block run
+            expected = 0.75 * own[key] + 0.25 * two[key]
+        else:
+            moved = key.replace(f"frontend.top_blocks.{BLOCKS - 1}.", "frontend.top_blocks.0.")
+            expected = 0.75 * one[moved] + 0.25 * two[key] if value.is_floating_point() else two[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6, msg=key)
+    # Either order: the result trains the most blocks.
+    assert average_checkpoints(paths[::-1])["config"]["features"]["finetune_blocks"] == BLOCKS
 
 
 def test_onnx_export_refuses_whisper_torch_models(encoder_folder, corpus, tmp_path):

@@ -15,6 +15,9 @@ top k blocks and the final LayerNorm with the head.
 - Training caches the frozen part's output per utterance (FeatureCache, float16): the state entering
   the first trained block, or the layer outputs the features are made of ((L + 1, T, D) for
   "weighted", (2, T, D) for "last2"). The cache folder is named by the variant as well as the encoder.
+- A model that trained k blocks reads as one training more (`grow_trained_blocks`: the blocks it left
+  frozen at the encoder's own weights, the same features), as train.init_from does when a run trains
+  more blocks than its start; `asr average` mixes runs that trained different numbers of blocks so.
 - Inputs over 30 s run window by window (mel_windows), the frozen part as the whisper frontend does;
   the trained blocks see the same windows, all windows of a batch at once with a padding mask, so an
   utterance's features do not depend on what it is batched with.
@@ -151,3 +154,49 @@ class WhisperTorchFrontend(nn.Module):
             outputs.append(torch.cat([x[row + j, : w.shape[0]] for j, w in enumerate(utterance)]))
             row += len(utterance)
         return outputs
+
+
+# ---------------------------------------------------------------------------------------------------
+# A model's weights as those of one that trains more of the encoder.
+
+TOP_BLOCKS = "frontend.top_blocks."
+
+
+def renumber_top_blocks(weights: dict[str, torch.Tensor], shift: int) -> dict[str, torch.Tensor]:
+    """A model's weights with 'frontend.top_blocks.{i}.*' renamed '{i + shift}' (other keys as they
+    are): the k blocks a model trained, as the top k of a model that trains k + shift."""
+    def renamed(key: str) -> str:
+        if not shift or not key.startswith(TOP_BLOCKS):
+            return key
+        index, rest = key[len(TOP_BLOCKS):].split(".", 1)
+        return f"{TOP_BLOCKS}{int(index) + shift}.{rest}"
+
+    return {renamed(k): v for k, v in weights.items()}
+
+
+def grow_trained_blocks(weights: dict[str, torch.Tensor], config: FeatureConfig, blocks: int) -> dict[str, torch.Tensor]:
+    """The weights of a whisper-torch model (last layer) that trained `config.finetune_blocks` top
+    blocks, as those of the same model training `blocks` (at least as many): its trained blocks stay
+    on top and the blocks below (and the final norm, if it trained none) take the encoder's own weights,
+    which is what they were when frozen, so the grown model computes the same features. This is what
+    lets `asr average` mix runs from one start that trained different numbers of blocks."""
+    if config.frontend != "whisper-torch" or config.encoder_layers != "last":
+        raise ValueError(f"only whisper-torch models read at the last layer train encoder blocks, not "
+                         f"{config.frontend!r} ({config.encoder_layers!r})")
+    shift = blocks - config.finetune_blocks
+    if shift < 0:
+        raise ValueError(f"a model that trained {config.finetune_blocks} blocks cannot be read as one training {blocks}")
+    folder = find_encoder(config.encoder)
+    check_identity(folder, config.encoder_id)
+    encoder = frozen_encoder(folder, torch.device("cpu"))
+    if blocks > len(encoder.blocks):
+        raise ValueError(f"features.finetune_blocks {blocks}: the encoder in {folder} has {len(encoder.blocks)} blocks")
+    grown = renumber_top_blocks(weights, shift)
+    first = len(encoder.blocks) - blocks
+    for j in range(shift):
+        grown.update({f"{TOP_BLOCKS}{j}.{name}": value.detach().clone()
+                      for name, value in encoder.blocks[first + j].state_dict().items()})
+    if not config.finetune_blocks:
+        grown.update({f"frontend.top_norm.{name}": value.detach().clone()
+                      for name, value in encoder.final_norm.state_dict().items()})
+    return grown

@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import RESUME_ENTRIES, read_checkpoint, weights_mismatch
 from ..config import Config, TrainConfig, config_from_dict
 from ..frontend import feature_width_factor
+from ..frontend.whisper_finetune import renumber_top_blocks
 from ..model import CTCModel
 from ..text import Tokenizer
 from .distributed import DistributedSetup
@@ -149,19 +150,10 @@ def load_init_weights(model: CTCModel, tokenizer: Tokenizer, payload: dict[str, 
         # Its k trained blocks (none for a whisper-frontend head) are the top k of this run's k'; the
         # frontend's other trained parameters keep the encoder's own values, as the model was built.
         shift = getattr(model.frontend, "finetune_blocks", 0) - features.get("finetune_blocks", 0)
-        weights = {_shift_top_block(k, shift): v for k, v in weights.items()}
+        weights = renumber_top_blocks(weights, shift)
         weights.update({k: v for k, v in own.items() if k.startswith("frontend.") and k not in weights})
     model.load_state_dict({k: v.to(own[k].dtype) if k in own else v for k, v in weights.items()})
     log.info("initialized from %s (weights and feature normalization)", path)
-
-
-def _shift_top_block(key: str, shift: int) -> str:
-    """'frontend.top_blocks.{i}.rest' -> 'frontend.top_blocks.{i + shift}.rest'; other keys as they are."""
-    prefix = "frontend.top_blocks."
-    if not shift or not key.startswith(prefix):
-        return key
-    index, rest = key[len(prefix):].split(".", 1)
-    return f"{prefix}{int(index) + shift}.{rest}"
 
 
 def read_resume_checkpoint(last_path: Path, config: Config, force_resume: bool) -> dict[str, Any]:
