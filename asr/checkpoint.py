@@ -56,17 +56,18 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     write_atomic(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **payload}, f))
 
 
-def load_data_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def load_data_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """The contents of a file written by torch.save, read with torch's restricted unpickler
     (weights_only=True): tensors and plain data only, so loading runs no code from the file. A file
-    that holds anything else is refused with a ValueError naming the file and what it holds."""
+    that holds anything else is refused with a ValueError naming the file and what it holds.
+    `mmap`: tensors stay memory-mapped, read from disk only when used (to read a config cheaply)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     _check_torch_file(path)
     try:
         with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise ValueError(_refusal(path, e)) from None
     except Exception as e:
@@ -131,13 +132,14 @@ def _is_numpy_array_global(name: str) -> bool:
 
 
 def read_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", required: Sequence[str] = MODEL_ENTRIES
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", required: Sequence[str] = MODEL_ENTRIES,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """A checkpoint's payload, read safely (`load_data_file`: no code runs) and checked to hold
     `required` entries (MODEL_ENTRIES; RESUME_ENTRIES to resume training) of the right kinds;
-    otherwise one ValueError names the file and everything missing."""
+    otherwise one ValueError names the file and everything missing. `mmap`: see load_data_file."""
     path = Path(path)
-    payload = load_data_file(path, map_location)
+    payload = load_data_file(path, map_location, mmap)
     check_entries(payload, path, required)
     return payload
 
@@ -501,10 +503,11 @@ def _average_shares(paths: list[Path], weights: Sequence[float] | None) -> list[
 
 def _most_trained_blocks(paths: list[Path]) -> int | None:
     """The most encoder blocks any of `paths` trained when they are all whisper-torch models read at
-    the last layer and do not all train the same number (see average_checkpoints); else None."""
+    the last layer and do not all train the same number (see average_checkpoints); else None.
+    Only the configs are read: the weights stay memory-mapped, untouched."""
     counts = []
     for path in paths:
-        features = read_checkpoint(path)["config"].get("features", {})
+        features = read_checkpoint(path, mmap=True)["config"].get("features", {})
         if features.get("frontend") != "whisper-torch" or features.get("encoder_layers", "last") != "last":
             return None
         counts.append(int(features.get("finetune_blocks", 0)))

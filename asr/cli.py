@@ -252,12 +252,12 @@ def _average(args: argparse.Namespace) -> int:
     paths = expand_checkpoint_paths(args.checkpoints)
     if any(p.resolve() == args.out.resolve() for p in paths):
         raise ValueError(f"{args.out}: --out is one of the checkpoints to average; choose another file")
-    save_checkpoint(args.out, average_checkpoints(paths, args.weights))
+    payload = average_checkpoints(paths, args.weights)
+    save_checkpoint(args.out, payload)
     if args.weights is None:
         print(f"wrote {args.out}: the average of {len(paths)} checkpoints ({', '.join(str(p) for p in paths)})")
     else:
-        total = sum(args.weights)
-        parts = ", ".join(f"{w / total:.3g} x {p}" for w, p in zip(args.weights, paths))
+        parts = ", ".join(f"{share:.3g} x {p}" for share, p in zip(payload["metadata"]["weights"], paths))
         print(f"wrote {args.out}: the weighted average of {len(paths)} checkpoints ({parts})")
     return 0
 
