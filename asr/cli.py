@@ -183,7 +183,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
     c = formats.add_parser("onnx", help="the model from features to CTC log-probs as ONNX, for asr.serving.onnx_runtime (no torch)",
                            description="Export CTCModel.encode (normalized log-mel features, or the frozen Whisper "
-                           "encoder's for features.frontend=whisper -> log-probs) as an ONNX "
+                           "encoder's for features.frontend=whisper -> log-probs; for features.frontend=whisper-torch, "
+                           "Whisper's log-mel windows -> log-probs, the whole encoder in the graph) as an ONNX "
                            "graph with dynamic batch and time, the feature settings, normalizer and tokenizer (and the "
                            "encoder's identity) in its metadata. Transcribe with it without torch: python -m "
                            "asr.serving.onnx_runtime MODEL.onnx AUDIO... (pip install 'asr[onnx]'; a whisper model also needs "

@@ -1,7 +1,8 @@
 """ONNX (asr.serving.onnx_runtime, no torch) against torch on a manifest: transcripts equal or not, the largest
 log-prob difference, and CPU RTFx of each, one file at a time (batch of one, as a service would run
 a request), from the waveform in memory to the greedy transcript (features included; for a
-whisper-frontend model both sides run the same CTranslate2 encoder, with torch's or numpy's log-mel).
+whisper-frontend model both sides run the same CTranslate2 encoder, with torch's or numpy's log-mel;
+a whisper-torch model's graph holds the encoder).
 
     python scripts/bench_onnx.py exp/fsdd/best.pt data/test.jsonl --threads 1 [--onnx model.onnx]
 """
@@ -83,6 +84,8 @@ def main() -> int:
         import ctranslate2
 
         features = f"numpy Whisper log-mel, CTranslate2 {ctranslate2.__version__} int8 encoder"
+    elif onnx.frontend == "whisper-torch":  # the whole encoder, float32, in the graph
+        features = "numpy Whisper log-mel, the encoder in the graph"
     print(f"| onnxruntime {onnxruntime.__version__} ({features}) | {onnx_seconds:.2f} | {audio_seconds / onnx_seconds:.0f} |")
     return 0 if same == len(utts) else 1
 

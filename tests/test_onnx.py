@@ -205,11 +205,11 @@ def test_whisper_onnx_log_probs_match_torch(whisper_onnx):
     assert expected[-1].shape[0] == 792  # 31.7 s: 3170 mel frames (2 windows), 1585 encoder frames, stacked by 2
 
 
-@needs_encoder
-def test_whisper_runtime_transcribes_like_torch_without_importing_torch(whisper_onnx, tmp_path):
+def runtime_transcribes_like_torch(checkpoint: Path, onnx_path: Path, tmp_path: Path, without: tuple[str, ...]) -> None:
+    """The runtime's command line, in a process of its own, transcribes two files as torch does greedily,
+    without importing any of the modules named in `without`."""
     import soundfile
 
-    checkpoint, path, _ = whisper_onnx
     files = []
     for i, seconds in enumerate((1.0, 2.5)):
         files.append(tmp_path / f"{i}.wav")
@@ -222,13 +222,20 @@ def test_whisper_runtime_transcribes_like_torch_without_importing_torch(whisper_
             log_probs, frames = model(wave[None], torch.tensor([wave.shape[0]]))
             expected.append(tokenizer.decode(greedy_ids(log_probs[0, : int(frames[0])].numpy(), tokenizer.blank)))
     code = ("import sys\nfrom asr.serving.onnx_runtime import main\ncode = main(sys.argv[1:])\n"
-            "assert 'torch' not in sys.modules, 'the ONNX runtime imported torch'\nsys.exit(code)")
-    run = subprocess.run([sys.executable, "-c", code, str(path), "--threads", "1", *map(str, files)],
+            f"for name in {without!r}:\n    assert name not in sys.modules, f'the ONNX runtime imported {{name}}'\n"
+            "sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code, str(onnx_path), "--threads", "1", *map(str, files)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [f"{f}\t{t}" for f, t in zip(files, expected)]
     assert all(expected)  # the random model emits letters, so equality says something
+
+
+@needs_encoder
+def test_whisper_runtime_transcribes_like_torch_without_importing_torch(whisper_onnx, tmp_path):
+    checkpoint, path, _ = whisper_onnx
+    runtime_transcribes_like_torch(checkpoint, path, tmp_path, ("torch",))
 
 
 @needs_encoder
@@ -242,3 +249,92 @@ def test_whisper_runtime_refuses_another_encoder(whisper_onnx, tmp_path):
     onnx.save(graph, str(tmp_path / "other.onnx"))
     with pytest.raises(ValueError, match=r"trained on the features of whisper-base\.en \(sha256 ababab"):
         OnnxRecognizer(tmp_path / "other.onnx")
+
+
+# --------------------------------------------------------------------------- the whisper-torch frontend
+# Whisper's encoder in PyTorch, its top blocks perhaps trained: the graph holds the whole encoder
+# (asr.serving.onnx_export), so these run on a tiny random encoder written as a CTranslate2 model.bin
+# (tests/test_whisper_torch.py) and need neither the installed encoder nor CTranslate2.
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from test_whisper_torch import tiny_encoder_variables, write_model_bin
+
+    folder = tmp_path_factory.mktemp("tiny-whisper")
+    write_model_bin(folder / "model.bin", tiny_encoder_variables(layers=2, positions=1500))
+    return folder
+
+
+def whisper_torch_checkpoint(path: Path, encoder: Path, overrides: list[str]) -> Path:
+    """A random whisper-torch model whose trained blocks and norm (if any) differ from the encoder's own,
+    so a graph that ran the installed encoder's blocks instead would not match."""
+    random_checkpoint(path, ["features.frontend=whisper-torch", f"features.encoder={encoder}", "model.subsampling=stack",
+                             "model.hidden_size=16", "model.num_layers=1", *overrides])
+    from asr.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    generator = torch.Generator().manual_seed(1)
+    for key, value in checkpoint["model"].items():
+        if key.startswith(("frontend.top_blocks.", "frontend.top_norm.", "frontend.layer_weights")):
+            value.add_(0.3 * torch.randn(value.shape, generator=generator))
+    save_checkpoint(path, checkpoint)
+    return path
+
+
+@pytest.mark.parametrize("overrides", [
+    ["features.finetune_blocks=0"], ["features.finetune_blocks=1"], ["features.finetune_blocks=2"],
+    ["features.encoder_layers=weighted"], ["features.encoder_layers=last2"],
+], ids=["float-last", "top1", "top2", "weighted", "last2"])
+def test_whisper_torch_onnx_log_probs_match_torch(tiny_encoder, tmp_path, overrides):
+    checkpoint = whisper_torch_checkpoint(tmp_path / "model.pt", tiny_encoder, overrides)
+    metadata = export_onnx(checkpoint, tmp_path / "model.onnx")
+    model, _, config = load_model(checkpoint)
+    assert metadata["frontend"] == "whisper-torch" and metadata["encoder_id"] == config.features.encoder_id
+    assert metadata["features"]["finetune_blocks"] == config.features.finetune_blocks
+    assert metadata["features"]["dim"] == model.frontend.dim
+    onnx = OnnxRecognizer(tmp_path / "model.onnx", threads=1)
+    assert onnx.encoder is None  # no CTranslate2: the graph holds the encoder
+    batch = [speechlike(s, seed=i) for i, s in enumerate((1.3, 4.0, 31.7))]  # the last one in 2 windows
+    expected = torch_log_probs(model, batch)
+    assert expected[-1].shape[0] == 396  # 31.7 s: 3170 mel frames (2 windows), 1585 encoder frames, stacked by 4
+    for single, together, reference in zip([onnx.log_probs([w])[0] for w in batch], onnx.log_probs(batch), expected):
+        assert single.shape == reference.shape and together.shape == reference.shape
+        assert np.abs(single - reference).max() < TOLERANCE
+        assert np.abs(together - reference).max() < TOLERANCE
+        assert np.abs(np.diff(reference, axis=0)).max() > 0.1  # frames differ: wrong features would show
+    with pytest.raises(ValueError, match="computes its features inside the graph"):
+        onnx.features(batch[0])
+
+
+def test_whisper_torch_window_features_ignore_padding(tiny_encoder, tmp_path):
+    """The graph's path: windows of different lengths in one padded batch give each window's features
+    alone (the masks in both convolutions' reach and in attention), and those of the torch frontend."""
+    from asr.frontend.whisper_finetune import frozen_encoder
+    from asr.frontend.whisper_numpy import whisper_log_mel
+
+    model, _, _ = load_model(whisper_torch_checkpoint(tmp_path / "m.pt", tiny_encoder, ["features.finetune_blocks=1"]))
+    waves = [speechlike(s, seed=i) for i, s in enumerate((2.0, 0.73, 1.01))]
+    mels = [torch.from_numpy(whisper_log_mel(w, 8)) for w in waves]
+    frames = torch.tensor([m.shape[1] for m in mels])
+    batch = torch.nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
+    with torch.no_grad():
+        together = model.frontend.window_features(batch, frames)
+        for i, (wave, mel) in enumerate(zip(waves, mels)):
+            alone = model.frontend.window_features(mel[None], frames[i:i + 1])[0]
+            reference, n = model.frontend(torch.from_numpy(wave)[None], torch.tensor([wave.shape[0]]))
+            assert alone.shape[0] == int(n[0]) == (mel.shape[1] + 1) // 2
+            torch.testing.assert_close(together[i, : alone.shape[0]], alone, rtol=0, atol=1e-5)
+            torch.testing.assert_close(alone, reference[0], rtol=0, atol=1e-5)
+        # The padding matters: without the masks the shorter windows' features change.
+        encoder = frozen_encoder(model.frontend.folder, torch.device("cpu"))
+        unmasked, masked = encoder.hidden_states(batch)[-1], encoder.hidden_states(batch, None, frames)[-1]
+        assert (unmasked[1, : (int(frames[1]) + 1) // 2] - masked[1, : (int(frames[1]) + 1) // 2]).abs().max() > 1e-2
+
+
+def test_whisper_torch_runtime_transcribes_like_torch_without_torch_or_ctranslate2(tiny_encoder, tmp_path, capsys):
+    checkpoint = whisper_torch_checkpoint(tmp_path / "model.pt", tiny_encoder, ["features.finetune_blocks=1"])
+    out = tmp_path / "model.onnx"
+    assert asr_main(["export", "onnx", str(checkpoint), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    runtime_transcribes_like_torch(checkpoint, out, tmp_path, ("torch", "ctranslate2"))

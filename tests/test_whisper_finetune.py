@@ -320,15 +320,6 @@ def test_average_of_runs_that_trained_different_blocks(encoder_folder, corpus, t
     assert average_checkpoints(paths[::-1])["config"]["features"]["finetune_blocks"] == BLOCKS
 
 
-def test_onnx_export_refuses_whisper_torch_models(encoder_folder, corpus, tmp_path):
-    from asr.serving.onnx_export import export_onnx
-
-    train(load_config(None, OVERRIDES + [f"features.encoder={encoder_folder}", "train.max_steps=1"]),
-          corpus, corpus[:2], tmp_path)
-    with pytest.raises(ValueError, match="asr export onnx supports the logmel and whisper frontends, not 'whisper-torch'"):
-        export_onnx(tmp_path / "last.pt", tmp_path / "model.onnx")
-
-
 # --------------------------------------------------------------------------- the installed encoder
 
 

@@ -138,6 +138,27 @@ class WhisperTorchFrontend(nn.Module):
         frames = torch.tensor([o.shape[0] for o in outputs], dtype=torch.long, device=lengths.device)
         return nn.utils.rnn.pad_sequence(outputs, batch_first=True), frames
 
+    def window_features(self, mel: torch.Tensor, mel_frames: torch.Tensor) -> torch.Tensor:
+        """The whole frontend over a padded batch of log-mel windows at once, the frozen part and the
+        trained one alike (the ONNX graph's path, asr.serving.onnx_export; training and torch inference
+        keep the frozen part apart, to cache it): (W, n_mels, F) windows of at most 30 s (each
+        utterance's mel_windows), (W,) real frames of each -> (W, ceil(F / 2), dim) features, those
+        past a window's encoder_frames(mel_frames) meaningless. Equal to forward's, window by window,
+        within float rounding."""
+        encoder = frozen_encoder(self.folder, mel.device)
+        states = encoder.hidden_states(mel, self.frozen_blocks, mel_frames)
+        if self.layers == "weighted":
+            return (self.layer_weights.softmax(0)[:, None, None, None] * torch.stack(states)).sum(0)
+        if self.layers == "last2":
+            return torch.cat(states[-2:], dim=-1)
+        x = states[-1]
+        if self.finetune_blocks:
+            valid = frame_mask(torch.div(mel_frames + ENCODER_STRIDE - 1, ENCODER_STRIDE, rounding_mode="floor"), x.shape[1])
+            for block in self.top_blocks:
+                x = block(x, valid)
+            x = self.top_norm(x)
+        return x
+
     def run_top_blocks(self, states: list[torch.Tensor], num_samples: list[int]) -> list[torch.Tensor]:
         """The trained top blocks and final norm over each utterance's (T, D) frozen states, in the
         encoder's windows: every window of the batch in one padded batch, each attending to itself."""

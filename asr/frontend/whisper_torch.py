@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .logmel import frame_mask
+
 # CTranslate2's DataType enum order (include/ctranslate2/types.h); bfloat16 has no numpy type.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 SUPPORTED_BINARY_VERSION = 6
@@ -180,19 +182,28 @@ class WhisperEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.final_norm = nn.LayerNorm(dim)
 
-    def hidden_states(self, mel: torch.Tensor, num_blocks: int | None = None) -> list[torch.Tensor]:
+    def hidden_states(self, mel: torch.Tensor, num_blocks: int | None = None,
+                      mel_frames: torch.Tensor | None = None) -> list[torch.Tensor]:
         """(B, n_mels, F) log-mel -> [after the convolutions and positions, after block 1, ...,
         after the last block and the final LayerNorm], each (B, ceil(F / 2), D). The last entry is
         what CTranslate2's `encode` returns. F / 2 may not exceed the stored positions (1500: 30 s).
         With `num_blocks` below the number of blocks: only the states up to that block's output
-        (no final LayerNorm), the frozen part under fine-tuned top blocks."""
-        x = nn.functional.gelu(self.conv2(nn.functional.gelu(self.conv1(mel)))).transpose(1, 2)
+        (no final LayerNorm), the frozen part under fine-tuned top blocks. `mel_frames` (B,): each
+        input's real frames, the rest zero padding; its outputs' real frames (the first ceil(n / 2))
+        are then those of the input alone (the second convolution and attention skip the padding)."""
+        x = nn.functional.gelu(self.conv1(mel))
+        valid = None
+        if mel_frames is not None:
+            x = x * frame_mask(mel_frames, x.shape[2])[:, None, :]  # what conv2's own zero padding would be
+        x = nn.functional.gelu(self.conv2(x)).transpose(1, 2)
         if x.shape[1] > self.positions.shape[0]:
             raise ValueError(f"{x.shape[1]} encoder frames exceed the encoder's {self.positions.shape[0]} positions "
                              "(30 s): cut the log-mel into windows (asr.frontend.whisper_numpy.mel_windows)")
+        if mel_frames is not None:
+            valid = frame_mask(torch.div(mel_frames + 1, 2, rounding_mode="floor"), x.shape[1])
         states = [x + self.positions[: x.shape[1]]]
         for block in self.blocks[:num_blocks]:
-            states.append(block(states[-1]))
+            states.append(block(states[-1], valid))
         if num_blocks is None or num_blocks >= len(self.blocks):
             states[-1] = self.final_norm(states[-1])
         return states

@@ -7,6 +7,16 @@ runtime runs it with CTranslate2, as training did, and refuses another encoder).
 Graph: inputs `features` (B, T, D) float32 normalized features (log-mel, D = n_mels; or, for the
 whisper frontend, the frozen encoder's outputs, D = its width, 384 for tiny) and `lengths` (B,) int64 frames;
 outputs `log_probs` (B, T', V) float32 and `out_lengths` (B,) int64. Batch and time are dynamic.
+
+A whisper-torch model (Whisper's encoder in PyTorch, its top blocks perhaps trained) has trained
+weights in its encoder that CTranslate2 does not have, so its graph holds the whole encoder, float32
+(the installed encoder's frozen part and the checkpoint's trained blocks; ~33 MB for tiny), and starts
+at Whisper's log-mel, cut into the same <= 30 s windows as in torch (`WhisperTorchFrontend.window_features`):
+inputs `mel` (W, n_mels, F) windows padded with zeros, `mel_frames` (W,) int64 real frames of each,
+`gather` (B, T) int64 (row w * ceil(F / 2) + j of the windows' flattened outputs for each utterance's
+frame, windows in order) and `lengths` (B,) int64; outputs as above. The runtime then needs neither
+torch nor CTranslate2.
+
 Written with torch's TorchScript-based exporter (dynamo=False), which maps the recurrent layers to
 ONNX's LSTM/GRU/RNN operators; torch 2.14's default dynamo exporter did not finish decomposing the
 bidirectional LSTM of a 0.7 M-parameter model in 10 minutes.
@@ -43,6 +53,20 @@ class _Encoder(nn.Module):
         return self.model.encode(features, lengths)
 
 
+class _WhisperTorchEncoder(nn.Module):
+    """A whisper-torch model from log-mel windows to log-probs (the module docstring's graph)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: torch.Tensor, mel_frames: torch.Tensor, gather: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = self.model.frontend.window_features(mel, mel_frames)
+        features = windows.reshape(-1, windows.shape[-1])[gather]
+        return self.model.encode(self.model.normalizer(features), lengths)
+
+
 def onnx_metadata(model: Any, tokenizer: Any, source: str) -> dict[str, Any]:
     """What the runtime needs besides the graph (JSON-serializable)."""
     features = model.feature_config
@@ -66,6 +90,13 @@ def onnx_metadata(model: Any, tokenizer: Any, source: str) -> dict[str, Any]:
         metadata["features"] = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
                                 "n_mels": model.frontend.n_mels, "dim": model.frontend.dim}
         metadata["encoder_id"] = features.encoder_id
+    elif features.frontend == "whisper-torch":
+        from ..frontend.whisper_numpy import HOP_LENGTH, N_FFT, SAMPLE_RATE
+
+        metadata["features"] = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH,
+                                "n_mels": model.frontend.n_mels, "dim": model.frontend.dim,
+                                "encoder_layers": features.encoder_layers, "finetune_blocks": features.finetune_blocks}
+        metadata["encoder_id"] = features.encoder_id  # for the record: the graph holds the encoder
     return metadata
 
 
@@ -76,13 +107,24 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: in
 
     model, tokenizer, _ = load_model(checkpoint, "cpu")
     frontend = model.feature_config.frontend
-    if frontend not in ("logmel", "whisper") or (frontend == "logmel" and not isinstance(model.frontend, LogMel)):
-        why = (" (its encoder runs in PyTorch, with trained weights of its own the ONNX runtime does not have: "
-               "transcribe with the .pt)" if frontend == "whisper-torch" else "")
-        raise ValueError(f"{checkpoint}: asr export onnx supports the logmel and whisper frontends, not "
-                         f"{frontend!r} ({type(model.frontend).__name__}){why}")
+    if frontend not in ("logmel", "whisper", "whisper-torch") or (frontend == "logmel" and not isinstance(model.frontend, LogMel)):
+        raise ValueError(f"{checkpoint}: asr export onnx supports the logmel, whisper and whisper-torch frontends, "
+                         f"not {frontend!r} ({type(model.frontend).__name__})")
     model = model.float().eval()
-    example = (torch.randn(2, 120, model.frontend.dim), torch.tensor([120, 90], dtype=torch.int64))
+    if frontend == "whisper-torch":
+        # Two windows of one utterance and one of another, the second shorter: padding in every input.
+        n_mels = model.frontend.n_mels
+        module = _WhisperTorchEncoder(model)
+        example = (torch.randn(3, n_mels, 200), torch.tensor([200, 200, 150]),
+                   torch.tensor([list(range(200)), list(range(200, 275)) + [0] * 125]), torch.tensor([200, 75]))
+        names = ["mel", "mel_frames", "gather", "lengths"]
+        axes = {"mel": {0: "windows", 2: "mel_frames"}, "mel_frames": {0: "windows"},
+                "gather": {0: "batch", 1: "frames"}, "lengths": {0: "batch"}}
+    else:
+        module = _Encoder(model)
+        example = (torch.randn(2, 120, model.frontend.dim), torch.tensor([120, 90], dtype=torch.int64))
+        names = ["features", "lengths"]
+        axes = {"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"}}
     exported = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # The exporter warns that LSTM initial states fixed at the example's batch size break other
@@ -93,10 +135,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: in
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is chosen, see above
         torch.onnx.export(
-            _Encoder(model).eval(), example, exported, input_names=["features", "lengths"],
-            output_names=["log_probs", "out_lengths"], opset_version=opset, dynamo=False,
-            dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
-                          "log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}})
+            module.eval(), example, exported, input_names=names, output_names=["log_probs", "out_lengths"],
+            opset_version=opset, dynamo=False,
+            dynamic_axes={**axes, "log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}})
     graph = onnx.load_from_string(exported.getvalue())
     metadata = onnx_metadata(model, tokenizer, Path(checkpoint).name)
     entry = graph.metadata_props.add()

