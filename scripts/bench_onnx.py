@@ -4,7 +4,10 @@ a request), from the waveform in memory to the greedy transcript (features inclu
 whisper-frontend model both sides run the same CTranslate2 encoder, with torch's or numpy's log-mel;
 a whisper-torch model's graph holds the encoder).
 
-    python scripts/bench_onnx.py exp/fsdd/best.pt data/test.jsonl --threads 1 [--onnx model.onnx]
+    python scripts/bench_onnx.py exp/fsdd/best.pt data/test.jsonl --threads 1 [--onnx model.onnx] [--int8]
+
+Also prints each runtime's greedy WER and CER against the manifest's texts (with --int8, the export's
+weights in int8: transcripts may then differ, and the error rates say by how much it matters).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from asr.decode import greedy_decode  # noqa: E402
 from asr.serving.onnx_export import export_onnx  # noqa: E402
 from asr.decode import greedy_ids  # noqa: E402
 from asr.serving.onnx_runtime import OnnxRecognizer  # noqa: E402
+from asr.score import score  # noqa: E402
 
 
 def main() -> int:
@@ -35,6 +39,7 @@ def main() -> int:
     parser.add_argument("--onnx", type=Path, default=None, help="exported model (default: export to a temporary file)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="first N utterances only (0: all)")
+    parser.add_argument("--int8", action="store_true", help="export with int8 weights (asr export onnx --int8)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -46,7 +51,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.onnx or Path(tmp) / "model.onnx"
         if args.onnx is None:
-            export_onnx(args.checkpoint, path)
+            export_onnx(args.checkpoint, path, int8=args.int8)
         onnx = OnnxRecognizer(path, threads=args.threads)
 
         torch_texts, torch_lp = [], []
@@ -71,12 +76,18 @@ def main() -> int:
     diff = max(float(np.abs(a - b).max()) for a, b in zip(torch_lp, onnx_lp))
     print(f"{len(utts)} utterances, {audio_seconds / 60:.1f} min of audio, {args.threads} thread(s)")
     print(f"transcripts equal: {same}/{len(utts)}; max |log-prob difference| {diff:.2e}")
-    for a, b, u in zip(torch_texts, onnx_texts, utts):
-        if a != b:
-            print(f"  differs: {u.id}: torch {a!r} onnx {b!r}")
-    print("| runtime | seconds | RTFx |")
-    print("|---|---|---|")
-    print(f"| torch {torch.__version__} | {torch_seconds:.2f} | {audio_seconds / torch_seconds:.0f} |")
+    differing = [(u, a, b) for a, b, u in zip(torch_texts, onnx_texts, utts) if a != b]
+    for u, a, b in differing[:5]:
+        print(f"  differs: {u.id}: torch {a!r} onnx {b!r}")
+    if len(differing) > 5:
+        print(f"  ... and {len(differing) - 5} more")
+    refs = {u.id: u.text for u in utts}
+    torch_score = score(refs, {u.id: t for u, t in zip(utts, torch_texts)})
+    onnx_score = score(refs, {u.id: t for u, t in zip(utts, onnx_texts)})
+    print("| runtime | seconds | RTFx | greedy WER / CER |")
+    print("|---|---|---|---|")
+    print(f"| torch {torch.__version__} | {torch_seconds:.2f} | {audio_seconds / torch_seconds:.0f} | "
+          f"{torch_score.wer:.2f} / {torch_score.cer:.2f} |")
     import onnxruntime
 
     features = "numpy features"
@@ -86,8 +97,10 @@ def main() -> int:
         features = f"numpy Whisper log-mel, CTranslate2 {ctranslate2.__version__} int8 encoder"
     elif onnx.frontend == "whisper-torch":  # the whole encoder, float32, in the graph
         features = "numpy Whisper log-mel, the encoder in the graph"
-    print(f"| onnxruntime {onnxruntime.__version__} ({features}) | {onnx_seconds:.2f} | {audio_seconds / onnx_seconds:.0f} |")
-    return 0 if same == len(utts) else 1
+    features += ", int8 weights" if onnx.meta.get("int8") else ""
+    print(f"| onnxruntime {onnxruntime.__version__} ({features}) | {onnx_seconds:.2f} | {audio_seconds / onnx_seconds:.0f} | "
+          f"{onnx_score.wer:.2f} / {onnx_score.cer:.2f} |")
+    return 0 if same == len(utts) or onnx.meta.get("int8") else 1
 
 
 if __name__ == "__main__":

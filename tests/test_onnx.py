@@ -338,3 +338,34 @@ def test_whisper_torch_runtime_transcribes_like_torch_without_torch_or_ctranslat
     assert asr_main(["export", "onnx", str(checkpoint), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     runtime_transcribes_like_torch(checkpoint, out, tmp_path, ("torch", "ctranslate2"))
+
+
+# --------------------------------------------------------------------------- int8 weights
+
+INT8_TOLERANCE = 0.05  # largest |log-prob difference| from torch; measured 2.8e-3 (log-mel) and 2.2e-2 (whisper-torch)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "whisper-torch"])
+def test_int8_export_quantizes_and_stays_close_to_torch(kind, tiny_encoder, tmp_path, capsys):
+    import onnx
+
+    if kind == "logmel":
+        checkpoint = random_checkpoint(tmp_path / "model.pt", ["model.subsampling=conv", "model.hidden_size=48",
+                                                               "model.num_layers=2"])
+        batch = waves()
+    else:
+        checkpoint = whisper_torch_checkpoint(tmp_path / "model.pt", tiny_encoder, ["features.finetune_blocks=1"])
+        batch = [speechlike(s, seed=i) for i, s in enumerate((1.3, 31.7))]
+    assert asr_main(["export", "onnx", str(checkpoint), "--out", str(tmp_path / "int8.onnx"), "--int8"]) == 0
+    assert "(int8 weights)" in capsys.readouterr().out
+    float_metadata = export_onnx(checkpoint, tmp_path / "float.onnx")
+    operators = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLSTM"} <= operators  # the products and the head's LSTM
+    onnx_model = OnnxRecognizer(tmp_path / "int8.onnx", threads=1)
+    assert onnx_model.meta["int8"] is True and float_metadata["int8"] is False
+    model, _, _ = load_model(checkpoint)
+    for quantized, reference in zip(onnx_model.log_probs(batch), torch_log_probs(model, batch)):
+        assert quantized.shape == reference.shape
+        assert 0 < np.abs(quantized - reference).max() < INT8_TOLERANCE
+    if kind == "logmel":  # 48-wide matrices: the int8 weights outweigh their scales (not so for the 12-wide encoder)
+        assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * (tmp_path / "float.onnx").stat().st_size
