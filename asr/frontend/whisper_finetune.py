@@ -41,7 +41,7 @@ from .logmel import frame_mask
 from .whisper import FeatureCache, check_sample_rate, num_encoder_frames, whisper_log_mel
 from .whisper_numpy import (ENCODER_STRIDE, HOP_LENGTH, check_identity, encoder_identity, encoder_windows,
                             find_encoder, log_mel_frames, mel_windows)
-from .whisper_torch import WhisperEncoder, load_whisper_encoder
+from .whisper_torch import WhisperEncoder, load_whisper_encoder, output_frame_mask
 
 _encoders: dict[tuple[str, str], WhisperEncoder] = {}
 _encoders_lock = threading.Lock()
@@ -153,7 +153,7 @@ class WhisperTorchFrontend(nn.Module):
             return torch.cat(states[-2:], dim=-1)
         x = states[-1]
         if self.finetune_blocks:
-            valid = frame_mask(torch.div(mel_frames + ENCODER_STRIDE - 1, ENCODER_STRIDE, rounding_mode="floor"), x.shape[1])
+            valid = output_frame_mask(mel_frames, x.shape[1])
             for block in self.top_blocks:
                 x = block(x, valid)
             x = self.top_norm(x)

@@ -170,6 +170,12 @@ class Block(nn.Module):
         return x + self.mlp_out(nn.functional.gelu(self.mlp_in(self.mlp_norm(x))))
 
 
+def output_frame_mask(mel_frames: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B,) real log-mel frames of padded inputs -> (B, frames) bool, True on the encoder outputs they
+    give alone: the first ceil(n / 2) (the second convolution's stride 2, padding 1)."""
+    return frame_mask(torch.div(mel_frames + 1, 2, rounding_mode="floor"), frames)
+
+
 class WhisperEncoder(nn.Module):
     """Whisper's audio encoder (see the module docstring). `forward` gives the last layer;
     `hidden_states` every layer's output, for a weighted sum or the top blocks' fine-tuning."""
@@ -200,7 +206,7 @@ class WhisperEncoder(nn.Module):
             raise ValueError(f"{x.shape[1]} encoder frames exceed the encoder's {self.positions.shape[0]} positions "
                              "(30 s): cut the log-mel into windows (asr.frontend.whisper_numpy.mel_windows)")
         if mel_frames is not None:
-            valid = frame_mask(torch.div(mel_frames + 1, 2, rounding_mode="floor"), x.shape[1])
+            valid = output_frame_mask(mel_frames, x.shape[1])
         states = [x + self.positions[: x.shape[1]]]
         for block in self.blocks[:num_blocks]:
             states.append(block(states[-1], valid))
