@@ -48,6 +48,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,11 @@ class Spec:
     notes: str = ""
 
 
-def load_spec(path: Path, out: Path | None = None) -> Spec:
+def load_spec(path: Path, out: Path | None = None, only: Collection[str] | None = None) -> Spec:
     """Read and check a spec: known keys, existing files, unique run names, and a valid config for
-    every run (base + common + its overrides)."""
+    every run (base + common + its overrides). A run's own training manifests must exist only when
+    the run is one of `only` (all runs when None), so a series whose older runs' data is gone can
+    still run its newer ones."""
     if not path.is_file():
         raise ValueError(f"{path}: spec not found")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -118,11 +121,11 @@ def load_spec(path: Path, out: Path | None = None) -> Spec:
             raise ValueError(f"{path}: {key}: {value} not found{hint}")
         return value
 
-    def resolve_list(key: str, given: Any) -> list[Path]:
+    def resolve_list(key: str, given: Any, must_exist: bool = True) -> list[Path]:
         items = given if isinstance(given, list) else [given]
         if not items:
             raise ValueError(f"{path}: {key}: an empty list")
-        return [resolve(key, given=item) for item in items]
+        return [resolve(key, must_exist, given=item) for item in items]
 
     if out is None and "out" not in data:
         raise ValueError(f"{path}: no series folder: give 'out' in the spec or --out")
@@ -142,7 +145,8 @@ def load_spec(path: Path, out: Path | None = None) -> Spec:
         if any(r.name == name for r in runs):
             raise ValueError(f"{where}: run name {name!r} is used twice")
         runs.append(Run(name, str(item.get("change", "")), _string_list(item.get("overrides") or [], f"{where}: overrides"),
-                        resolve_list(f"runs[{number}].train", item["train"]) if item.get("train") else None))
+                        resolve_list(f"runs[{number}].train", item["train"], only is None or name in only)
+                        if item.get("train") else None))
     spec = Spec(
         path=path, name=str(data.get("name") or path.stem), base_config=resolve("base_config"),
         train=resolve_list("train", data["train"]), dev=resolve_list("dev", data["dev"]), out=out if out is not None else resolve("out", must_exist=False),
@@ -402,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands of the runs not finished yet, run nothing")
     args = p.parse_args(argv)
     try:
-        spec = load_spec(args.spec, args.out.resolve() if args.out else None)
+        spec = load_spec(args.spec, args.out.resolve() if args.out else None, args.only)
     except (ValueError, FileNotFoundError) as e:
         print(f"experiments: error: {e}", file=sys.stderr)
         return 2

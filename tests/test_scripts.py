@@ -233,6 +233,22 @@ def test_experiments_dry_run_checks_the_spec_and_prints_commands(manifest, tmp_p
     assert "--only nope" in capsys.readouterr().err
 
 
+def test_experiments_only_needs_the_data_of_the_runs_it_runs(manifest, tmp_path, capsys):
+    """A run's own training manifests are checked only when it is selected: the newer runs of a
+    series still run after an older run's data is gone, and a selected run's missing data is named."""
+    experiments = load_script("experiments")
+    gone = tmp_path / "synth" / "manifest.jsonl"
+    spec = write_spec(tmp_path, manifest, [
+        {"name": "old", "change": "with data that is gone", "overrides": [], "train": [str(gone)]},
+        {"name": "new", "change": "the spec's data", "overrides": ["model.num_layers=3"]},
+    ])
+    assert experiments.main([str(spec), "--dry-run", "--only", "new"]) == 0
+    assert "# new" in capsys.readouterr().out
+    for argv in ([str(spec), "--dry-run"], [str(spec), "--dry-run", "--only", "old"]):
+        assert experiments.main(argv) == 2
+        assert f"runs[1].train: {gone} not found" in capsys.readouterr().err
+
+
 def test_bench_infer_with_an_untrained_model_of_a_config(manifest, tmp_path, capsys):
     """Throughput of a config's model shape without a trained checkpoint: all files read, RTFx positive."""
     config = tmp_path / "tiny.yaml"
