@@ -866,14 +866,25 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("hyp", type=Path, help="manifest or 'id<TAB>text' file")
     p.add_argument("--alignments", type=Path, default=None, help="per-utterance alignments (default: HYP.align)")
     p.add_argument("--out", type=Path, default=None, help="also write the summary here")
+    p.add_argument("--compare", type=Path, default=None, metavar="HYP_B",
+                   help="another system's hypotheses of the same references: print B - A (A: HYP) with its "
+                        "95%% paired-bootstrap interval, for WER and CER")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --compare")
+    p.add_argument("--seed", type=int, default=0, help="the resamples' seed for --compare")
     p.set_defaults(run=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .score import format_alignments, format_summary, read_texts, score
+    from .score import compare, format_alignments, format_comparison, format_summary, read_texts, score
 
-    report = score(read_texts(args.ref), read_texts(args.hyp))
+    refs = read_texts(args.ref)
+    report = score(refs, read_texts(args.hyp))
     summary = format_summary(report, title=f"ref: {args.ref}  hyp: {args.hyp}")
+    if args.compare:
+        other = score(refs, read_texts(args.compare))
+        summary += "\n" + format_summary(other, title=f"ref: {args.ref}  hyp: {args.compare}")
+        summary += "\n" + format_comparison(compare(report, other, args.resamples, args.seed), str(args.hyp),
+                                             str(args.compare))
     print(summary)
     alignments = args.alignments or args.hyp.with_name(args.hyp.name + ".align")
     alignments.write_text(format_alignments(report), encoding="utf-8")

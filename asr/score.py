@@ -3,6 +3,11 @@
 Both sides are normalized with asr.text.normalize first, so casing and punctuation never count.
 References and hypotheses are matched by utterance id; a reference with no hypothesis scores as
 all deletions (an empty hypothesis), never silently dropped.
+
+Two systems on the same references are compared by the paired bootstrap (Bisani and Ney, ICASSP
+2004; Kaldi's compute-wer-bootci): utterances are resampled with replacement, both systems' errors
+summed over each resample, and the spread of the difference says whether a gain of a few tenths of
+a point is more than the choice of test utterances.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jiwer
+import numpy as np
 
 from .text import normalize
 
@@ -49,6 +55,8 @@ class Alignment:
     ref: list[str]
     hyp: list[str]
     ops: list[str]  # one of C S D I per aligned position
+    char_errors: int = 0
+    char_units: int = 0  # reference characters, spaces included
 
 
 @dataclass
@@ -77,11 +85,75 @@ def score(refs: dict[str, str], hyps: dict[str, str]) -> ScoreReport:
         ref, hyp = normalize(refs[utt_id]), normalize(hyps.get(utt_id, ""))
         ops, ref_words, hyp_words = _align(ref.split(), hyp.split())
         _add(report.words, ops)
-        report.alignments.append(Alignment(utt_id, ref_words, hyp_words, ops))
         # Spaces are characters too (a missed word boundary is an error); jiwer would drop a bare space.
         char_ops, _, _ = _align(list(ref.replace(" ", "|")), list(hyp.replace(" ", "|")))
         _add(report.chars, char_ops)
+        report.alignments.append(Alignment(utt_id, ref_words, hyp_words, ops, sum(op != "C" for op in char_ops),
+                                           sum(op != "I" for op in char_ops)))
     return report
+
+
+@dataclass
+class Comparison:
+    """System B against system A on the same references: rates in percent, `difference` = B - A in
+    points (negative: B makes fewer errors), [low, high] its central 95% bootstrap interval, and
+    `b_better` the share of resamples in which B makes fewer errors than A (Bisani and Ney's
+    "probability of improvement")."""
+
+    unit: str  # "WER" or "CER"
+    a: float
+    b: float
+    difference: float
+    low: float
+    high: float
+    b_better: float
+    utterances: int
+    resamples: int
+
+
+def compare(a: ScoreReport, b: ScoreReport, resamples: int = 1000, seed: int = 0) -> list[Comparison]:
+    """The paired bootstrap of two reports of the same references (asr.score.score of two systems'
+    hypotheses), for words and characters. Each resample draws as many utterances as there are, with
+    replacement, the same draw for both systems; a resample with no reference units is left out."""
+    ids_a, ids_b = [x.id for x in a.alignments], [x.id for x in b.alignments]
+    if ids_a != ids_b:
+        raise ValueError(f"the two reports score different utterances ({len(ids_a)} and {len(ids_b)} ids, "
+                         f"{len(set(ids_a) ^ set(ids_b))} in one only): compare hypotheses of the same references")
+    if not ids_a:
+        raise ValueError("no utterances to compare")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids_a), size=(resamples, len(ids_a)))
+    out = []
+    for unit, per_utt in (("WER", lambda x: (_word_errors(x), len(x.ops) - x.ops.count("I"))),
+                          ("CER", lambda x: (x.char_errors, x.char_units))):
+        errors_a, units = np.array([per_utt(x) for x in a.alignments], dtype=np.int64).T
+        errors_b = np.array([per_utt(x)[0] for x in b.alignments], dtype=np.int64)
+        sums_a, sums_b, sums_units = errors_a[draws].sum(1), errors_b[draws].sum(1), units[draws].sum(1)
+        kept = sums_units > 0
+        if not kept.any():
+            raise ValueError("the references hold no words: nothing to compare")
+        differences = 100.0 * (sums_b[kept] - sums_a[kept]) / sums_units[kept]
+        rate_a, rate_b = (100.0 * e.sum() / units.sum() for e in (errors_a, errors_b))
+        low, high = np.percentile(differences, [2.5, 97.5])
+        out.append(Comparison(unit, rate_a, rate_b, rate_b - rate_a, float(low), float(high),
+                              float(np.mean(sums_b[kept] < sums_a[kept])), len(ids_a), int(kept.sum())))
+    return out
+
+
+def _word_errors(alignment: Alignment) -> int:
+    return sum(op != "C" for op in alignment.ops)
+
+
+def format_comparison(comparisons: list[Comparison], name_a: str = "A", name_b: str = "B") -> str:
+    """One line per unit: both rates, the difference B - A with its 95% interval, and how often B wins."""
+    lines = [f"A: {name_a}", f"B: {name_b}"]
+    for c in comparisons:
+        lines.append(f"{c.unit} A {c.a:.2f}  B {c.b:.2f}  B - A {c.difference:+.2f} points, 95% interval "
+                     f"[{c.low:+.2f}, {c.high:+.2f}]; B better in {100 * c.b_better:.1f}% of {c.resamples} "
+                     f"paired bootstrap resamples of the {c.utterances} utterances")
+    return "\n".join(lines)
 
 
 def _align(ref: list[str], hyp: list[str]) -> tuple[list[str], list[str], list[str]]:

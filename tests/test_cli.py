@@ -244,6 +244,20 @@ def test_score_prints_summary_and_writes_alignments(capsys, tmp_path):
     assert written.strip() in out  # the same summary that was printed
 
 
+def test_score_compare_prints_both_summaries_and_the_bootstrap_difference(capsys, tmp_path):
+    ref, hyp = write_ref_hyp(tmp_path)
+    better = tmp_path / "better.txt"
+    better.write_text("u1\tthe cat sat on the mat\nu2\thello world\nu3\ta x b c d\n", encoding="utf-8")
+    summary_path = tmp_path / "cmp.txt"
+    code, out, err = run(capsys, "score", ref, hyp, "--compare", better, "--resamples", "50", "--out", summary_path)
+    assert code == 0
+    assert "%WER 36.36 [ 4 / 11" in out and "%WER 18.18 [ 2 / 11" in out
+    assert f"A: {hyp}" in out and f"B: {better}" in out
+    assert "WER A 36.36  B 18.18  B - A -18.18 points, 95% interval [" in out
+    assert "of 50 paired bootstrap resamples of the 3 utterances" in out
+    assert "B - A" in summary_path.read_text()
+
+
 def test_score_custom_alignments_path(capsys, tmp_path):
     ref, hyp = write_ref_hyp(tmp_path)
     custom = tmp_path / "my.align"

@@ -1,4 +1,5 @@
-"""asr.score: sclite-style WER/CER counts checked by hand, against jiwer, and the text formats."""
+"""asr.score: sclite-style WER/CER counts checked by hand, against jiwer, and the text formats; the paired
+bootstrap comparison of two systems."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 import jiwer
 import pytest
 
-from asr.score import ErrorCounts, format_alignments, format_summary, read_texts, score
+from asr.score import ErrorCounts, compare, format_alignments, format_comparison, format_summary, read_texts, score
 
 REFS = {"u1": "the cat sat on the mat", "u2": "hello world", "u3": "a b c"}
 HYPS = {"u1": "the cat sit on mat", "u2": "hello world", "u3": "a x b c d"}
@@ -266,6 +267,60 @@ def test_format_alignments_deletion_only():
     assert "REF:  ONE TWO" in text
     assert "HYP:  *** ***" in text
     assert re.search(r"Eval: D +D", text)
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+
+
+def _corpus(n: int, wrong_in_a: set[int], wrong_in_b: set[int]) -> tuple[dict, dict, dict]:
+    """n utterances of 4 words; each listed utterance has one substituted word in that system."""
+    refs = {f"u{i:03d}": "one two three four" for i in range(n)}
+    a = {k: ("one two tree four" if i in wrong_in_a else v) for i, (k, v) in enumerate(refs.items())}
+    b = {k: ("one two tree four" if i in wrong_in_b else v) for i, (k, v) in enumerate(refs.items())}
+    return refs, a, b
+
+
+def test_compare_rates_are_the_reports_rates_and_the_difference_is_b_minus_a():
+    refs, a, b = _corpus(50, set(range(20)), set(range(5)))
+    ra, rb = score(refs, a), score(refs, b)
+    words, chars = compare(ra, rb, resamples=200)
+    assert (words.unit, chars.unit) == ("WER", "CER")
+    assert (words.a, words.b) == (pytest.approx(ra.wer), pytest.approx(rb.wer))  # 10.0 and 2.5
+    assert (chars.a, chars.b) == (pytest.approx(ra.cer), pytest.approx(rb.cer))
+    assert words.difference == pytest.approx(2.5 - 10.0)
+    # B never makes more errors than A on any utterance: every resample favours it, or ties
+    assert words.high <= 0 and words.low < words.difference < words.high
+    assert words.b_better > 0.99 and (words.utterances, words.resamples) == (50, 200)
+
+
+def test_compare_of_a_system_with_itself_is_zero_and_a_swap_mirrors_the_interval():
+    refs, a, b = _corpus(40, {1, 5, 9, 30}, {2, 5, 31})
+    ra, rb = score(refs, a), score(refs, b)
+    assert [(c.difference, c.low, c.high, c.b_better) for c in compare(ra, ra)] == [(0.0, 0.0, 0.0, 0.0)] * 2
+    forward, backward = compare(ra, rb, seed=3)[0], compare(rb, ra, seed=3)[0]
+    assert backward.difference == pytest.approx(-forward.difference)
+    assert (backward.low, backward.high) == (pytest.approx(-forward.high), pytest.approx(-forward.low))
+    # a small difference on a few utterances: the interval straddles zero
+    assert forward.low < 0 < forward.high and 0.2 < forward.b_better < 0.8
+    assert compare(ra, rb, seed=3) == compare(ra, rb, seed=3)  # the seed fixes the draws
+
+
+def test_compare_refuses_reports_of_different_references():
+    refs, a, _ = _corpus(5, {1}, set())
+    fewer = {k: v for k, v in list(refs.items())[:4]}
+    with pytest.raises(ValueError, match="different utterances"):
+        compare(score(refs, a), score(fewer, a))
+    with pytest.raises(ValueError, match="resamples"):
+        compare(score(refs, a), score(refs, a), resamples=0)
+
+
+def test_format_comparison_names_both_systems():
+    refs, a, b = _corpus(10, {1, 2}, {1})
+    text = format_comparison(compare(score(refs, a), score(refs, b), resamples=100), "base.txt", "new.txt")
+    assert text.splitlines()[:2] == ["A: base.txt", "B: new.txt"]
+    assert re.search(r"WER A 5\.00  B 2\.50  B - A -2\.50 points, 95% interval \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]; "
+                     r"B better in \d+\.\d% of 100 paired bootstrap resamples of the 10 utterances", text)
+    assert "\nCER A " in text
 
 
 # --------------------------------------------------------------------------- read_texts
