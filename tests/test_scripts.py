@@ -1,7 +1,8 @@
 """scripts/bench_train.py (training throughput against the hardware ceiling),
 scripts/experiments.py (a series of training runs, each scored on dev), scripts/cache_features.py
-(the frozen encoder's features, speed-perturbed copies too) and scripts/synthesize_speech.py (flite
-speech from LM text), on generated speech; scripts/serve_upload_memory.py on a small FLAC."""
+(the frozen encoder's features, speed-perturbed copies too), scripts/synthesize_speech.py (flite
+speech from LM text) and scripts/noise_segments.py (room noise of a corpus as a noise manifest), on
+generated speech; scripts/serve_upload_memory.py on a small FLAC."""
 
 from __future__ import annotations
 
@@ -442,6 +443,56 @@ def test_synthesize_speech_pitch_and_noise_vary_each_sentence_and_keep_the_seeds
         assert rate == round(22050 * 1.25)
         assert row["duration"] == pytest.approx(0.1 * len(row["text"].split()) / 1.25, abs=1e-3)
         assert 0.25 <= audio[0] <= 0.5 and audio.min() == audio.max()
+
+
+def _room_and_speech(path: Path, head: float, speech: float, tail: float, rate: int = 16000) -> None:
+    """A file of room noise (-50 dBFS), a loud tone (-9 dBFS), room noise again."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(speech * rate)) / rate
+    parts = [0.00316 * rng.standard_normal(int(head * rate)), 0.5 * np.sin(2 * np.pi * 220 * t),
+             0.00316 * rng.standard_normal(int(tail * rate))]
+    soundfile.write(path, np.concatenate(parts).astype("float32"), rate)
+
+
+def test_noise_segments_writes_the_room_before_and_after_the_speech(tmp_path, capsys):
+    noise = load_script("noise_segments")
+    _room_and_speech(tmp_path / "a.wav", 0.6, 1.0, 0.4)
+    _room_and_speech(tmp_path / "b.wav", 0.1, 1.0, 0.5)  # a head shorter than the margin: none
+    soundfile.write(tmp_path / "quiet.wav", torch.zeros(16000).numpy(), 16000)  # digital silence: nothing
+    rows = [{"id": name, "audio": f"{name}.wav", "duration": 2.0, "text": "x"} for name in ("a", "b", "quiet")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "noise" / "room.jsonl"
+    assert noise.main([str(tmp_path / "train.jsonl"), "--out", str(out)]) == 0
+    assert "3 segments" in capsys.readouterr().out
+    segments = {s["id"]: s for s in map(json.loads, out.read_text().splitlines())}
+    assert sorted(segments) == ["a-head", "a-tail", "b-tail"]
+    # the speech starts at 0.6 s and ends at 1.6 s; 0.1 s next to it is left out
+    assert (segments["a-head"]["start"], segments["a-head"]["end"]) == (0.0, 0.5)
+    assert (segments["a-tail"]["start"], segments["a-tail"]["end"]) == (1.7, 2.0)
+    assert segments["b-tail"]["duration"] == pytest.approx(0.4)
+    # the manifest is one SpeechDataset reads as noise: its audio paths resolve from the manifest's folder
+    from asr.data import read_manifest, noise_excerpt
+    import numpy as np
+
+    utts = read_manifest(out)
+    excerpt = noise_excerpt([u for u in utts if u.id == "a-head"], 16000, 16000, np.random.default_rng(0))
+    level = 10 * np.log10(float(excerpt.double().pow(2).mean()))
+    assert excerpt.shape == (16000,) and -52 < level < -48  # room noise only, repeated to a second
+
+
+def test_noise_segments_refuses_segments_and_writes_nothing_when_nothing_is_found(tmp_path, capsys):
+    noise = load_script("noise_segments")
+    soundfile.write(tmp_path / "quiet.wav", torch.zeros(16000).numpy(), 16000)
+    (tmp_path / "quiet.jsonl").write_text(json.dumps({"id": "q", "audio": "quiet.wav", "duration": 1.0, "text": "x"}) + "\n")
+    out = tmp_path / "room.jsonl"
+    assert noise.main([str(tmp_path / "quiet.jsonl"), "--out", str(out)]) == 1
+    assert "no stretch of room noise" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "seg.jsonl").write_text(json.dumps({"id": "s", "audio": "quiet.wav", "duration": 0.5, "text": "x",
+                                                    "start": 0.2, "end": 0.7}) + "\n")
+    with pytest.raises(ValueError, match="s .*quiet.wav.*segments of long recordings"):
+        noise.main([str(tmp_path / "seg.jsonl"), "--out", str(out)])
 
 
 def test_serve_upload_memory_reports_the_refusal_and_the_decode(tmp_path, capsys, monkeypatch):
