@@ -52,10 +52,21 @@ def noise_segments(manifests: list[str], out: Path, below_peak_db: float, margin
     """Write the segments of every utterance of `manifests` to `out`; returns (segments, seconds, utterances)."""
     utts = [u for m in manifests for u in read_manifest(m)]
     margin_frames = round(margin * SAMPLE_RATE / FRAME)
-    count, seconds = 0, 0.0
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # renamed when complete: a stopped run leaves no half manifest
-    with open(partial, "w", encoding="utf-8") as f:
+    try:
+        count, seconds = _write_segments(utts, partial, below_peak_db, margin_frames, min_seconds, min_dbfs, out.parent)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out)
+    return count, seconds, len(utts)
+
+
+def _write_segments(utts: list, path: Path, below_peak_db: float, margin_frames: int, min_seconds: float,
+                    min_dbfs: float, folder: Path) -> tuple[int, float]:
+    count, seconds = 0, 0.0
+    with open(path, "w", encoding="utf-8") as f:
         for utt in tqdm(utts, desc="noise", unit="utt"):
             if utt.start is not None or utt.end is not None:
                 raise ValueError(f"{utt.id} ({utt.audio}): segments of long recordings are not supported; "
@@ -69,13 +80,12 @@ def noise_segments(manifests: list[str], out: Path, below_peak_db: float, margin
                 if length < min_seconds or level < min_dbfs:
                     continue
                 start = a * FRAME / SAMPLE_RATE
-                audio = os.path.relpath(Path(utt.audio).resolve(), out.parent.resolve())
+                audio = os.path.relpath(Path(utt.audio).resolve(), folder.resolve())
                 f.write(json.dumps({"id": f"{utt.id}-{part}", "audio": audio, "duration": round(length, 3), "text": "",
                                     "speaker": utt.speaker, "start": round(start, 3), "end": round(start + length, 3)}) + "\n")
                 count += 1
                 seconds += length
-    partial.replace(out)
-    return count, seconds, len(utts)
+    return count, seconds
 
 
 def main(argv: list[str] | None = None) -> int:

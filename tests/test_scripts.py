@@ -493,6 +493,7 @@ def test_noise_segments_refuses_segments_and_writes_nothing_when_nothing_is_foun
                                                     "start": 0.2, "end": 0.7}) + "\n")
     with pytest.raises(ValueError, match="s .*quiet.wav.*segments of long recordings"):
         noise.main([str(tmp_path / "seg.jsonl"), "--out", str(out)])
+    assert not out.exists() and not (tmp_path / "room.jsonl.partial").exists()  # no half manifest left behind
 
 
 def test_serve_upload_memory_reports_the_refusal_and_the_decode(tmp_path, capsys, monkeypatch):
