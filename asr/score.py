@@ -126,10 +126,9 @@ def compare(a: ScoreReport, b: ScoreReport, resamples: int = 1000, seed: int = 0
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(ids_a), size=(resamples, len(ids_a)))
     out = []
-    for unit, per_utt in (("WER", lambda x: (_word_errors(x), len(x.ops) - x.ops.count("I"))),
-                          ("CER", lambda x: (x.char_errors, x.char_units))):
-        errors_a, units = np.array([per_utt(x) for x in a.alignments], dtype=np.int64).T
-        errors_b = np.array([per_utt(x)[0] for x in b.alignments], dtype=np.int64)
+    for unit in ("WER", "CER"):
+        errors_a, units = _utterance_counts(a, unit)
+        errors_b, _ = _utterance_counts(b, unit)
         sums_a, sums_b, sums_units = errors_a[draws].sum(1), errors_b[draws].sum(1), units[draws].sum(1)
         kept = sums_units > 0
         if not kept.any():
@@ -142,8 +141,14 @@ def compare(a: ScoreReport, b: ScoreReport, resamples: int = 1000, seed: int = 0
     return out
 
 
-def _word_errors(alignment: Alignment) -> int:
-    return sum(op != "C" for op in alignment.ops)
+def _utterance_counts(report: ScoreReport, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """(U,) errors and (U,) reference units of each utterance, in words ("WER") or characters ("CER")."""
+    if unit == "WER":
+        rows = [(sum(op != "C" for op in x.ops), len(x.ops) - x.ops.count("I")) for x in report.alignments]
+    else:
+        rows = [(x.char_errors, x.char_units) for x in report.alignments]
+    errors, units = np.array(rows, dtype=np.int64).reshape(-1, 2).T
+    return errors, units
 
 
 def format_comparison(comparisons: list[Comparison], name_a: str = "A", name_b: str = "B") -> str:

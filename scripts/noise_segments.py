@@ -20,7 +20,6 @@ speech (onsets and breaths), is kept when it lasts --min-seconds or more and is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asr.audio import frame_levels, read_mono
-from asr.data import read_manifest
+from asr.data import Utterance, read_manifest, write_manifest
 
 SAMPLE_RATE = 16000
 FRAME = 320  # 20 ms at 16 kHz
@@ -47,45 +46,30 @@ def edge_noise(levels: np.ndarray, below_peak_db: float, margin_frames: int) -> 
     return [(part, a, b) for part, a, b in (head, tail) if b > a]
 
 
-def noise_segments(manifests: list[str], out: Path, below_peak_db: float, margin: float, min_seconds: float,
-                   min_dbfs: float) -> tuple[int, float, int]:
-    """Write the segments of every utterance of `manifests` to `out`; returns (segments, seconds, utterances)."""
+def noise_segments(manifests: list[str], folder: Path, below_peak_db: float, margin: float, min_seconds: float,
+                   min_dbfs: float) -> tuple[list[Utterance], int]:
+    """The room-noise segments of every utterance of `manifests`, their audio paths relative to `folder`
+    (where their manifest goes); returns (segments, utterances read)."""
     utts = [u for m in manifests for u in read_manifest(m)]
     margin_frames = round(margin * SAMPLE_RATE / FRAME)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # renamed when complete: a stopped run leaves no half manifest
-    try:
-        count, seconds = _write_segments(utts, partial, below_peak_db, margin_frames, min_seconds, min_dbfs, out.parent)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.replace(out)
-    return count, seconds, len(utts)
-
-
-def _write_segments(utts: list, path: Path, below_peak_db: float, margin_frames: int, min_seconds: float,
-                    min_dbfs: float, folder: Path) -> tuple[int, float]:
-    count, seconds = 0, 0.0
-    with open(path, "w", encoding="utf-8") as f:
-        for utt in tqdm(utts, desc="noise", unit="utt"):
-            if utt.start is not None or utt.end is not None:
-                raise ValueError(f"{utt.id} ({utt.audio}): segments of long recordings are not supported; "
-                                 "give manifests of whole-file utterances")
-            wave = read_mono(utt.audio, SAMPLE_RATE)
-            levels = frame_levels(wave, FRAME)
-            for part, a, b in edge_noise(levels, below_peak_db, margin_frames):
-                length = (min(b * FRAME, len(wave)) - a * FRAME) / SAMPLE_RATE
-                with np.errstate(divide="ignore"):
-                    level = 10 * np.log10(np.mean(np.square(wave[a * FRAME : b * FRAME], dtype=np.float64)) + 1e-30)
-                if length < min_seconds or level < min_dbfs:
-                    continue
-                start = a * FRAME / SAMPLE_RATE
-                audio = os.path.relpath(Path(utt.audio).resolve(), folder.resolve())
-                f.write(json.dumps({"id": f"{utt.id}-{part}", "audio": audio, "duration": round(length, 3), "text": "",
-                                    "speaker": utt.speaker, "start": round(start, 3), "end": round(start + length, 3)}) + "\n")
-                count += 1
-                seconds += length
-    return count, seconds
+    segments = []
+    for utt in tqdm(utts, desc="noise", unit="utt"):
+        if utt.start is not None or utt.end is not None:
+            raise ValueError(f"{utt.id} ({utt.audio}): segments of long recordings are not supported; "
+                             "give manifests of whole-file utterances")
+        wave = read_mono(utt.audio, SAMPLE_RATE)
+        levels = frame_levels(wave, FRAME)
+        for part, a, b in edge_noise(levels, below_peak_db, margin_frames):
+            length = (min(b * FRAME, len(wave)) - a * FRAME) / SAMPLE_RATE
+            with np.errstate(divide="ignore"):
+                level = 10 * np.log10(np.mean(np.square(wave[a * FRAME : b * FRAME], dtype=np.float64)) + 1e-30)
+            if length < min_seconds or level < min_dbfs:
+                continue
+            start = a * FRAME / SAMPLE_RATE
+            audio = os.path.relpath(Path(utt.audio).resolve(), folder.resolve())
+            segments.append(Utterance(f"{utt.id}-{part}", audio, round(length, 3), "", utt.speaker,
+                                      round(start, 3), round(start + length, 3)))
+    return segments, len(utts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=0.2, help="shorter stretches are left out")
     parser.add_argument("--min-dbfs", type=float, default=-85.0, help="quieter stretches (digital silence) are left out")
     args = parser.parse_args(argv)
-    count, seconds, utts = noise_segments(args.manifests, args.out, args.below_peak_db, args.margin, args.min_seconds,
-                                          args.min_dbfs)
-    if count == 0:
+    segments, utts = noise_segments(args.manifests, args.out.parent, args.below_peak_db, args.margin, args.min_seconds,
+                                    args.min_dbfs)
+    if not segments:
         print(f"no stretch of room noise found in {utts} utterances: nothing written to {args.out}", file=sys.stderr)
-        args.out.unlink()
         return 1
-    print(f"{count} segments, {seconds / 60:.1f} min of room noise from {utts} utterances -> {args.out}")
+    write_manifest(args.out, segments)  # atomic: a stopped run leaves no half manifest
+    seconds = sum(s.duration for s in segments)
+    print(f"{len(segments)} segments, {seconds / 60:.1f} min of room noise from {utts} utterances -> {args.out}")
     return 0
 
 
