@@ -770,6 +770,9 @@ def add_lm(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, type=Path, help="ARPA file to write")
     c.add_argument("--prune", type=int, nargs="+", default=None, metavar="COUNT",
                    help="per-order count thresholds from unigrams on, e.g. 0 0 1: drop 3-grams seen once (last repeats)")
+    c.add_argument("--prune-entropy", type=float, default=0.0, metavar="THRESHOLD",
+                   help="then drop n-grams whose removal raises perplexity by a relative amount below THRESHOLD "
+                        "(Stolcke pruning, SRILM's -prune; LibriSpeech's pruned LMs used 1e-7 and 3e-7)")
     c.add_argument("--vocab", type=Path, nargs="+", default=None,
                    help="word lists (or ARPA files, or manifests: their words), joined; other words become <unk>")
     c.add_argument("--max-lines", type=int, default=0, help="read only the first N lines of each text (0: all)")
@@ -806,7 +809,7 @@ def _lm_build(args: argparse.Namespace) -> int:
     names = ", ".join(path.name for path in args.text)
     lines = tqdm((line for path in args.text for line in iter_text(path, args.max_lines)), desc=f"reading {names}",
                  unit=" lines", disable=not show_progress(args), mininterval=1.0, unit_scale=True)
-    model = build_ngram_model(lines, args.order, vocab, args.prune or ())
+    model = build_ngram_model(lines, args.order, vocab, args.prune or (), prune_entropy=args.prune_entropy)
     write_arpa(model, args.out)
     sizes = ", ".join(f"{n}-grams {len(t.word)}" for n, t in enumerate(model.orders, 1))
     print(f"wrote {args.out} ({sizes}) in {time.perf_counter() - start:.0f} s")

@@ -18,7 +18,12 @@ The estimate follows Chen & Goodman's interpolated modified Kneser-Ney as KenLM'
 - pruning (--prune T1 T2 ...) drops n-grams of order k whose (adjusted) count is <= Tk, together with
   those whose context or suffix was dropped; the backoff weights are then recomputed so that every
   context's distribution sums to one: b(h) = (1 - sum_kept p(w|h)) / (1 - sum_kept p(w|h')). Without
-  pruning that formula gives exactly gamma(h).
+  pruning that formula gives exactly gamma(h);
+- entropy pruning (--prune-entropy THRESHOLD, after any count pruning) drops the n-grams whose removal
+  costs the least perplexity, Stolcke's criterion as SRILM's `ngram -prune` applies it (LibriSpeech's
+  pruned LMs). With Kneser-Ney estimates it judges by the continuation-count lower orders, which are
+  poor stand-ins for the pruned probabilities (Chelba et al. 2010): on our LibriSpeech-vocabulary text
+  count cutoffs kept lower perplexity at the same size (recipes/librispeech/RESULTS.md, lever 4).
 """
 
 from __future__ import annotations
@@ -109,6 +114,8 @@ def _find(table: NgramOrder, context: np.ndarray, word: np.ndarray) -> tuple[np.
     bits = _word_bits(table)
     keys = (table.context << bits) | table.word
     query = (context.astype(np.int64) << bits) | word.astype(np.int64)
+    if len(keys) == 0:  # an order that pruning emptied
+        return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
     pos = np.searchsorted(keys, query).clip(max=len(keys) - 1)
     return pos, keys[pos] == query
 
@@ -256,12 +263,15 @@ def build_ngram_model(
     vocab: Sequence[str] | None = None,
     prune: Sequence[int] = (),
     discount_fallback: tuple[float, float, float] = FALLBACK_DISCOUNTS,
+    prune_entropy: float = 0.0,
 ) -> NgramModel:
     """Estimate an interpolated modified Kneser-Ney model from normalized sentences (one per item).
 
     vocab: words outside it become <unk> (None: every word of the text is in the vocabulary).
     prune: per-order count thresholds, e.g. (0, 1, 1): 2- and 3-grams seen once are dropped; the
     last value repeats for higher orders; unigrams are never pruned.
+    prune_entropy: then drop the n-grams whose removal raises perplexity by a relative amount below
+    this (Stolcke pruning, e.g. 1e-7 as LibriSpeech's pruned LMs; 0: none).
     """
     if order < 1:
         raise ValueError(f"n-gram order must be at least 1, got {order}")
@@ -279,6 +289,11 @@ def build_ngram_model(
                  " ".join(f"{x:.3f}" for x in model.orders[-1].discounts))
     if prune:
         _prune(model, list(prune))
+    if prune_entropy > 0:
+        before = sum(len(t.word) for t in model.orders[1:])
+        _prune_entropy(model, prune_entropy)
+        log.info("entropy pruning (%g) kept %d of %d n-grams above unigrams", prune_entropy,
+                 sum(len(t.word) for t in model.orders[1:]), before)
     _set_backoffs(model)
     log.info("estimated a %d-gram model in %.1f s", order, time.perf_counter() - started)
     return model
@@ -467,28 +482,85 @@ def _discount_of(counts: np.ndarray, d: tuple[float, float, float]) -> np.ndarra
 def _prune(model: NgramModel, thresholds: list[int]) -> None:
     """Drop n-grams of order >= 2 whose count is <= the order's threshold, or whose context or
     suffix was dropped. Kept n-grams keep their interpolated probability."""
+    keep = [np.ones(len(model.orders[0].word), dtype=bool)]
     for n in range(2, model.order + 1):
         threshold = thresholds[min(n - 1, len(thresholds) - 1)] if thresholds else 0
         table = model.orders[n - 1]
-        keep = table.count > threshold
+        kept = table.count > threshold
         if n > 2:
-            lower = model.orders[n - 2]
-            keep &= lower.kept[table.context]  # type: ignore[attr-defined]
+            kept &= keep[n - 2][table.context]
             suffix = model.lookup(model.tokens(n)[:, 1:])
-            keep &= (suffix >= 0) & lower.kept[suffix.clip(min=0)]  # type: ignore[attr-defined]
-        table.kept = keep  # type: ignore[attr-defined]
-    model.orders[0].kept = np.ones(len(model.orders[0].word), dtype=bool)  # type: ignore[attr-defined]
-    # Re-index: lower orders first so that contexts can be renumbered.
-    new_index = np.cumsum(model.orders[0].kept) - 1
+            kept &= (suffix >= 0) & keep[n - 2][suffix.clip(min=0)]
+        keep.append(kept)
+    _keep_only(model, keep)
+
+
+def _prune_entropy(model: NgramModel, threshold: float) -> None:
+    """Stolcke's relative-entropy pruning (1998; SRILM's `ngram -prune`, how LibriSpeech's pruned
+    LMs were made): drop each n-gram hw (order >= 2) whose removal -- p(w|h) then backs off to
+    b'(h) p(w|h') -- raises the model's perplexity by a relative amount below `threshold`, judging
+    every n-gram of an order against the unpruned distribution, from the highest order down. An
+    n-gram that is the context or the suffix of a kept longer one stays (ARPA needs its prefixes,
+    the decoder's backoff its suffixes). Kept n-grams keep their probability; backoffs are set later.
+
+    The cost of removing hw, in nats:  D = -P(h) [ p(w|h) (ln p(w|h') + ln b'(h) - ln p(w|h))
+                                                  + (ln b'(h) - ln b(h)) (1 - sum_{v in h} p(v|h)) ]
+    with b(h) = (1 - sum_{v in h} p(v|h)) / (1 - sum_{v in h} p(v|h')) over h's explicit words v,
+    b'(h) the same with w left out, and P(h) the product of h's own explicit probabilities."""
+    history = _history_probs(model)
+    keep: list[np.ndarray] = [np.ones(len(model.orders[0].word), dtype=bool)] + [None] * (model.order - 1)  # type: ignore[list-item]
+    protected = np.zeros(0, dtype=bool)
+    for n in range(model.order, 1, -1):
+        cost, suffix = _removal_costs(model, n, history)
+        kept = np.expm1(cost) >= threshold
+        if n < model.order:
+            kept |= protected
+        keep[n - 1] = kept
+        # The n-1-grams that a kept n-gram needs: its context and its suffix.
+        protected = np.zeros(len(model.orders[n - 2].word), dtype=bool)
+        protected[model.orders[n - 1].context[kept]] = True
+        protected[suffix[kept]] = True
+    _keep_only(model, keep)
+
+
+def _removal_costs(model: NgramModel, n: int, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stolcke's D (nats) of removing each n-gram of order n alone, (N,); and each one's suffix
+    h'w as an index into order n-1's table, (N,)."""
+    table, lower = model.orders[n - 1], model.orders[n - 2]
+    suffix = model.lookup(model.tokens(n)[:, 1:])
+    if (suffix < 0).any():
+        raise AssertionError("an n-gram suffix is missing from the lower order")
+    p, q = table.prob, lower.prob[suffix]
+    left = (1.0 - np.bincount(table.context, p, minlength=len(lower.word)))[table.context].clip(min=1e-12)
+    left_lower = (1.0 - np.bincount(table.context, q, minlength=len(lower.word)))[table.context].clip(min=1e-12)
+    backoff_new = (left + p) / (left_lower + q)
+    cost = -history[n - 2][table.context] * (
+        p * (np.log(q) + np.log(backoff_new) - np.log(p)) + left * (np.log(backoff_new) - np.log(left / left_lower)))
+    return cost, suffix
+
+
+def _history_probs(model: NgramModel) -> list[np.ndarray]:
+    """P(h) for every n-gram h of each order as a history: the product of its words' explicit
+    probabilities, p(h1) p(h2|h1) ..., with p(<s>) = 1 (a sentence start is certain)."""
+    first = model.orders[0].prob.copy()
+    first[1] = 1.0
+    history = [first]
+    for n in range(2, model.order):
+        table = model.orders[n - 1]
+        history.append(history[-1][table.context] * table.prob)
+    return history
+
+
+def _keep_only(model: NgramModel, keep: list[np.ndarray]) -> None:
+    """Keep the n-grams of each order where keep[order - 1] is True, renumbering the contexts of
+    the orders above (each kept n-gram's context must be kept)."""
+    new_index = np.cumsum(keep[0]) - 1
     for n in range(2, model.order + 1):
         table = model.orders[n - 1]
-        keep = table.kept  # type: ignore[attr-defined]
-        context = new_index[table.context[keep]]
-        model.orders[n - 1] = NgramOrder(context, table.word[keep], table.count[keep], table.prob[keep], None, table.discounts)
-        new_index = np.cumsum(keep) - 1
-    for table in model.orders:
-        if hasattr(table, "kept"):
-            del table.kept
+        kept = keep[n - 1]
+        context = new_index[table.context[kept]]
+        model.orders[n - 1] = NgramOrder(context, table.word[kept], table.count[kept], table.prob[kept], None, table.discounts)
+        new_index = np.cumsum(kept) - 1
 
 
 def _set_backoffs(model: NgramModel) -> None:

@@ -82,9 +82,10 @@ CORPUS = ["the cat sat on the mat", "the dog sat on the log", "a cat ate the rat
           "a dog ran on the mat", "the rat sat", "on the mat the cat sat", "the dog ate a rat"] * 3 + ["a mat", "the end"]
 
 
-@pytest.mark.parametrize("order,prune", [(3, ()), (3, (0, 1)), (4, (0, 0, 2)), (2, (0, 1))])
-def test_every_context_sums_to_one(order, prune):
-    model = build_ngram_model(CORPUS, order=order, prune=prune)
+@pytest.mark.parametrize("order,prune,entropy", [(3, (), 0), (3, (0, 1), 0), (4, (0, 0, 2), 0), (2, (0, 1), 0),
+                                                 (3, (), 1e-3), (4, (0, 0, 1), 1e-2), (2, (), 1e-2)])
+def test_every_context_sums_to_one(order, prune, entropy):
+    model = build_ngram_model(CORPUS, order=order, prune=prune, prune_entropy=entropy)
     predicted = [w for w in model.words if w != "<s>"]
     contexts = set()
     for n in range(1, order):
@@ -110,6 +111,63 @@ def test_pruning_drops_rare_ngrams_and_keeps_prefixes():
     for row in pruned.tokens(3)[:5]:
         words = [pruned.words[i] for i in row]
         assert pruned.prob(words) == pytest.approx(full.prob(words))
+
+
+def _drop_one(model, n: int, index: int):
+    """A copy of `model` without the index-th n-gram of order n, its backoffs recomputed."""
+    import copy
+
+    from asr.lm import _keep_only, _set_backoffs
+
+    smaller = copy.deepcopy(model)
+    keep = [np.ones(len(t.word), dtype=bool) for t in smaller.orders]
+    keep[n - 1][index] = False
+    _keep_only(smaller, keep)
+    _set_backoffs(smaller)
+    return smaller
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_entropy_pruning_cost_is_the_exact_divergence_of_removing_one_ngram(order):
+    # Stolcke's D for an n-gram of the highest order equals P(h) KL(p(.|h) || p'(.|h)) computed by
+    # brute force over the vocabulary with that n-gram removed and the backoff recomputed.
+    from asr.lm import _history_probs, _removal_costs
+
+    model = build_ngram_model(CORPUS, order=order)
+    cost, _ = _removal_costs(model, order, _history_probs(model))
+    predicted = [w for w in model.words if w != "<s>"]
+    tokens = model.tokens(order)
+    checked = 0
+    for index in range(0, len(tokens), 3):
+        smaller = _drop_one(model, order, index)
+        history = [model.words[i] for i in tokens[index, :-1]]
+        p_history = math.prod(model.prob(history[:k + 1]) if history[k] != "<s>" else 1.0 for k in range(len(history)))
+        divergence = sum(model.prob(history + [w]) * math.log(model.prob(history + [w]) / smaller.prob(history + [w]))
+                         for w in predicted)
+        assert cost[index] == pytest.approx(p_history * divergence, rel=1e-6, abs=1e-12), history
+        checked += 1
+    assert checked >= 5
+
+
+def test_entropy_pruning_drops_the_cheapest_ngrams_keeps_prefixes_and_grows_with_the_threshold():
+    from asr.lm import _history_probs, _removal_costs
+
+    full = build_ngram_model(CORPUS, order=3)
+    cost, _ = _removal_costs(full, 3, _history_probs(full))
+    threshold = float(np.median(np.expm1(cost)))
+    pruned = build_ngram_model(CORPUS, order=3, prune_entropy=threshold)
+    kept = {tuple(r) for r in pruned.tokens(3).tolist()}
+    expected = {tuple(r) for r, c in zip(full.tokens(3).tolist(), cost) if math.expm1(c) >= threshold}
+    assert kept == expected and 0 < len(kept) < len(full.orders[2].word)
+    bigrams = {tuple(r) for r in pruned.tokens(2).tolist()}
+    assert all(k[:2] in bigrams and k[1:] in bigrams for k in kept)
+    for row in pruned.tokens(3):
+        words = [pruned.words[i] for i in row]
+        assert pruned.prob(words) == pytest.approx(full.prob(words))
+    sizes = [sum(len(t.word) for t in build_ngram_model(CORPUS, order=3, prune_entropy=x).orders)
+             for x in (1e-9, threshold, 10 * threshold, 1e6)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    assert sizes[-1] == len(full.orders[0].word)  # a millionfold rise allowed: only unigrams stay
 
 
 def test_vocab_maps_other_words_to_unk():
@@ -145,6 +203,9 @@ def test_cli_lm_build_and_lexicon(tmp_path, capsys):
     assert ("cat's",) in entries and ("<unk>",) in entries and ("hat",) not in entries
     assert asr_main(["lm", "build", str(text), "--order", "2", "--out", str(tmp_path / "2.arpa"), "--max-lines", "1"]) == 0
     assert set(k[0] for k in read_arpa(tmp_path / "2.arpa") if len(k) == 1) == {"<unk>", "<s>", "</s>", "the", "cat", "sat"}
+    assert asr_main(["lm", "build", str(text), "--order", "3", "--out", str(tmp_path / "e.arpa"), "--vocab", str(vocab),
+                     "--prune-entropy", "1e6"]) == 0
+    assert all(len(k) == 1 for k in read_arpa(tmp_path / "e.arpa"))  # a millionfold rise allowed: only unigrams stay
     lexicon = tmp_path / "lexicon.txt"
     assert asr_main(["lm", "lexicon", str(arpa), "--out", str(lexicon)]) == 0
     lines = lexicon.read_text().splitlines()
