@@ -874,11 +874,15 @@ def add_score(sub: argparse._SubParsersAction) -> None:
                         "95%% paired-bootstrap interval, for WER and CER")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --compare")
     p.add_argument("--seed", type=int, default=0, help="the resamples' seed for --compare")
+    p.add_argument("--errors", type=int, default=0, metavar="N",
+                   help="also list HYP's N most frequent substitutions, deletions, insertions and most often "
+                        "wrong reference words (sclite's detailed report)")
     p.set_defaults(run=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .score import compare, format_alignments, format_comparison, format_summary, read_texts, score
+    from .score import (compare, format_alignments, format_comparison, format_errors, format_summary, read_texts, score,
+                        tally_errors)
 
     refs = read_texts(args.ref)
     report = score(refs, read_texts(args.hyp))
@@ -888,6 +892,8 @@ def _score(args: argparse.Namespace) -> int:
         summary += "\n" + format_summary(other, title=f"ref: {args.ref}  hyp: {args.compare}")
         summary += "\n" + format_comparison(compare(report, other, args.resamples, args.seed), str(args.hyp),
                                              str(args.compare))
+    if args.errors > 0:
+        summary += f"\nmost frequent word errors of {args.hyp}:\n" + format_errors(tally_errors(report), args.errors)
     print(summary)
     alignments = args.alignments or args.hyp.with_name(args.hyp.name + ".align")
     alignments.write_text(format_alignments(report), encoding="utf-8")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +223,53 @@ def format_summary(report: ScoreReport, title: str = "") -> str:
         lines.append(f"warning: {len(report.missing_hypotheses)} references have no hypothesis (scored as empty)")
     if report.extra_hypotheses:
         lines.append(f"warning: {len(report.extra_hypotheses)} hypotheses have no reference (ignored)")
+    return "\n".join(lines)
+
+
+@dataclass
+class ErrorTally:
+    """The word errors of a report by word, as sclite's detailed report lists them."""
+
+    substitutions: Counter = field(default_factory=Counter)  # (ref word, hyp word) -> times
+    deletions: Counter = field(default_factory=Counter)  # ref word -> times
+    insertions: Counter = field(default_factory=Counter)  # hyp word -> times
+    reference: Counter = field(default_factory=Counter)  # ref word -> times in the references
+    wrong: Counter = field(default_factory=Counter)  # ref word -> times substituted or deleted
+
+
+def tally_errors(report: ScoreReport) -> ErrorTally:
+    """Count the word alignments' errors by word: which confusions, deletions and insertions recur."""
+    tally = ErrorTally()
+    for a in report.alignments:
+        for ref, hyp, op in zip(a.ref, a.hyp, a.ops):
+            if op != "I":
+                tally.reference[ref] += 1
+            if op == "S":
+                tally.substitutions[ref, hyp] += 1
+                tally.wrong[ref] += 1
+            elif op == "D":
+                tally.deletions[ref] += 1
+                tally.wrong[ref] += 1
+            elif op == "I":
+                tally.insertions[hyp] += 1
+    return tally
+
+
+def format_errors(tally: ErrorTally, top: int = 10) -> str:
+    """The `top` most frequent substitutions, deletions, insertions and most often wrong reference
+    words, one per line with its count (ties in alphabetical order)."""
+
+    def most(counter: Counter) -> list:
+        return sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+    lines = [f"SUBSTITUTIONS ({sum(tally.substitutions.values())} in all; ref ==> hyp)"]
+    lines += [f"{n:6d}  {ref} ==> {hyp}" for (ref, hyp), n in most(tally.substitutions)]
+    lines.append(f"DELETIONS ({sum(tally.deletions.values())} in all)")
+    lines += [f"{n:6d}  {word}" for word, n in most(tally.deletions)]
+    lines.append(f"INSERTIONS ({sum(tally.insertions.values())} in all)")
+    lines += [f"{n:6d}  {word}" for word, n in most(tally.insertions)]
+    lines.append("REFERENCE WORDS MOST OFTEN WRONG (substituted or deleted / times in the references)")
+    lines += [f"{n:6d} / {tally.reference[word]:<6d} {word}" for word, n in most(tally.wrong)]
     return "\n".join(lines)
 
 

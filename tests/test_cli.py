@@ -258,6 +258,19 @@ def test_score_compare_prints_both_summaries_and_the_bootstrap_difference(capsys
     assert "B - A" in summary_path.read_text()
 
 
+def test_score_errors_lists_the_recurring_word_errors(capsys, tmp_path):
+    ref, hyp = write_ref_hyp(tmp_path)  # u1: sat -> sit, "the" deleted; u3: x and ... inserted
+    summary_path = tmp_path / "err.txt"
+    code, out, err = run(capsys, "score", ref, hyp, "--errors", "3", "--out", summary_path)
+    assert code == 0
+    assert "SUBSTITUTIONS (1 in all; ref ==> hyp)\n     1  sat ==> sit\nDELETIONS (1 in all)\n     1  the\n" in out
+    assert "INSERTIONS (2 in all)" in out
+    assert "REFERENCE WORDS MOST OFTEN WRONG" in out and "     1 / 1      sat" in out
+    assert "SUBSTITUTIONS" in summary_path.read_text()
+    code, out, err = run(capsys, "score", ref, hyp)
+    assert "SUBSTITUTIONS" not in out  # only when asked
+
+
 def test_score_custom_alignments_path(capsys, tmp_path):
     ref, hyp = write_ref_hyp(tmp_path)
     custom = tmp_path / "my.align"

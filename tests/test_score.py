@@ -10,7 +10,8 @@ import re
 import jiwer
 import pytest
 
-from asr.score import ErrorCounts, compare, format_alignments, format_comparison, format_summary, read_texts, score
+from asr.score import (ErrorCounts, compare, format_alignments, format_comparison, format_errors, format_summary,
+                       read_texts, score, tally_errors)
 
 REFS = {"u1": "the cat sat on the mat", "u2": "hello world", "u3": "a b c"}
 HYPS = {"u1": "the cat sit on mat", "u2": "hello world", "u3": "a x b c d"}
@@ -324,6 +325,33 @@ def test_format_comparison_names_both_systems():
 
 
 # --------------------------------------------------------------------------- read_texts
+
+
+def test_tally_errors_counts_each_word_error_by_hand():
+    refs = {"a": "and the cat sat", "b": "and a dog", "c": "the end"}
+    hyps = {"a": "in the cat sat down", "b": "in dog", "c": "the the end"}
+    tally = tally_errors(score(refs, hyps))
+    assert tally.substitutions == {("and", "in"): 2}
+    assert tally.deletions == {"a": 1}
+    assert tally.insertions == {"down": 1, "the": 1}
+    assert tally.wrong == {"and": 2, "a": 1}
+    assert tally.reference == {"and": 2, "the": 2, "cat": 1, "sat": 1, "a": 1, "dog": 1, "end": 1}
+    report = score(refs, hyps)
+    assert sum(tally.substitutions.values()) == report.words.substitutions
+    assert sum(tally.deletions.values()) == report.words.deletions
+    assert sum(tally.insertions.values()) == report.words.insertions
+
+
+def test_format_errors_lists_the_most_frequent_first_and_stops_at_top():
+    refs = {"a": "x y z", "b": "x y", "c": "x"}
+    hyps = {"a": "q y", "b": "q w", "c": "r"}
+    text = format_errors(tally_errors(score(refs, hyps)), top=1)
+    lines = text.splitlines()
+    assert lines[0] == "SUBSTITUTIONS (4 in all; ref ==> hyp)" and lines[1] == "     2  x ==> q"
+    assert lines[2] == "DELETIONS (1 in all)" and lines[3] == "     1  z"
+    assert lines[4] == "INSERTIONS (0 in all)"
+    assert lines[5].startswith("REFERENCE WORDS MOST OFTEN WRONG") and lines[6] == "     3 / 3      x"
+    assert len(lines) == 7
 
 
 def test_read_texts_manifest(tmp_path):

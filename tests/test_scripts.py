@@ -2,7 +2,8 @@
 scripts/experiments.py (a series of training runs, each scored on dev), scripts/cache_features.py
 (the frozen encoder's features, speed-perturbed copies too), scripts/synthesize_speech.py (flite
 speech from LM text) and scripts/noise_segments.py (room noise of a corpus as a noise manifest), on
-generated speech; scripts/serve_upload_memory.py on a small FLAC."""
+generated speech; scripts/serve_upload_memory.py on a small FLAC; scripts/errors_by_word_count.py
+(word errors by the reference words' counts in a text) on a toy text."""
 
 from __future__ import annotations
 
@@ -508,3 +509,23 @@ def test_serve_upload_memory_reports_the_refusal_and_the_decode(tmp_path, capsys
     monkeypatch.setattr(sys, "argv", ["serve_upload_memory.py", *small])
     script.main()
     assert "decoded (48000, 2) at 16000 Hz" in capsys.readouterr().out
+
+
+def test_errors_by_word_count_bins_reference_words_by_their_count_in_the_text(tmp_path, capsys):
+    errors = load_script("errors_by_word_count")
+    ref = tmp_path / "ref.txt"
+    ref.write_text("u1\tthe cat saw lecoq\nu2\tthe dog ran home\n", encoding="utf-8")
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("u1\tthe cat saw look\nu2\tthe dog ran and home\n", encoding="utf-8")  # lecoq -> look; 'and' inserted
+    text = tmp_path / "lm.txt.gz"
+    with gzip.open(text, "wt", encoding="utf-8") as f:
+        f.write("THE CAT RAN.\n" * 12 + "The dog saw home.\n")
+    assert errors.main([str(ref), str(hyp), "--text", str(text), "--edges", "1", "10"]) == 0
+    out = capsys.readouterr().out
+    # the: 13+1 seen (10 or more), cat/ran 12, dog/saw/home 1, lecoq never.
+    assert "| never | 1 | 100.0% | 50.0% |" in out
+    assert "| 1-9 | 3 | 0.0% | 0.0% |" in out
+    assert "| 10 or more | 4 | 0.0% | 0.0% |" in out
+    assert "| insertions | — | — | 50.0% |" in out and "(2 word errors in all)" in out
+    assert errors.main([str(ref), str(hyp), "--text", str(tmp_path / "missing.txt")]) == 1
+    assert "missing.txt: text file not found" in capsys.readouterr().err
