@@ -275,6 +275,8 @@ def build_ngram_model(
     """
     if order < 1:
         raise ValueError(f"n-gram order must be at least 1, got {order}")
+    if not prune_entropy >= 0:
+        raise ValueError(f"the entropy-pruning threshold must be 0 or more, got {prune_entropy}")
     started = time.perf_counter()
     words, stream, sentences = _word_id_stream(lines, vocab)
     log.info("read %d sentences, %d tokens, %d word types in %.1f s", sentences, len(stream) - 2 * sentences,

@@ -205,7 +205,9 @@ def test_cli_lm_build_and_lexicon(tmp_path, capsys):
     assert set(k[0] for k in read_arpa(tmp_path / "2.arpa") if len(k) == 1) == {"<unk>", "<s>", "</s>", "the", "cat", "sat"}
     assert asr_main(["lm", "build", str(text), "--order", "3", "--out", str(tmp_path / "e.arpa"), "--vocab", str(vocab),
                      "--prune-entropy", "1e6"]) == 0
-    assert all(len(k) == 1 for k in read_arpa(tmp_path / "e.arpa"))  # a millionfold rise allowed: only unigrams stay
+    assert all(len(k) == 1 for k in read_arpa(tmp_path / "e.arpa"))
+    with pytest.raises(ValueError, match="entropy-pruning threshold must be 0 or more"):
+        build_ngram_model(["a b"], order=2, prune_entropy=-1e-7)  # a millionfold rise allowed: only unigrams stay
     lexicon = tmp_path / "lexicon.txt"
     assert asr_main(["lm", "lexicon", str(arpa), "--out", str(lexicon)]) == 0
     lines = lexicon.read_text().splitlines()
