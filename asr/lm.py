@@ -510,19 +510,19 @@ def _prune_entropy(model: NgramModel, threshold: float) -> None:
     with b(h) = (1 - sum_{v in h} p(v|h)) / (1 - sum_{v in h} p(v|h')) over h's explicit words v,
     b'(h) the same with w left out, and P(h) the product of h's own explicit probabilities."""
     history = _history_probs(model)
-    keep: list[np.ndarray] = [np.ones(len(model.orders[0].word), dtype=bool)] + [None] * (model.order - 1)  # type: ignore[list-item]
+    keep_from_top: list[np.ndarray] = []  # orders model.order, ..., 2
     protected = np.zeros(0, dtype=bool)
     for n in range(model.order, 1, -1):
         cost, suffix = _removal_costs(model, n, history)
         kept = np.expm1(cost) >= threshold
         if n < model.order:
             kept |= protected
-        keep[n - 1] = kept
+        keep_from_top.append(kept)
         # The n-1-grams that a kept n-gram needs: its context and its suffix.
         protected = np.zeros(len(model.orders[n - 2].word), dtype=bool)
         protected[model.orders[n - 1].context[kept]] = True
         protected[suffix[kept]] = True
-    _keep_only(model, keep)
+    _keep_only(model, [np.ones(len(model.orders[0].word), dtype=bool), *keep_from_top[::-1]])
 
 
 def _removal_costs(model: NgramModel, n: int, history: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -60,10 +60,9 @@ def noise_segments(manifests: list[str], folder: Path, below_peak_db: float, mar
         wave = read_mono(utt.audio, SAMPLE_RATE)
         levels = frame_levels(wave, FRAME)
         for part, a, b in edge_noise(levels, below_peak_db, margin_frames):
-            length = (min(b * FRAME, len(wave)) - a * FRAME) / SAMPLE_RATE
-            with np.errstate(divide="ignore"):
-                level = 10 * np.log10(np.mean(np.square(wave[a * FRAME : b * FRAME], dtype=np.float64)) + 1e-30)
-            if length < min_seconds or level < min_dbfs:
+            stretch = wave[a * FRAME : b * FRAME]
+            length = len(stretch) / SAMPLE_RATE
+            if length < min_seconds or frame_levels(stretch, len(stretch))[0] < min_dbfs:
                 continue
             start = a * FRAME / SAMPLE_RATE
             audio = os.path.relpath(Path(utt.audio).resolve(), folder.resolve())
